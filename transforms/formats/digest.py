@@ -1,0 +1,53 @@
+"""Content digests as used by OCI and Docker (``algorithm:encoded``)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+SHA256 = "sha256"
+SHA512 = "sha512"
+
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_ENCODED_LEN = {SHA256: 64, SHA512: 128}
+_HEX_RE = re.compile(r"^[a-f0-9]+$")
+
+
+class DigestError(ValueError):
+    """A string that is not a digest we can verify."""
+
+
+def validate(digest: str) -> str:
+    """Return ``digest`` if it is well formed and of an algorithm we can hash.
+
+    Registered algorithms must have exactly the registered length of lowercase hex;
+    a digest that merely looks right could otherwise name a path outside a blob store.
+    """
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise DigestError(f"invalid digest {digest!r}")
+    algorithm, encoded = digest.split(":", 1)
+    if algorithm not in _ENCODED_LEN:
+        raise DigestError(f"unsupported digest algorithm {algorithm!r} in {digest!r}")
+    if len(encoded) != _ENCODED_LEN[algorithm] or not _HEX_RE.match(encoded):
+        raise DigestError(f"invalid {algorithm} digest {digest!r}")
+    return digest
+
+
+def split(digest: str) -> tuple[str, str]:
+    """``sha256:abc`` -> ``("sha256", "abc")`` after validation."""
+    algorithm, encoded = validate(digest).split(":", 1)
+    return algorithm, encoded
+
+
+def hasher(digest: str) -> "hashlib._Hash":
+    """A fresh hash object of the algorithm ``digest`` names."""
+    return hashlib.new(split(digest)[0])
+
+
+def of_bytes(data: bytes, algorithm: str = SHA256) -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def matches(digest: str, data: bytes) -> bool:
+    algorithm, encoded = split(digest)
+    return hashlib.new(algorithm, data).hexdigest() == encoded

@@ -1,0 +1,1 @@
+"""Image stores: one module per transport behind the interfaces of ``base``."""

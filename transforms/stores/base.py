@@ -1,0 +1,149 @@
+"""The small interfaces every transport implements.
+
+A copy engine only ever talks to these: a :class:`Source` lists images and hands out
+manifests and raw blob streams; a :class:`Destination` stores blobs through sinks that
+become visible only on :meth:`BlobSink.commit`, stores manifests by digest, and
+publishes names (tags, ref names) last, in one :meth:`Destination.publish` call per run.
+
+Stores are built from plain configuration (a reference) so that they pickle cheaply
+to Beam workers; they open connections or filesystems lazily.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from transforms.formats.descriptor import Descriptor
+
+
+class StoreError(Exception):
+    """A store could not do what was asked; the message is one line for the user."""
+
+
+class NotFound(StoreError):
+    """The named image, manifest or blob is not in the store."""
+
+
+@dataclass(frozen=True)
+class ManifestBlob:
+    """A manifest's exact bytes, its media type and its canonical digest.
+
+    For signed schema1 the digest is over the signed payload, not ``data``.
+    """
+
+    data: bytes
+    media_type: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One named image a source holds, as listed for ``sync`` and ``ls``."""
+
+    #: Name inside the store: an OCI ref.name, ``repo:tag`` in an archive, "" for a dir.
+    ref: str
+    #: Repository path used by sync's name mapping ("" when the store has none).
+    repository: str
+    #: Tag used by sync's name mapping (None when the image has no tag).
+    tag: str | None
+    digest: str
+    media_type: str
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A root manifest to be made visible under a name at the end of a run."""
+
+    #: Name to publish: a tag, an OCI ref.name, a docker-archive ``repo:tag``; None = unnamed.
+    ref: str | None
+    #: The root manifest (image or index) as written.
+    descriptor: Descriptor
+    #: Config digest of a single image (docker-archive stores images by config); None for indexes.
+    config_digest: str | None = None
+    #: The root manifest bytes, for stores that keep the primary manifest in a fixed file (dir:).
+    manifest: bytes | None = None
+
+
+class Source(abc.ABC):
+    """Read side of a store."""
+
+    @abc.abstractmethod
+    def list_images(self) -> Iterator[ImageEntry]:
+        """Every named image the store holds (for ``sync`` and ``ls``)."""
+
+    @abc.abstractmethod
+    def get_root(self, ref: str | None) -> ManifestBlob:
+        """The root manifest named ``ref`` (None: the store's only or default image)."""
+
+    @abc.abstractmethod
+    def get_manifest(self, digest: str) -> ManifestBlob:
+        """A manifest by digest (an index child, or a root found by listing)."""
+
+    @abc.abstractmethod
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A raw byte stream of the blob; the caller verifies size and digest while reading."""
+
+    def close(self) -> None:
+        """Release connections or open files."""
+
+
+class BlobSink(abc.ABC):
+    """A blob being written; nothing is visible under its digest before :meth:`commit`."""
+
+    @abc.abstractmethod
+    def write(self, chunk: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the blob visible. Called only after the caller verified the digest."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard what was written. Safe to call more than once."""
+
+
+class Destination(abc.ABC):
+    """Write side of a store. Every method is idempotent: Beam may retry any bundle."""
+
+    #: Manifest format a destination prefers when the source's cannot be kept ("oci" or "v2s2").
+    preferred_format: str = "oci"
+
+    def prepare(self) -> None:
+        """Check and initialise the store once, on the launcher, before the pipeline runs."""
+
+    @abc.abstractmethod
+    def accepts_manifest(self, media_type: str) -> bool:
+        """Whether the store can hold a manifest of this type unchanged."""
+
+    @abc.abstractmethod
+    def has_blob(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    def blob_sink(self, descriptor: Descriptor) -> BlobSink:
+        """A sink for one blob; the descriptor's media type tells layer from config."""
+
+    def put_blob(self, descriptor: Descriptor, data: bytes) -> None:
+        """Store a small blob held in memory (a generated config)."""
+        sink = self.blob_sink(descriptor)
+        try:
+            sink.write(data)
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+
+    @abc.abstractmethod
+    def has_manifest(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    def put_manifest(self, manifest: ManifestBlob) -> None:
+        """Store a manifest by digest, after all the blobs (or children) it references."""
+
+    @abc.abstractmethod
+    def publish(self, publications: list[Publication]) -> None:
+        """Make names point at root manifests: the last write of a run, once per destination."""
+
+    def close(self) -> None:
+        """Release connections or open files."""
