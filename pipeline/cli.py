@@ -1,0 +1,191 @@
+"""The ``imagepush`` command line.
+
+User-facing output lives here only: a summary on stdout, progress and one-line errors
+on stderr. Exit status: 0 all images done, 1 some failed (see the audit), 2 bad usage
+or configuration (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+import uuid
+from typing import Sequence
+
+from transforms.stores.base import StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+references:
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (Distribution HTTP API)
+  oci:URL[:REF]                             an OCI image layout (REF = ref name)
+  dir:URL                                   a skopeo-style directory (one image)
+  docker-archive:URL[:REPO:TAG]             a `docker save` tarball
+  registry-storage:URL                      source only: a registry's storage tree
+  URL is a local path or any fsspec URL (memory://x, s3://bucket/x, gs://bucket/x).
+
+Any other --name value is passed to Apache Beam (--runner, --direct_num_workers,
+--direct_running_mode, Dataflow's --project, --region, --temp_location ...).
+The default runner is the in-process FnApiRunner.
+
+exit status: 0 all images done; 1 some images failed (the audit names each);
+2 bad usage or configuration (nothing written).
+"""
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: reported in one line, exit 2."""
+
+
+def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
+                   help="keep only these platforms of an index (repeatable; default: all)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                   help="allow plain HTTP or unverified TLS to this registry (repeatable)")
+    p.add_argument("--authfile", metavar="PATH",
+                   help="registry credentials in docker config.json / containers auth.json form")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    if writes:
+        p.add_argument("--format", choices=("preserve", "oci", "v2s2"), default="preserve",
+                       help="manifest/config format written (default: preserve bytes and digests)")
+        p.add_argument("--compression", choices=("preserve",), default="preserve",
+                       help="layer compression written; only 'preserve' (layers copied as they are) "
+                            "is implemented in this version")
+        p.add_argument("--audit", metavar="URL",
+                       help="where the Parquet audit goes (any fsspec URL; default "
+                            "./imagepush-audit/<run-id>.parquet)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagepush",
+        description="Copy, sync and convert container images in bulk, on Apache Beam.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("copy", help="copy one image (or an index with its children) to every DST",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destinations", metavar="DST", nargs="+")
+    _common(p, writes=True)
+
+    p = sub.add_parser("sync", help="copy every image SRC holds (all repositories, all tags)",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destinations", metavar="DST", nargs="+")
+    _common(p, writes=True)
+
+    p = sub.add_parser("run", help="run the batch job described by a YAML file",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+
+    p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line")
+    p.add_argument("source", metavar="SRC")
+    _common(p, writes=False)
+
+    p = sub.add_parser("inspect", help="print the manifest (or config) of an image as JSON")
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("--config", action="store_true", help="print the image config instead")
+    p.add_argument("--as", dest="as_format", choices=("oci", "v2s2"),
+                   help="print it converted to this format")
+    _common(p, writes=False)
+
+    p = sub.add_parser("audit", help="print an audit report as a table (or JSON lines with --json)")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--json", action="store_true", help="one JSON object per row")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("imagepush: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    level = logging.DEBUG if verbose else logging.INFO
+    for name in ("imagepush", "transforms", "pipeline"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    names: set[str] = set()
+    for action in parser._actions:
+        names.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                names |= _option_strings(sub)
+    return names
+
+
+def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate the ``--name value`` options we do not define (Beam's) from ours.
+
+    Done before argparse sees the line, so that a Beam option's value is never taken
+    for a source or destination.
+    """
+    known = _option_strings(build_parser())
+    ours: list[str] = []
+    beam_args: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and len(arg) > 2 and arg.split("=", 1)[0] not in known:
+            beam_args.append(arg)
+            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                beam_args.append(argv[i + 1])
+                i += 1
+        else:
+            ours.append(arg)
+        i += 1
+    return ours, beam_args
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, beam_args = split_beam_args(argv)
+    args = build_parser().parse_args(ours)
+    _setup_logging(getattr(args, "verbose", False))
+    if getattr(args, "platform", None):
+        from transforms.formats.descriptor import FormatError, Platform
+
+        try:
+            for text in args.platform:
+                Platform.parse(text)
+        except FormatError as exc:
+            print(f"imagepush: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    from pipeline import commands
+
+    try:
+        if args.command in ("copy", "sync", "run"):
+            return commands.run_job(args, beam_args, new_run_id())
+        if beam_args:
+            raise UsageError(f"unknown option {beam_args[0]!r} for {args.command}")
+        if args.command == "ls":
+            return commands.ls(args)
+        if args.command == "audit":
+            return commands.show_audit(args)
+        return commands.inspect(args)
+    except (UsageError, StoreError) as exc:
+        print(f"imagepush: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imagepush: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""What each subcommand does, between argument parsing and output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import orjson
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
+from pipeline.graph import RunSpec, run
+from pipeline.options import is_multiprocess
+from transforms import audit
+from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
+from transforms.stores.transports import open_destination, open_source
+from transforms.naming import copy_job
+from transforms.storecache import store_id
+
+
+def _source(text: str) -> ImageReference:
+    ref = parse_reference(text)
+    open_source(ref)  # raises a one-line StoreError for transports that cannot be read
+    return ref
+
+
+def _destinations(texts: list[str]) -> list[ImageReference]:
+    refs = []
+    for text in texts:
+        ref = parse_reference(text)
+        if ref.transport == "registry-storage":
+            raise UsageError(f"{text}: registry-storage: is a source only")
+        refs.append(ref)
+    return refs
+
+
+def _default_audit(run_id: str) -> str:
+    return os.path.abspath(os.path.join("imagepush-audit", f"{run_id}.parquet"))
+
+
+def _check_memory_urls(refs: list[str], beam_args: list[str]) -> None:
+    if is_multiprocess(beam_args):
+        for text in refs:
+            if "memory://" in text:
+                raise UsageError(
+                    f"{text}: memory:// stores live in one process and cannot be shared with "
+                    "--direct_running_mode multi_processing workers"
+                )
+
+
+def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> RunSpec:
+    if args.command == "run":
+        from pipeline.config import load_run_config
+
+        return load_run_config(args.config, run_id, beam_args, _default_audit(run_id))
+    source = _source(args.source)
+    dests = _destinations(args.destinations)
+    platforms = tuple(args.platform)
+    spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args)
+    if args.command == "copy":
+        spec.jobs.append(copy_job(source, [(d, args.format) for d in dests], platforms))
+    else:
+        for d in dests:
+            if d.transport in SINGLE_IMAGE:
+                raise UsageError(f"{d}: a dir: holds one image; sync into oci:, docker-archive: or docker://")
+        from transforms.migrate import SyncSpec
+
+        spec.syncs.append(SyncSpec(str(source), tuple((str(d), args.format) for d in dests), platforms))
+    return spec
+
+
+def prepare_destinations(spec: RunSpec) -> None:
+    stores: dict[str, ImageReference] = {}
+    for job in spec.jobs:
+        for t in job.targets:
+            stores.setdefault(t.store, parse_reference(t.store))
+    for sync in spec.syncs:
+        for d, _ in sync.destinations:
+            ref = parse_reference(d)
+            if ref.transport != "docker":  # registry repositories are named per image
+                stores.setdefault(store_id(ref), ref)
+    for ref in stores.values():
+        open_destination(ref).prepare()
+
+
+def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
+    spec = build_spec(args, beam_args, run_id)
+    _check_memory_urls(
+        [j.source_store for j in spec.jobs] + [t.store for j in spec.jobs for t in j.targets]
+        + [s.source for s in spec.syncs] + [d for s in spec.syncs for d, _ in s.destinations] + [spec.audit_url],
+        spec.beam_args,
+    )
+    prepare_destinations(spec)
+    started = time.monotonic()
+    try:
+        run(spec)
+    except Exception as exc:  # a bug or a runner failure, not a per-image error
+        print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return summarize(spec.audit_url, time.monotonic() - started)
+
+
+def summarize(audit_url: str, seconds: float) -> int:
+    table = audit.read(audit_url).to_pylist()
+    images = [r for r in table if r["role"] != "child"]
+    failed = [r for r in images if r["status"] != audit.OK]
+    copied = sum(r["blobs_copied"] for r in table)
+    skipped = sum(r["blobs_skipped"] for r in table)
+    nbytes = sum(r["bytes_copied"] for r in table)
+    for r in failed:
+        print(f"imagepush: FAILED {r['source']} -> {r['destination']}: {r['error']}", file=sys.stderr)
+    print(
+        f"{len(images) - len(failed)} images ok, {len(failed)} failed; "
+        f"{copied} blobs copied, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s; audit: {audit_url}"
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def ls(args: argparse.Namespace) -> int:
+    ref = _source(args.source)
+    source = open_source(ImageReference(ref.transport, ref.location))
+    out = sys.stdout.buffer
+    for entry in source.list_images():
+        shown = ImageReference(ref.transport, ref.location, entry.ref or None)
+        if ref.transport == "docker":
+            loc = "/".join(p for p in (ref.registry_host, entry.repository) if p)
+            shown = ImageReference("docker", loc, entry.tag)
+        record = {
+            "ref": str(shown),
+            "repository": entry.repository,
+            "tag": entry.tag,
+            "digest": entry.digest,
+            "media_type": entry.media_type,
+        }
+        out.write(orjson.dumps(record) + b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+def inspect(args: argparse.Namespace) -> int:
+    from transforms.inspection import inspect_image
+
+    ref = _source(args.source)
+    data = inspect_image(ref, config=args.config, as_format=args.as_format, platforms=tuple(args.platform))
+    sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def show_audit(args: argparse.Namespace) -> int:
+    try:
+        rows = audit.read(args.url).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read audit {args.url}: {exc}") from None
+    out = sys.stdout
+    if args.json:
+        for r in rows:
+            out.write(orjson.dumps(r, default=str).decode() + "\n")
+        return EXIT_OK
+    out.write(f"{'status':6} {'role':5} {'copied':>6} {'skip':>4} {'bytes':>9}  source -> destination  [written digest, type]\n")
+    for r in rows:
+        digest = (r["destination_digest"] or "-")[:19]
+        kind = (r["media_type"] or "-").rsplit("/", 1)[-1]
+        line = (f"{r['status']:6} {r['role']:5} {r['blobs_copied']:>6} {r['blobs_skipped']:>4} "
+                f"{_size(r['bytes_copied']):>9}  {r['source']} -> {r['destination']}  [{digest}, {kind}]")
+        if r["error"]:
+            line += f"  error: {r['error']}"
+        out.write(line + "\n")
+    return EXIT_OK

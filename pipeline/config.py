@@ -1,0 +1,151 @@
+"""The YAML batch job of ``imagepush run``, validated before anything is written.
+
+Example (relative paths are relative to the current directory)::
+
+    audit: out/audit.parquet
+    runner: {direct_num_workers: 2, direct_running_mode: multi_threading}
+    defaults: {format: preserve, platforms: []}
+    jobs:
+      - copy: oci:./sample:demo/app:1.0
+        to:
+          - oci:./out:demo/app:1.0
+          - {ref: "dir:./out-dir", format: v2s2}
+      - sync: oci:./sample
+        include: ["^demo/"]
+        to: [{ref: "oci:./mirror", format: oci}]
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.cli import UsageError
+from pipeline.graph import RunSpec
+from transforms.formats.descriptor import FormatError, Platform
+from transforms.naming import copy_job
+from transforms.stores.base import StoreError
+from transforms.stores.reference import SINGLE_IMAGE, parse_reference
+
+Format = Literal["preserve", "oci", "v2s2"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DestinationConfig(_Strict):
+    ref: str
+    format: Format | None = None
+
+
+class Defaults(_Strict):
+    format: Format = "preserve"
+    platforms: list[str] = Field(default_factory=list)
+
+
+class RegistryConfig(_Strict):
+    insecure: list[str] = Field(default_factory=list)
+    authfile: str | None = None
+
+
+class JobConfig(_Strict):
+    copy_: str | None = Field(default=None, alias="copy")
+    sync: str | None = None
+    to: list[str | DestinationConfig]
+    format: Format | None = None
+    platforms: list[str] | None = None
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "JobConfig":
+        if (self.copy_ is None) == (self.sync is None):
+            raise ValueError("each job needs exactly one of 'copy' or 'sync'")
+        if not self.to:
+            raise ValueError("each job needs at least one destination in 'to'")
+        if self.copy_ is not None and (self.include or self.exclude):
+            raise ValueError("'include'/'exclude' filter sync jobs only")
+        return self
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regex(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {p!r}: {exc}") from None
+        return patterns
+
+
+class RunConfig(_Strict):
+    audit: str | None = None
+    runner: dict[str, Any] = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    registries: RegistryConfig = Field(default_factory=RegistryConfig)
+    jobs: list[JobConfig]
+
+
+def _beam_flags(runner: dict[str, Any]) -> list[str]:
+    flags = []
+    for name, value in runner.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        flags.append(f"--{name}={value}")
+    return flags
+
+
+def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args: list[str]) -> RunSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config is not valid YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise UsageError(f"config: {where}: {first['msg']}") from None
+    spec = RunSpec(run_id=run_id, audit_url=cfg.audit or default_audit,
+                   beam_args=_beam_flags(cfg.runner) + list(extra_beam_args))
+    from transforms.migrate import SyncSpec
+
+    try:
+        for n, job in enumerate(cfg.jobs):
+            platforms = tuple(job.platforms if job.platforms is not None else cfg.defaults.platforms)
+            for p in platforms:
+                Platform.parse(p)
+            fmt = job.format or cfg.defaults.format
+            dests = []
+            for d in job.to:
+                ref, dfmt = (d, fmt) if isinstance(d, str) else (d.ref, d.format or fmt)
+                dests.append((parse_reference(ref), dfmt))
+                if dests[-1][0].transport == "registry-storage":
+                    raise UsageError(f"config: jobs.{n}: {ref}: registry-storage: is a source only")
+            if job.copy_ is not None:
+                source = parse_reference(job.copy_)
+                spec.jobs.append(copy_job(source, dests, platforms))
+            else:
+                for d, _ in dests:
+                    if d.transport in SINGLE_IMAGE:
+                        raise UsageError(f"config: jobs.{n}: {d}: a dir: holds one image; sync elsewhere")
+                spec.syncs.append(SyncSpec(
+                    str(parse_reference(job.sync)), tuple((str(d), f) for d, f in dests), platforms,
+                    tuple(job.include), tuple(job.exclude),
+                ))
+    except (StoreError, FormatError) as exc:
+        raise UsageError(f"config: {exc}") from None
+    return spec
+
+
+def load_run_config(path: str, run_id: str, extra_beam_args: list[str], default_audit: str) -> RunSpec:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_run_config(text, run_id, default_audit, extra_beam_args)

@@ -1,0 +1,46 @@
+"""Assembling and running the Beam graph for ``copy``, ``sync`` and ``run``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transforms.plan import CopyJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSpec:
+    """Everything one pipeline run does; built by the CLI or from a YAML config."""
+
+    run_id: str
+    audit_url: str
+    jobs: list[CopyJob] = field(default_factory=list)
+    #: (source, destinations, format, platforms) to expand by listing the source.
+    syncs: list = field(default_factory=list)
+    beam_args: list[str] = field(default_factory=list)
+
+
+def run(spec: RunSpec) -> None:
+    """Build the pipeline and block until it finishes (the audit is then written)."""
+    import apache_beam as beam
+
+    from pipeline.options import pipeline_options
+    from transforms.migrate import ExpandSyncFn, MigrateImages
+
+    with beam.Pipeline(options=pipeline_options(spec.beam_args)) as p:
+        parts = []
+        extra_rows = None
+        if spec.jobs:
+            parts.append(p | "CopyJobs" >> beam.Create(spec.jobs))
+        if spec.syncs:
+            expanded = (
+                p
+                | "SyncSpecs" >> beam.Create(spec.syncs)
+                | "ListSources" >> beam.ParDo(ExpandSyncFn(spec.run_id)).with_outputs(ExpandSyncFn.FAILED, main="jobs")
+            )
+            parts.append(expanded.jobs)
+            extra_rows = expanded[ExpandSyncFn.FAILED]
+        jobs = parts[0] if len(parts) == 1 else (parts | "AllJobs" >> beam.Flatten())
+        _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, extra_rows)

@@ -1,0 +1,50 @@
+"""Shared test fixtures: the public fixture tree and external tools.
+
+A test that needs skopeo, umoci or docker-registry is skipped when the tool is
+missing, except under CI=true, where a missing tool is a failure (CI installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixtures_root() -> Path:
+    env = os.environ.get("IMAGEPUSH_FIXTURES")
+    if env:
+        return Path(env)
+    return REPO.parent / "shared" / "fixtures" / "public"
+
+
+@pytest.fixture(scope="session")
+def public_fixtures() -> Path:
+    root = fixtures_root()
+    if not root.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"public fixtures not found at {root}")
+        pytest.skip(f"public fixtures not found at {root}")
+    return root
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is required under CI=true but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its stderr when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, **kw)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
+    return proc

@@ -1,0 +1,113 @@
+"""Streaming copies verify before anything becomes visible, and measure diff_ids on the way."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+
+import pytest
+import zstandard
+
+from transforms.blobio import BlobVerificationError, DiffIdHasher, stream_blob
+from transforms.stores.base import BlobSink
+
+
+class RecordingSink(BlobSink):
+    def __init__(self, fail_on_write: bool = False) -> None:
+        self.data = bytearray()
+        self.committed = self.aborted = False
+        self.fail_on_write = fail_on_write
+
+    def write(self, chunk: bytes) -> None:
+        if self.fail_on_write:
+            raise OSError("disk full")
+        self.data += chunk
+
+    def commit(self) -> None:
+        self.committed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+PAYLOAD = bytes(range(256)) * 5000  # 1.28 MB: several chunks
+
+
+def test_blob_is_committed_to_every_sink_when_digest_matches():
+    sinks = [RecordingSink(), RecordingSink()]
+    outcome = stream_blob(io.BytesIO(PAYLOAD), sha(PAYLOAD), len(PAYLOAD), sinks, chunk_size=65536)
+    assert outcome.size == len(PAYLOAD)
+    assert outcome.sink_errors == {}
+    assert all(s.committed and not s.aborted and bytes(s.data) == PAYLOAD for s in sinks)
+
+
+def test_blob_with_wrong_content_is_never_committed():
+    sink = RecordingSink()
+    with pytest.raises(BlobVerificationError, match="not sha256:"):
+        stream_blob(io.BytesIO(PAYLOAD + b"x"), sha(PAYLOAD), None, [sink])
+    assert sink.aborted and not sink.committed
+
+
+def test_blob_longer_than_descriptor_size_is_refused():
+    sink = RecordingSink()
+    with pytest.raises(BlobVerificationError, match="larger than its descriptor"):
+        stream_blob(io.BytesIO(PAYLOAD), sha(PAYLOAD), 100, [sink], chunk_size=1000)
+    assert sink.aborted and not sink.committed
+
+
+def test_blob_shorter_than_descriptor_size_is_refused():
+    sink = RecordingSink()
+    with pytest.raises(BlobVerificationError, match="descriptor says"):
+        stream_blob(io.BytesIO(PAYLOAD), sha(PAYLOAD), len(PAYLOAD) + 1, [sink])
+    assert sink.aborted and not sink.committed
+
+
+def test_one_failing_destination_does_not_stop_the_others():
+    good, bad = RecordingSink(), RecordingSink(fail_on_write=True)
+    outcome = stream_blob(io.BytesIO(PAYLOAD), sha(PAYLOAD), len(PAYLOAD), [good, bad])
+    assert outcome.sink_errors == {1: "disk full"}
+    assert good.committed and bad.aborted and not bad.committed
+
+
+def test_diff_id_of_gzip_layer_is_sha256_of_uncompressed_bytes():
+    compressed = gzip.compress(PAYLOAD, mtime=0)
+    outcome = stream_blob(io.BytesIO(compressed), sha(compressed), None, [], want_diff_id=True, chunk_size=3)
+    assert outcome.diff_id == sha(PAYLOAD)
+
+
+def test_diff_id_spans_concatenated_gzip_members():
+    compressed = gzip.compress(PAYLOAD[:1000], mtime=0) + gzip.compress(PAYLOAD[1000:], mtime=0)
+    h = DiffIdHasher(out_chunk=4096)
+    for i in range(0, len(compressed), 777):
+        h.update(compressed[i : i + 777])
+    assert h.digest() == sha(PAYLOAD)
+    assert h.uncompressed_size == len(PAYLOAD)
+
+
+def test_diff_id_of_zstd_layer():
+    compressed = zstandard.ZstdCompressor().compress(PAYLOAD)
+    h = DiffIdHasher()
+    h.update(compressed)
+    assert h.digest() == sha(PAYLOAD)
+
+
+def test_uncompressed_layer_labelled_gzip_is_sniffed(public_fixtures):
+    # skopeo's fixture labels a plain 2048-byte tar as tar.gzip.
+    blobs = [p for p in (public_fixtures / "layouts/skopeo_dir_uncompressed-image-s2").iterdir()
+             if p.name != "manifest.json" and p.stat().st_size == 2048]
+    assert len(blobs) == 1
+    data = blobs[0].read_bytes()
+    h = DiffIdHasher()
+    h.update(data)
+    assert h.digest() == sha(data) == "sha256:" + blobs[0].name
+
+
+def test_diff_id_of_tiny_blob_without_magic():
+    h = DiffIdHasher()
+    h.update(b"ab")
+    assert h.digest() == sha(b"ab")

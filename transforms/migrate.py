@@ -1,0 +1,138 @@
+"""The migration pipeline as one composite transform.
+
+    jobs ─ Resolve ─ PlanTargets ─┬─ blob requests ─ GroupByKey(source blob) ─ CopyBlobs ─┐
+                                  └─ target plans ─────────────────────────────────────────┴─ CoGroupByKey(target)
+         ─ Finalize (manifests) ─ GroupByKey(store) ─ Publish (names) ─ audit rows ─ WriteAudit
+
+Grouping blob requests by *source* blob means each blob is read once and written once
+per destination however many images share it; grouping finalized images by store
+makes every name at a store visible in one last write, after all its manifests.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import apache_beam as beam
+
+from transforms import audit, errors
+from transforms.copyblobs import CopyBlobsFn
+from transforms.naming import sync_job
+from transforms.plan import CopyJob
+from transforms.publish import FinalizeFn, PublishFn
+from transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
+from transforms.stores.base import ImageEntry
+from transforms.stores.reference import parse_reference
+from transforms.storecache import StoreCache, store_id
+
+log = logging.getLogger("imagepush.progress")
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """Copy every image a source store holds to every destination (name-mapped)."""
+
+    source: str
+    #: (destination reference, format) pairs.
+    destinations: tuple[tuple[str, str], ...]
+    platforms: tuple[str, ...] = ()
+    #: Regular expressions over ``repository:tag``; an image is kept if it matches
+    #: any include (or there is none) and no exclude.
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def wants(self, entry: ImageEntry) -> bool:
+        name = f"{entry.repository}:{entry.tag or ''}" if entry.repository else (entry.tag or entry.ref)
+        if self.include and not any(re.search(p, name) for p in self.include):
+            return False
+        return not any(re.search(p, name) for p in self.exclude)
+
+
+class ExpandSyncFn(beam.DoFn):
+    """SyncSpec -> one CopyJob per image the source lists (a generator: catalogs can be huge).
+
+    A source that cannot be listed yields an audit row directly on the ``failed`` output.
+    """
+
+    FAILED = "failed"
+
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+
+    def setup(self) -> None:
+        self._stores = StoreCache()
+
+    def process(self, spec: SyncSpec) -> Iterator[CopyJob]:
+        source = parse_reference(spec.source)
+        dests = [(parse_reference(d), fmt) for d, fmt in spec.destinations]
+        started = audit.now()
+        try:
+            entries: Iterator[ImageEntry] = self._stores.source(store_id(source)).list_images()
+            for entry in entries:
+                if spec.wants(entry):
+                    yield sync_job(source, entry, dests, spec.platforms)
+        except Exception as exc:
+            message = f"listing {spec.source} failed: {errors.one_line(exc)}"
+            log.warning(message)
+            for d, _ in spec.destinations:
+                yield beam.pvalue.TaggedOutput(
+                    self.FAILED,
+                    audit.AuditRow(
+                        run_id=self._run_id, source=spec.source, destination=d, source_digest=None,
+                        destination_digest=None, media_type=None, status=audit.FAILED, error=message,
+                        blobs_copied=0, blobs_skipped=0, bytes_copied=0, started_at=started,
+                        finished_at=audit.now(),
+                    ),
+                )
+
+    def teardown(self) -> None:
+        self._stores.close()
+
+
+class WriteAuditFn(beam.DoFn):
+    """Writes all rows of the run as one Parquet file (rows arrive as a side input)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def process(self, _unused, rows) -> Iterator[int]:
+        rows = list(rows)
+        audit.write(rows, self._url)
+        yield len(rows)
+
+
+class MigrateImages(beam.PTransform):
+    """PCollection[CopyJob] -> PCollection[AuditRow], with the audit written to ``audit_url``."""
+
+    def __init__(self, run_id: str, audit_url: str, extra_rows: beam.PCollection | None = None) -> None:
+        super().__init__()
+        self._run_id = run_id
+        self._audit_url = audit_url
+        self._extra_rows = extra_rows
+
+    def expand(self, jobs: beam.PCollection) -> beam.PCollection:
+        plans = jobs | "SpreadJobs" >> beam.Reshuffle() | "Resolve" >> beam.ParDo(ResolveImageFn())
+        planned = plans | "PlanTargets" >> beam.ParDo(PlanTargetsFn()).with_outputs(BLOBS, main="targets")
+        blob_results = (
+            planned[BLOBS]
+            | "GroupBySourceBlob" >> beam.GroupByKey()
+            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn())
+        )
+        rows = (
+            {"plan": planned.targets, "blobs": blob_results}
+            | "JoinBlobsToTargets" >> beam.CoGroupByKey()
+            | "WriteManifests" >> beam.ParDo(FinalizeFn(self._run_id))
+            | "GroupByStore" >> beam.GroupByKey()
+            | "PublishNames" >> beam.ParDo(PublishFn())
+        )
+        if self._extra_rows is not None:
+            rows = (rows, self._extra_rows) | "AllRows" >> beam.Flatten()
+        _ = (
+            jobs.pipeline
+            | "AuditTrigger" >> beam.Create([None])
+            | "WriteAudit" >> beam.ParDo(WriteAuditFn(self._audit_url), beam.pvalue.AsList(rows))
+        )
+        return rows

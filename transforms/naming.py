@@ -1,0 +1,81 @@
+"""Where each image goes: the name mapping of ``copy`` and ``sync``."""
+
+from __future__ import annotations
+
+from transforms.plan import PRESERVE, CopyJob, Target
+from transforms.stores.base import ImageEntry, StoreError
+from transforms.stores.reference import ImageReference
+from transforms.storecache import store_id
+
+
+def copy_target(dest: ImageReference, fmt: str = PRESERVE) -> Target:
+    """``copy``: the destination reference names the image itself."""
+    return Target(destination=str(dest), store=store_id(dest), name=dest.ref, format=fmt)
+
+
+def copy_job(
+    source: ImageReference, dests: list[tuple[ImageReference, str]], platforms: tuple[str, ...]
+) -> CopyJob:
+    """``copy``: one root image, selected by the source reference's tag, ref name or digest."""
+    image, digest = source.ref, None
+    if source.transport == "docker":
+        store = store_id(ImageReference("docker", source.location))
+        if image and image.startswith("sha256:"):
+            image, digest = None, image
+        else:
+            image = image or "latest"
+    else:
+        store = store_id(source)
+    return CopyJob(
+        source_store=store,
+        source=str(source),
+        image=image,
+        digest=digest,
+        targets=tuple(copy_target(d, fmt) for d, fmt in dests),
+        platforms=platforms,
+    )
+
+
+def sync_target(dest: ImageReference, entry: ImageEntry, fmt: str = PRESERVE) -> Target:
+    """``sync``: the repository path below the source is appended to the destination, tags kept."""
+    if dest.transport == "docker":
+        location = "/".join(p for p in (dest.location.rstrip("/"), entry.repository) if p)
+        mapped = ImageReference("docker", location, entry.tag)
+        if "/" not in location:
+            raise StoreError(f"{dest}: no repository to write {entry.ref or entry.digest} into")
+        return Target(destination=str(mapped), store=store_id(mapped), name=entry.tag, format=fmt)
+    if dest.transport == "dir":
+        return Target(destination=str(dest), store=store_id(dest), name=None, format=fmt)
+    if entry.tag is None:
+        name = None
+    elif dest.transport == "oci":
+        name = f"{entry.repository}:{entry.tag}" if entry.repository else entry.tag
+    else:  # docker-archive RepoTags need a repository
+        name = f"{entry.repository or 'image'}:{entry.tag}"
+    mapped = ImageReference(dest.transport, dest.location, name)
+    return Target(destination=str(mapped), store=store_id(mapped), name=name, format=fmt)
+
+
+def sync_job(
+    source: ImageReference,
+    entry: ImageEntry,
+    dests: list[tuple[ImageReference, str]],
+    platforms: tuple[str, ...],
+) -> CopyJob:
+    if source.transport == "docker":
+        location = "/".join(p for p in (source.registry_host, entry.repository) if p)
+        shown = str(ImageReference("docker", location, entry.tag or entry.digest))
+        store = store_id(ImageReference("docker", location))
+    else:
+        shown = str(ImageReference(source.transport, source.location, entry.ref or None))
+        if not entry.ref:
+            shown += f"@{entry.digest}"
+        store = store_id(source)
+    return CopyJob(
+        source_store=store,
+        source=shown,
+        image=entry.ref or None,
+        digest=None if entry.ref else entry.digest,
+        targets=tuple(sync_target(d, entry, fmt) for d, fmt in dests),
+        platforms=platforms,
+    )

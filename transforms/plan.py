@@ -1,0 +1,199 @@
+"""What a run has to do, as plain records: jobs, resolved manifest trees, per-target plans.
+
+These records are the PCollection elements of the pipeline. They hold manifests and
+configs (small, bounded by the 4 MiB manifest limit) and blob *descriptors*, never
+layer bytes. Deciding the written format of each manifest is pure, so it lives here
+and is tested without Beam.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from transforms.formats import mediatypes as mt
+from transforms.formats.descriptor import Descriptor, Platform
+from transforms.formats.manifest import ImageIndex, ImageManifest
+from transforms.formats.schema1 import Schema1Manifest
+from transforms.stores.base import ManifestBlob
+
+PRESERVE, OCI, V2S2 = "preserve", "oci", "v2s2"
+FORMATS = (PRESERVE, OCI, V2S2)
+
+Parsed = ImageManifest | ImageIndex | Schema1Manifest
+
+
+@dataclass(frozen=True)
+class Target:
+    """One destination of one image."""
+
+    #: The destination as shown in the audit, with the name the image gets there.
+    destination: str
+    #: Identity of the store (``transport:location``): publications are grouped by it.
+    store: str
+    #: Name to publish (tag, ref name, ``repo:tag``); None publishes unnamed.
+    name: str | None
+    format: str = PRESERVE
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """Copy one root image (an image or an index) from a source to its targets."""
+
+    #: The source store (``transport:location``).
+    source_store: str
+    #: The source image as shown in the audit.
+    source: str
+    #: Name of the image inside the source store (None: its only image).
+    image: str | None
+    #: Select the root by digest instead (untagged entries found by listing).
+    digest: str | None
+    targets: tuple[Target, ...]
+    platforms: tuple[str, ...] = ()
+
+
+@dataclass
+class ManifestNode:
+    """A manifest as read, parsed, with its config and (for an index) kept children."""
+
+    manifest: ManifestBlob
+    parsed: Parsed
+    #: Image config bytes (None for indexes and schema1, whose config is inside the manifest).
+    config: bytes | None = None
+    #: The entry that pointed at this manifest in its parent index.
+    entry: Descriptor | None = None
+    children: list["ManifestNode"] = field(default_factory=list)
+
+    @property
+    def is_index(self) -> bool:
+        return isinstance(self.parsed, ImageIndex)
+
+    def walk(self):
+        """Children before parents: the order manifests must be written in."""
+        for child in self.children:
+            yield from child.walk()
+        yield self
+
+
+@dataclass
+class ImagePlan:
+    key: str
+    job: CopyJob
+    started_at: dt.datetime
+    root: ManifestNode | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BlobNeed:
+    """A blob one target needs, and whether its diff_id must be computed on the way."""
+
+    descriptor: Descriptor
+    need_diff_id: bool = False
+
+
+@dataclass
+class TargetPlan:
+    """One image for one target: which format each manifest is written in, which blobs."""
+
+    key: str
+    image: ImagePlan
+    target: Target
+    root: ManifestNode | None
+    #: manifest digest -> format to write ("oci"/"v2s2"), or None to keep the bytes.
+    formats: dict[str, str | None] = field(default_factory=dict)
+    blobs: list[BlobNeed] = field(default_factory=list)
+    error: str | None = None
+
+
+def family(media_type: str) -> str:
+    """The format family a manifest type belongs to."""
+    if media_type in (mt.OCI_MANIFEST, mt.OCI_INDEX):
+        return OCI
+    if media_type in (mt.DOCKER_SCHEMA2, mt.DOCKER_LIST):
+        return V2S2
+    return "schema1"
+
+
+def choose_format(media_type: str, requested: str, accepts, preferred: str) -> str | None:
+    """None to keep a manifest's bytes, else the format to convert it to.
+
+    ``preserve`` keeps whatever the destination accepts and otherwise converts to the
+    destination's preferred format, as containers/image does; an explicit format
+    converts only what is not already in it.
+    """
+    if requested == PRESERVE:
+        return None if accepts(media_type) else preferred
+    return None if family(media_type) == requested else requested
+
+
+def filter_platforms(entries: list[Descriptor], platforms: tuple[str, ...]) -> list[Descriptor]:
+    """Keep index entries matching any requested platform (all when none is requested)."""
+    if not platforms:
+        return list(entries)
+    wanted = [Platform.parse(p) for p in platforms]
+    return [e for e in entries if e.platform is not None and any(e.platform.matches(w) for w in wanted)]
+
+
+_FOREIGN = ("foreign", "nondistributable")
+
+
+def _copyable(d: Descriptor) -> bool:
+    """Foreign/non-distributable layers are fetched from their URLs by clients, never copied."""
+    return not (d.urls and any(word in d.media_type for word in _FOREIGN))
+
+
+def blob_needs(node: ManifestNode, fmt: str | None) -> list[BlobNeed]:
+    """The source blobs an image manifest needs at a destination when written as ``fmt``."""
+    p = node.parsed
+    if isinstance(p, Schema1Manifest):
+        if fmt is None:
+            seen: dict[str, BlobNeed] = {}
+            for layer in p.layers:
+                seen.setdefault(layer.blob_sum, BlobNeed(Descriptor(mt.DOCKER_LAYER_GZIP, layer.blob_sum, -1)))
+            return list(seen.values())
+        seen = {}
+        for layer in p.layers:
+            if not layer.throwaway:
+                seen.setdefault(
+                    layer.blob_sum, BlobNeed(Descriptor(mt.DOCKER_LAYER_GZIP, layer.blob_sum, -1), need_diff_id=True)
+                )
+        return list(seen.values())
+    if isinstance(p, ImageManifest):
+        needs = [BlobNeed(d) for d in p.layers if _copyable(d)]
+        # A schema2 config converted to OCI is regenerated; every other case copies it.
+        if not (fmt == OCI and family(node.manifest.media_type) == V2S2):
+            needs.insert(0, BlobNeed(p.config))
+        return needs
+    return []
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    """One target's need for one source blob at one destination store."""
+
+    source_store: str
+    dest_store: str
+    target_key: str
+    descriptor: Descriptor
+    need_diff_id: bool
+
+
+COPIED, PRESENT, SHARED, FAILED = "copied", "present", "shared", "failed"
+
+
+@dataclass(frozen=True)
+class BlobResult:
+    """What happened to one blob at one destination, as seen by one target.
+
+    A blob written once for many targets is ``copied`` for exactly one of them (the
+    audit's byte counts then add up) and ``shared`` for the others.
+    """
+
+    digest: str
+    dest_store: str
+    status: str
+    size: int
+    bytes_copied: int = 0
+    diff_id: str | None = None
+    error: str | None = None

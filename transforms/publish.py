@@ -1,0 +1,208 @@
+"""Writing manifests once their blobs are present, then publishing names, per store.
+
+Order at every destination: blobs (earlier stage), then image manifests, then the
+indexes that list them, then — in one call per store, after every image of the run —
+the names (tags, ref names, ``manifest.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import errors
+from transforms.audit import FAILED, OK, AuditRow, now
+from transforms.formats.convert import LayerInfo
+from transforms.formats.manifest import ImageManifest
+from transforms.formats.schema1 import Schema1Manifest
+from transforms.plan import COPIED, FAILED as BLOB_FAILED, BlobResult, ManifestNode, TargetPlan
+from transforms.render import render_tree
+from transforms.stores.base import Destination, ManifestBlob, Publication
+from transforms.storecache import StoreCache
+
+log = logging.getLogger("imagepush.progress")
+
+
+@dataclass
+class Finalized:
+    """One target's outcome before its name is published."""
+
+    publication: Publication | None
+    rows: list[AuditRow] = field(default_factory=list)
+
+
+def _rows_failed(tp: TargetPlan, run_id: str, error: str) -> list[AuditRow]:
+    finished = now()
+    nodes = list(tp.root.walk()) if tp.root is not None else [None]
+    rows = []
+    for node in nodes:
+        rows.append(
+            AuditRow(
+                run_id=run_id,
+                source=tp.image.job.source,
+                destination=tp.target.destination,
+                source_digest=node.manifest.digest if node else None,
+                destination_digest=None,
+                media_type=None,
+                status=FAILED,
+                error=error,
+                blobs_copied=0,
+                blobs_skipped=0,
+                bytes_copied=0,
+                started_at=tp.image.started_at,
+                finished_at=finished,
+                role=_role(tp, node),
+            )
+        )
+    return rows
+
+
+def _role(tp: TargetPlan, node: ManifestNode | None) -> str:
+    if node is None or node is tp.root:
+        return "index" if node is not None and node.is_index else "image"
+    return "child"
+
+
+def write_manifests(
+    tp: TargetPlan, blobs: dict[str, BlobResult], destination: Destination, run_id: str
+) -> Finalized:
+    """Convert (if planned) and store every manifest of the target, children first."""
+    layer_info = {
+        d: LayerInfo(size=r.size, diff_id=r.diff_id) for d, r in blobs.items() if r.diff_id is not None
+    }
+    owner: set[str] = set()
+    rows: list[AuditRow] = []
+    rendered = render_tree(tp.root, tp.formats, layer_info)
+    for item in rendered:
+        node = item.node
+        if item.new_config is not None:
+            destination.put_blob(*item.new_config)
+        destination.put_manifest(ManifestBlob(item.data, item.media_type, item.digest), root=node is tp.root)
+        copied, skipped, nbytes = (0, 0, 0) if node.is_index else _count_blobs(node, blobs, owner)
+        rows.append(
+            AuditRow(
+                run_id=run_id,
+                source=tp.image.job.source,
+                destination=tp.target.destination,
+                source_digest=node.manifest.digest,
+                destination_digest=item.digest,
+                media_type=item.media_type,
+                status=OK,
+                error=None,
+                blobs_copied=copied,
+                blobs_skipped=skipped,
+                bytes_copied=nbytes,
+                started_at=tp.image.started_at,
+                finished_at=now(),
+                role=_role(tp, node),
+            )
+        )
+    root = rendered[-1]
+    publication = Publication(
+        ref=tp.target.name,
+        descriptor=root.descriptor,
+        config_digest=root.config_digest,
+        manifest=root.data,
+    )
+    return Finalized(publication=publication, rows=rows)
+
+
+def _referenced(node: ManifestNode) -> list[str]:
+    p = node.parsed
+    if isinstance(p, Schema1Manifest):
+        return [layer.blob_sum for layer in p.layers]
+    if isinstance(p, ImageManifest):
+        return [p.config.digest, *(d.digest for d in p.layers)]
+    return []
+
+
+def _count_blobs(node: ManifestNode, blobs: dict[str, BlobResult], owner: set[str]) -> tuple[int, int, int]:
+    """Blob counts for one manifest; a blob shared by siblings counts for the first one."""
+    copied = skipped = nbytes = 0
+    for d in _referenced(node):
+        if d in owner or d not in blobs:
+            continue
+        owner.add(d)
+        r = blobs[d]
+        if r.status == COPIED:
+            copied += 1
+            nbytes += r.bytes_copied
+        else:
+            skipped += 1
+    return copied, skipped, nbytes
+
+
+class FinalizeFn(beam.DoFn):
+    """(target key, {plan, blobs}) -> (store, Finalized): manifests written, name pending."""
+
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+
+    def setup(self) -> None:
+        self._stores = StoreCache()
+
+    def process(self, element) -> Iterator[tuple[str, Finalized]]:
+        _, grouped = element
+        plans, results = list(grouped["plan"]), list(grouped["blobs"])
+        tp: TargetPlan = plans[0]
+        store = tp.target.store
+        if tp.error:
+            yield store, Finalized(None, _rows_failed(tp, self._run_id, tp.error))
+            return
+        blobs = {r.digest: r for r in results}
+        bad = sorted((r for r in results if r.status == BLOB_FAILED), key=lambda r: r.digest)
+        if bad:
+            error = f"blob {bad[0].digest}: {bad[0].error}"
+            if len(bad) > 1:
+                error += f" (and {len(bad) - 1} more blobs failed)"
+            yield store, Finalized(None, _rows_failed(tp, self._run_id, error))
+            return
+        try:
+            finalized = write_manifests(tp, blobs, self._stores.destination(store), self._run_id)
+        except Exception as exc:
+            yield store, Finalized(None, _rows_failed(tp, self._run_id, errors.one_line(exc)))
+            return
+        yield store, finalized
+
+    def teardown(self) -> None:
+        self._stores.close()
+
+
+class PublishFn(beam.DoFn):
+    """(store, [Finalized]) -> audit rows, after publishing every name in one store call."""
+
+    def __init__(self) -> None:
+        self._ok = Metrics.counter("imagepush", "images_ok")
+        self._failed = Metrics.counter("imagepush", "images_failed")
+
+    def setup(self) -> None:
+        self._stores = StoreCache()
+
+    def process(self, element: tuple[str, Iterable[Finalized]]) -> Iterator[AuditRow]:
+        store, finals = element
+        finals = list(finals)
+        publications = [f.publication for f in finals if f.publication is not None]
+        error = None
+        if publications:
+            try:
+                self._stores.destination(store).publish(publications)
+            except Exception as exc:
+                error = f"publishing to {store} failed: {errors.one_line(exc)}"
+                log.warning(error)
+        finished = now()
+        for f in finals:
+            for row in f.rows:
+                if error and row.status == OK:
+                    row = row.failed(error, finished)
+                if row.role != "child":
+                    (self._ok if row.status == OK else self._failed).inc()
+                    log.info("%s -> %s: %s", row.source, row.destination, row.status if row.status == OK
+                             else f"failed: {row.error}")
+                yield row
+
+    def teardown(self) -> None:
+        self._stores.close()

@@ -1,0 +1,189 @@
+"""Reading the manifest tree of each job and planning it for every target.
+
+Resolution reads manifests and configs (small, size-capped) and never layer bytes;
+planning decides, per target, which manifests keep their bytes, which are converted,
+and which blobs must be present before anything is published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Iterator
+
+import apache_beam as beam
+
+from transforms import errors
+from transforms.blobio import BlobVerificationError
+from transforms.formats import mediatypes as mt
+from transforms.formats.descriptor import Descriptor, FormatError
+from transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
+from transforms.plan import (
+    BlobNeed,
+    BlobRequest,
+    CopyJob,
+    ImagePlan,
+    ManifestNode,
+    TargetPlan,
+    blob_needs,
+    choose_format,
+    filter_platforms,
+)
+from transforms.audit import now
+from transforms.stores.base import Destination, Source, StoreError
+from transforms.storecache import StoreCache
+
+log = logging.getLogger(__name__)
+
+#: Manifests and configs above this are refused, as registries and containers/image do.
+MAX_DOCUMENT = 4 << 20
+_CONFIG_TYPES = frozenset({mt.DOCKER_CONFIG, mt.OCI_CONFIG, "application/octet-stream"})
+_MAX_DEPTH = 4
+
+BLOBS = "blobs"
+
+
+def read_small_blob(source: Source, descriptor: Descriptor) -> bytes:
+    """Read a config-sized blob whole, verifying its digest."""
+    if descriptor.size > MAX_DOCUMENT:
+        raise FormatError(f"config {descriptor.digest} is {descriptor.size} bytes, over the 4 MiB limit")
+    with source.open_blob(descriptor.digest) as f:
+        data = f.read(MAX_DOCUMENT + 1)
+    algorithm, encoded = descriptor.digest.split(":", 1)
+    if hashlib.new(algorithm, data).hexdigest() != encoded:
+        raise BlobVerificationError(f"config blob does not match its digest {descriptor.digest}")
+    if len(data) != descriptor.size:
+        raise BlobVerificationError(
+            f"config {descriptor.digest} has {len(data)} bytes, its descriptor says {descriptor.size}"
+        )
+    return data
+
+
+def resolve_tree(source: Source, job: CopyJob) -> ManifestNode:
+    root = source.get_manifest(job.digest) if job.digest else source.get_root(job.image)
+    return _node(source, root, None, job.platforms, 0)
+
+
+def _node(source: Source, blob, entry: Descriptor | None, platforms, depth: int) -> ManifestNode:
+    if len(blob.data) > MAX_DOCUMENT:
+        raise FormatError(f"manifest {blob.digest} is over the 4 MiB limit")
+    parsed = parse_manifest(blob.data, blob.media_type)
+    node = ManifestNode(manifest=blob, parsed=parsed, entry=entry)
+    if isinstance(parsed, ImageIndex):
+        if depth >= _MAX_DEPTH:
+            raise FormatError(f"index {blob.digest} nests deeper than {_MAX_DEPTH} levels")
+        nested = [e for e in parsed.manifests if mt.is_index(e.media_type) and e.platform is None]
+        kept = filter_platforms([e for e in parsed.manifests if e not in nested], platforms) + nested
+        if not kept:
+            wanted = ", ".join(platforms) or "any platform"
+            raise StoreError(f"index {blob.digest} has no manifest for {wanted}")
+        for e in parsed.manifests:
+            if e in kept:
+                node.children.append(_node(source, source.get_manifest(e.digest), e, platforms, depth + 1))
+    elif isinstance(parsed, ImageManifest) and parsed.config.media_type in _CONFIG_TYPES:
+        node.config = read_small_blob(source, parsed.config)
+    return node
+
+
+class ResolveImageFn(beam.DoFn):
+    """CopyJob -> ImagePlan (with the manifest tree, or the error that stopped it)."""
+
+    def setup(self) -> None:
+        self._stores = StoreCache()
+
+    def process(self, job: CopyJob) -> Iterator[ImagePlan]:
+        key = f"{job.source}@{job.digest or ''}"
+        plan = ImagePlan(key=key, job=job, started_at=now())
+        try:
+            plan.root = resolve_tree(self._stores.source(job.source_store), job)
+        except Exception as exc:
+            plan.error = errors.one_line(exc)
+            log.warning("%s: %s", job.source, plan.error)
+        yield plan
+
+    def teardown(self) -> None:
+        self._stores.close()
+
+
+def plan_target(plan: ImagePlan, index: int, destination: Destination) -> TargetPlan:
+    target = plan.job.targets[index]
+    tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root, error=plan.error)
+    if tp.error:
+        return tp
+    root = plan.root
+    if root.is_index and not destination.accepts_manifest(root.manifest.media_type) and target.format == "preserve":
+        # Stores that hold single images (docker-archive) take an index narrowed to one image.
+        if len(root.children) != 1:
+            tp.error = (
+                f"{target.destination} holds single images and {plan.job.source} is an index of "
+                f"{len(root.children)}; choose one with --platform"
+            )
+            return tp
+        root = tp.root = root.children[0]
+    try:
+        needs: dict[str, BlobNeed] = {}
+        for node in root.walk():
+            fmt = choose_format(
+                node.manifest.media_type, target.format, destination.accepts_manifest, destination.preferred_format
+            )
+            written_type = _written_type(node, fmt)
+            if not destination.accepts_manifest(written_type):
+                raise StoreError(f"{target.destination} cannot store a {written_type} manifest")
+            tp.formats[node.manifest.digest] = fmt
+            for need in blob_needs(node, fmt):
+                old = needs.get(need.descriptor.digest)
+                if old is None or (need.need_diff_id and not old.need_diff_id):
+                    needs[need.descriptor.digest] = need
+        tp.blobs = list(needs.values())
+    except Exception as exc:
+        tp.error = errors.one_line(exc)
+    return tp
+
+
+def _written_type(node: ManifestNode, fmt: str | None) -> str:
+    if fmt is None:
+        return node.manifest.media_type
+    if node.is_index:
+        return mt.OCI_INDEX if fmt == "oci" else mt.DOCKER_LIST
+    return mt.OCI_MANIFEST if fmt == "oci" else mt.DOCKER_SCHEMA2
+
+
+class PlanTargetsFn(beam.DoFn):
+    """ImagePlan -> (key, TargetPlan) per target, and blob requests on the ``blobs`` output.
+
+    Blob requests are keyed by source store and digest, so that one read of a source
+    blob serves every destination and every image that needs it.
+    """
+
+    def setup(self) -> None:
+        self._stores = StoreCache()
+
+    def process(self, plan: ImagePlan):
+        for index, target in enumerate(plan.job.targets):
+            try:
+                destination = self._stores.destination(target.store)
+            except Exception as exc:
+                tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root,
+                                error=errors.one_line(exc))
+            else:
+                tp = plan_target(plan, index, destination)
+            yield (tp.key, tp)
+            if tp.error:
+                continue
+            for need in tp.blobs:
+                yield beam.pvalue.TaggedOutput(
+                    BLOBS,
+                    (
+                        f"{plan.job.source_store}|{need.descriptor.digest}",
+                        BlobRequest(
+                            source_store=plan.job.source_store,
+                            dest_store=target.store,
+                            target_key=tp.key,
+                            descriptor=need.descriptor,
+                            need_diff_id=need.need_diff_id,
+                        ),
+                    ),
+                )
+
+    def teardown(self) -> None:
+        self._stores.close()

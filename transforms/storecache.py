@@ -1,0 +1,41 @@
+"""Per-DoFn-instance cache of opened stores, keyed by their reference strings.
+
+DoFns carry only reference strings (cheap to pickle); each worker opens a store the
+first time it needs it and reuses it (and its connection pools) across bundles.
+"""
+
+from __future__ import annotations
+
+from transforms.stores.base import Destination, Source
+from transforms.stores.reference import ImageReference, parse_reference
+from transforms.stores.transports import open_destination, open_source
+
+
+def store_id(ref: ImageReference) -> str:
+    """The identity of the store a reference points into (without the image name)."""
+    return str(ImageReference(ref.transport, ref.location, None))
+
+
+class StoreCache:
+    def __init__(self) -> None:
+        self._sources: dict[str, Source] = {}
+        self._destinations: dict[str, Destination] = {}
+
+    def source(self, store: str) -> Source:
+        if store not in self._sources:
+            self._sources[store] = open_source(parse_reference(store))
+        return self._sources[store]
+
+    def destination(self, store: str) -> Destination:
+        if store not in self._destinations:
+            self._destinations[store] = open_destination(parse_reference(store))
+        return self._destinations[store]
+
+    def close(self) -> None:
+        for store in [*self._sources.values(), *self._destinations.values()]:
+            try:
+                store.close()
+            except Exception:  # teardown is best effort; Beam may not even call it
+                pass
+        self._sources.clear()
+        self._destinations.clear()
