@@ -134,12 +134,25 @@ class Destination(abc.ABC):
             sink.abort()
             raise
 
+    def mount_blob(self, descriptor: Descriptor, from_store: str) -> bool:
+        """Make a blob present by reference to another store of the same service.
+
+        A registry does this with a cross-repository mount; ``from_store`` is the
+        store id (``docker://host/repo``) known to hold the blob. False when the
+        stores cannot share blobs, and the caller then uploads.
+        """
+        return False
+
     @abc.abstractmethod
     def has_manifest(self, digest: str) -> bool: ...
 
     @abc.abstractmethod
-    def put_manifest(self, manifest: ManifestBlob) -> None:
-        """Store a manifest by digest, after all the blobs (or children) it references."""
+    def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
+        """Store a manifest by digest, after all the blobs (or children) it references.
+
+        ``root`` marks the manifest a publication will name; stores that keep their
+        primary manifest in a fixed file (dir:) write it only at :meth:`publish`.
+        """
 
     @abc.abstractmethod
     def publish(self, publications: list[Publication]) -> None:

@@ -1,0 +1,312 @@
+"""OCI image layout (``oci:PATH[:REF]``): ``oci-layout``, ``index.json`` and ``blobs/<alg>/<hex>``.
+
+Names live only in ``index.json`` as the ``org.opencontainers.image.ref.name`` annotation.
+The descriptor media types written there are not trusted (ggcr's ``test_index`` layout
+labels Docker manifests as OCI ones), so the type of a root is detected from its bytes
+with the declared type only as a hint.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, BinaryIO, Iterator
+
+import orjson
+
+from transforms.formats import digest as digestlib
+from transforms.formats import mediatypes as mt
+from transforms.formats.descriptor import Descriptor, FormatError
+from transforms.formats.manifest import detect_media_type, manifest_digest
+from transforms.stores.base import (
+    BlobSink,
+    Destination,
+    ImageEntry,
+    ManifestBlob,
+    NotFound,
+    Publication,
+    Source,
+    StoreError,
+)
+from transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+
+REF_NAME = "org.opencontainers.image.ref.name"
+LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
+#: Manifest types a layout can name in index.json unchanged (schema1 has no OCI place).
+ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_SCHEMA2, mt.DOCKER_LIST})
+_POSITION_RE = re.compile(r"^@(\d+)$")
+
+
+def split_name(ref: str) -> tuple[str, str | None]:
+    """Split a ref name into (repository, tag) for sync's name mapping.
+
+    ``apps/web:1.0`` -> ``("apps/web", "1.0")``; a bare ``latest`` is a tag (skopeo and
+    Docker 25 write only the tag); ``host:5000/app`` has no tag because the colon is
+    before the last ``/``; ``app@sha256:…`` names a digest, not a tag.
+    """
+    if not ref:
+        return "", None
+    if "@" in ref:
+        return ref.split("@", 1)[0], None
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1 :] or None
+    if slash < 0:
+        return "", ref
+    return ref, None
+
+
+def _blob_parts(digest: str) -> tuple[str, str]:
+    try:
+        return digestlib.split(digest)
+    except digestlib.DigestError as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _root_blob(store: FsStore, digest: str) -> str:
+    algorithm, encoded = _blob_parts(digest)
+    return store.path("blobs", algorithm, encoded)
+
+
+def detect_from_content(data: bytes, declared: str | None) -> str:
+    """A manifest's type from its bytes; the declared type only fills in when they say nothing.
+
+    index.json descriptors can disagree with the blob they point at (formats.md pitfall
+    6), so content decides: an explicit ``mediaType``, else the shape, as containers/image
+    guesses (a Docker list or schema2 always carries its ``mediaType``, so a document
+    without one is OCI). Only a blob that is not a recognisable manifest keeps its
+    declared type, so unknown root types are listed and copied instead of failing.
+    """
+    try:
+        return detect_media_type(data, None)
+    except FormatError:
+        if declared:
+            return declared
+        raise
+
+
+def _load_index(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        index = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(f"{where}: index.json is not JSON ({exc})") from None
+    if not isinstance(index, dict):
+        raise StoreError(f"{where}: index.json is not a JSON object")
+    manifests = index.get("manifests")
+    if manifests is None:
+        index["manifests"] = []  # Docker 25's untagged save writes null
+    elif not isinstance(manifests, list):
+        raise StoreError(f"{where}: index.json 'manifests' is not a list")
+    return index
+
+
+class OCILayoutSource(FsStore, Source):
+    """Reads images from an OCI image layout."""
+
+    def _reset_cache(self) -> None:
+        self._entries_cache: list[Descriptor] | None = None
+
+    def _where(self) -> str:
+        return f"oci:{self.url}"
+
+    def _entries(self) -> list[Descriptor]:
+        """The descriptors of index.json, parsed once per store object."""
+        with self._lock:
+            if self._entries_cache is None:
+                data = read_bytes(self.fs, self.path(INDEX_FILE), f"{self._where()}: index.json")
+                index = _load_index(data, self._where())
+                entries = []
+                for position, raw in enumerate(index["manifests"]):
+                    try:
+                        entries.append(Descriptor.from_dict(raw))
+                    except FormatError as exc:
+                        raise StoreError(f"{self._where()}: index.json entry {position}: {exc}") from None
+                self._entries_cache = entries
+            return self._entries_cache
+
+    def _read_manifest(self, digest: str, hint: str | None) -> ManifestBlob:
+        data = read_bytes(self.fs, _root_blob(self, digest), f"{self._where()}: manifest {digest}")
+        if not digestlib.matches(digest, data):
+            raise StoreError(f"{self._where()}: blob {digest} does not match its digest")
+        try:
+            media_type = detect_from_content(data, hint)
+        except FormatError as exc:
+            raise StoreError(f"{self._where()}: {digest} is not a manifest ({exc})") from None
+        canonical = manifest_digest(data, media_type) if mt.is_schema1(media_type) else digest
+        return ManifestBlob(data=data, media_type=media_type, digest=canonical)
+
+    def _detected_type(self, desc: Descriptor) -> str:
+        """Type of a root for listing; a root whose blob is missing keeps its declared type."""
+        try:
+            data = read_bytes(self.fs, _root_blob(self, desc.digest), "blob")
+        except NotFound:
+            return desc.media_type
+        return detect_from_content(data, desc.media_type)
+
+    def list_images(self) -> Iterator[ImageEntry]:
+        for desc in self._entries():
+            ref = desc.annotation(REF_NAME) or ""
+            repository, tag = split_name(ref)
+            yield ImageEntry(
+                ref=ref, repository=repository, tag=tag, digest=desc.digest,
+                media_type=self._detected_type(desc),
+            )
+
+    def _select(self, ref: str | None) -> Descriptor:
+        entries = self._entries()
+        if ref is None or ref == "":
+            if not entries:
+                raise NotFound(f"{self._where()} holds no images")
+            if len(entries) > 1:
+                raise StoreError(
+                    f"{self._where()} holds {len(entries)} images; name one with oci:{self.url}:REF"
+                )
+            return entries[0]
+        position = _POSITION_RE.match(ref)
+        if position:  # skopeo's oci:DIR:@N selects index.json entry N
+            n = int(position.group(1))
+            if n >= len(entries):
+                raise NotFound(f"{self._where()} has no entry @{n} ({len(entries)} entries)")
+            return entries[n]
+        found = [d for d in entries if d.annotation(REF_NAME) == ref]
+        if not found:
+            raise NotFound(f"{self._where()}: no image named {ref!r}")
+        if len({d.digest for d in found}) > 1:
+            raise StoreError(f"{self._where()}: the name {ref!r} is given to several different images")
+        return found[0]
+
+    def get_root(self, ref: str | None) -> ManifestBlob:
+        desc = self._select(ref)
+        return self._read_manifest(desc.digest, desc.media_type)
+
+    def get_manifest(self, digest: str) -> ManifestBlob:
+        hint = next((d.media_type for d in self._entries() if d.digest == digest), None)
+        return self._read_manifest(digest, hint)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        return open_read(self.fs, _root_blob(self, digest), f"{self._where()}: blob {digest}")
+
+
+class OCILayoutDestination(FsStore, Destination):
+    """Writes images into an OCI image layout; names are added to index.json at publish."""
+
+    preferred_format = "oci"
+
+    def _where(self) -> str:
+        return f"oci:{self.url}"
+
+    def prepare(self) -> None:
+        fs = self.fs
+        if fs.exists(self.root):
+            if not fs.isdir(self.root):
+                raise StoreError(f"{self._where()}: {self.url} exists and is not a directory")
+            children = fs.ls(self.root, detail=False)
+            if children and not fs.exists(self.path(LAYOUT_FILE)):
+                raise StoreError(
+                    f"{self._where()}: {self.url} is not empty and is not an OCI layout (no oci-layout file)"
+                )
+        else:
+            fs.makedirs(self.root, exist_ok=True)
+        if not fs.exists(self.path(LAYOUT_FILE)):
+            write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
+        if not fs.exists(self.path(INDEX_FILE)):
+            write_atomic(fs, self.path(INDEX_FILE), _dump_index({"schemaVersion": 2, "manifests": []}))
+
+    def accepts_manifest(self, media_type: str) -> bool:
+        return media_type in ACCEPTED
+
+    def has_blob(self, digest: str) -> bool:
+        return bool(self.fs.isfile(_root_blob(self, digest)))
+
+    def blob_sink(self, descriptor: Descriptor) -> BlobSink:
+        return AtomicFileSink(self.fs, _root_blob(self, descriptor.digest))
+
+    def has_manifest(self, digest: str) -> bool:
+        return self.has_blob(digest)
+
+    def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
+        if not self.accepts_manifest(manifest.media_type):
+            raise StoreError(f"{self._where()}: cannot store a {manifest.media_type} manifest")
+        path = _root_blob(self, manifest.digest)
+        if not self.fs.exists(path):
+            write_atomic(self.fs, path, manifest.data, overwrite=False)
+
+    def publish(self, publications: list[Publication]) -> None:
+        """One read-modify-write of index.json so no publication of the run is lost."""
+        if not publications:
+            return
+        fs = self.fs
+        index_path = self.path(INDEX_FILE)
+        if fs.exists(index_path):
+            index = _load_index(read_bytes(fs, index_path, f"{self._where()}: index.json"), self._where())
+        else:
+            if not fs.exists(self.path(LAYOUT_FILE)):
+                write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
+            index = {"schemaVersion": 2, "manifests": []}
+        manifests: list[Any] = list(index["manifests"])
+        for pub in publications:
+            manifests = _add_entry(manifests, pub)
+        index["schemaVersion"] = 2
+        index["mediaType"] = mt.OCI_INDEX
+        index["manifests"] = manifests
+        write_atomic(fs, index_path, _dump_index(index))
+
+
+def _entry_ref(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    annotations = entry.get("annotations")
+    if isinstance(annotations, dict):
+        name = annotations.get(REF_NAME)
+        return name if isinstance(name, str) else None
+    return None
+
+
+def _add_entry(manifests: list[Any], pub: Publication) -> list[Any]:
+    """index.json entries after naming ``pub``: like umoci, a name moves to the new image.
+
+    Older entries with the same name are dropped, and so is an unnamed entry of the same
+    digest (it would be a duplicate). An entry that already says exactly this stays where
+    it is, so re-publishing (a retried bundle) changes nothing.
+    """
+    desc = pub.descriptor
+    annotations = dict(desc.annotations)
+    annotations.pop(REF_NAME, None)
+    if pub.ref:
+        annotations[REF_NAME] = pub.ref
+    new = desc.with_annotations(annotations).to_dict()
+
+    def same_digest(entry: Any) -> bool:
+        return isinstance(entry, dict) and entry.get("digest") == desc.digest
+
+    if not pub.ref:
+        if any(same_digest(e) and _entry_ref(e) is None for e in manifests):
+            return manifests
+        return [*manifests, new]
+    out: list[Any] = []
+    placed = False
+    for entry in manifests:
+        name = _entry_ref(entry)
+        if name == pub.ref:
+            if same_digest(entry) and not placed:
+                out.append(new)
+                placed = True
+            continue
+        if name is None and same_digest(entry):
+            continue
+        out.append(entry)
+    if not placed:
+        out.append(new)
+    return out
+
+
+def _dump_index(index: dict[str, Any]) -> bytes:
+    """index.json bytes: schemaVersion, mediaType, manifests first, other keys after."""
+    ordered: dict[str, Any] = {"schemaVersion": index.get("schemaVersion", 2), "mediaType": mt.OCI_INDEX}
+    ordered["manifests"] = index.get("manifests") or []
+    for key, value in index.items():
+        if key not in ordered:
+            ordered[key] = value
+    return orjson.dumps(ordered)

@@ -1,0 +1,47 @@
+"""Map a parsed ``transport:location`` reference to the store that reads or writes it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from transforms.stores.base import Destination, Source, StoreError
+from transforms.stores.dir import DirDestination, DirSource
+from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
+from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
+from transforms.stores.reference import ImageReference
+
+if TYPE_CHECKING:
+    from transforms.stores.options import StoreOptions
+
+_SOURCES: dict[str, type[Source]] = {
+    "oci": OCILayoutSource,
+    "dir": DirSource,
+    "docker-archive": DockerArchiveSource,
+}
+_DESTINATIONS: dict[str, type[Destination]] = {
+    "oci": OCILayoutDestination,
+    "dir": DirDestination,
+    "docker-archive": DockerArchiveDestination,
+}
+
+
+def open_source(ref: ImageReference, options: StoreOptions | None = None) -> Source:
+    """The store to read ``ref`` from; the ref's name is passed later to ``get_root``.
+
+    ``options`` configure registry transports; file stores need nothing beyond the URL.
+    """
+    cls = _SOURCES.get(ref.transport)
+    if cls is None:
+        raise StoreError(f"{ref.transport}: is not supported as a source yet ({ref})")
+    return cls(ref.location)  # type: ignore[call-arg]
+
+
+def open_destination(ref: ImageReference, options: StoreOptions | None = None) -> Destination:
+    """The store to write ``ref`` into; names are given later in ``publish``.
+
+    ``options`` configure registry transports; file stores need nothing beyond the URL.
+    """
+    cls = _DESTINATIONS.get(ref.transport)
+    if cls is None:
+        raise StoreError(f"{ref.transport}: is not supported as a destination yet ({ref})")
+    return cls(ref.location)  # type: ignore[call-arg]
