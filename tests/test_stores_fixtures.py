@@ -22,7 +22,10 @@ import orjson
 import pytest
 import zstandard
 
-from test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
+try:  # tests/ is a package
+    from tests.test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
+except ModuleNotFoundError:  # tests/ is a plain directory on sys.path (pytest's rootdir-less mode)
+    from test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
