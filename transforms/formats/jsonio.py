@@ -1,0 +1,69 @@
+"""JSON in and out for every manifest, index and config this package touches.
+
+Parsing and generating go through one place so that two rules hold everywhere:
+
+* a document that is not JSON becomes a :class:`FormatError` with a one-line message
+  (never a ``JSONDecodeError`` leaking out of a pipeline step with a multi-line repr);
+* a document we *generate* always has the same bytes for the same input, because its
+  digest is its identity: two runs (or two workers) converting one image must agree.
+
+Documents we merely *copy* are never passed through :func:`dumps`; their original bytes
+are kept, since any re-serialisation changes their digest (formats.md §11).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from transforms.formats.descriptor import FormatError
+
+# Go's encoding/json escapes these inside strings; see ``dumps``. Outside strings they
+# cannot occur in JSON at all, so a byte-level replacement only ever touches string content.
+_GO_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+def loads(data: bytes) -> Any:
+    """Parse ``data`` as JSON; invalid JSON (or invalid UTF-8) raises :class:`FormatError`.
+
+    orjson keeps the *last* of duplicate keys, like Python's json module. Callers that
+    must not be fooled by duplicates (signed schema1) parse only the bytes that matter.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        message = " ".join(str(exc).split())
+        raise FormatError(f"invalid JSON: {message}") from None
+
+
+def load_object(data: bytes, what: str) -> dict[str, Any]:
+    """Parse ``data`` and require a JSON object; ``what`` names the document in errors."""
+    doc = loads(data)
+    if not isinstance(doc, dict):
+        raise FormatError(f"{what} is not a JSON object")
+    return doc
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise a document we generate: compact, keys in insertion order, Go-style escapes.
+
+    Key order is the caller's business (dicts are built in the field order of the Go
+    structs that define each format), so nothing is sorted here. On top of orjson's
+    compact output we escape ``<``, ``>``, ``&``, U+2028 and U+2029 exactly as Go's
+    ``encoding/json`` does. That keeps our output semantically identical JSON while making
+    it byte-identical to what containers/image (skopeo, podman, buildah) emits for the same
+    conversion, so an image converted by either tool gets the same digest and a registry
+    that already holds the other tool's result needs no new upload.
+    """
+    out = orjson.dumps(obj)
+    for raw, escaped in _GO_ESCAPES:
+        if raw in out:
+            out = out.replace(raw, escaped)
+    return out
