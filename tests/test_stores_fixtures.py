@@ -30,7 +30,7 @@ from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from transforms.stores.dir import DirDestination, DirSource
-from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
+from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource, canonical_name
 from transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayoutSource, split_name
 from transforms.stores.reference import parse_reference
 from transforms.stores.transports import open_destination, open_source
@@ -301,6 +301,25 @@ def test_ggcr_docker_archive() -> None:
     assert len(layer) == 10240 and sha256(layer).endswith("8897395fd26dc44ad0e2a834335b33198cb41ac4d98dfddf58eced3853fa7b17")
     with pytest.raises(NotFound):
         source.get_root("bazel/v1/tarball:other")
+    # containers/image writes and accepts the qualified spelling of the same name.
+    assert source.get_root("docker.io/bazel/v1/tarball:test_image_1") == root
+
+
+@pytest.mark.parametrize(
+    "ref, expected",
+    [
+        ("busybox", "docker.io/library/busybox:latest"),
+        ("busybox:1", "docker.io/library/busybox:1"),
+        ("interop/base:2", "docker.io/interop/base:2"),
+        ("docker.io/interop/base:2", "docker.io/interop/base:2"),
+        ("index.docker.io/busybox:1", "docker.io/library/busybox:1"),
+        ("localhost/app:1", "localhost/app:1"),
+        ("localhost:5000/app", "localhost:5000/app:latest"),
+        ("example.com/empty/but:different", "example.com/empty/but:different"),
+    ],
+)
+def test_canonical_archive_names(ref: str, expected: str) -> None:
+    assert canonical_name(ref) == expected
 
 
 def test_xz_archive_with_two_images_and_symlinked_layer() -> None:

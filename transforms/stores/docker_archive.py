@@ -90,6 +90,25 @@ def _normalize_tag(ref: str) -> str:
     return f"{repository}:{tag or 'latest'}"
 
 
+def canonical_name(ref: str) -> str:
+    """A RepoTags entry in fully qualified form, so that spellings of one name compare equal.
+
+    Docker writes familiar names (``busybox:latest``), containers/image writes
+    ``docker.io/interop/base:2``; both mean ``docker.io/library/busybox:latest`` and
+    ``docker.io/interop/base:2``. A first component without ``.`` or ``:`` (and not
+    ``localhost``) is a Docker Hub path, and official images live under ``library/``.
+    """
+    name, tag = split_repo_tag(ref)
+    first, slash, rest = name.partition("/")
+    if not slash or ("." not in first and ":" not in first and first != "localhost"):
+        first, rest = "docker.io", name
+    if first == "index.docker.io":
+        first = "docker.io"
+    if first == "docker.io" and "/" not in rest:
+        rest = f"library/{rest}"
+    return f"{first}/{rest}:{tag or 'latest'}"
+
+
 def _member_name(name: str) -> str:
     """Tar member names compare after dropping ``./`` and leading ``/``."""
     normalized = posixpath.normpath(name.lstrip("/"))
@@ -373,9 +392,12 @@ class DockerArchiveSource(FsStore, Source):
             if n >= len(images):
                 raise NotFound(f"{self._where()} has no image @{n} ({len(images)} images)")
             return images[n]
-        wanted = {ref, _normalize_tag(ref)}
         for image in images:
-            if wanted.intersection(image.repo_tags):
+            if ref in image.repo_tags:
+                return image
+        wanted = canonical_name(ref)
+        for image in images:
+            if any(canonical_name(tag) == wanted for tag in image.repo_tags):
                 return image
         raise NotFound(f"{self._where()}: no image tagged {ref!r}")
 
