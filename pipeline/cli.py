@@ -47,7 +47,11 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                    help="allow plain HTTP or unverified TLS to this registry (repeatable)")
     p.add_argument("--authfile", metavar="PATH",
-                   help="registry credentials in docker config.json / containers auth.json form")
+                   help="registry credentials in docker config.json / containers auth.json form "
+                        "(default: the usual docker and containers locations)")
+    p.add_argument("--ca-bundle", metavar="PEM", help="extra CA certificates to trust for registries")
+    p.add_argument("--registry-concurrency", type=int, default=8, metavar="N",
+                   help="concurrent requests per registry from each worker (default: 8)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     if writes:
         p.add_argument("--format", choices=("preserve", "oci", "v2s2"), default="preserve",
@@ -104,9 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_beam_import_notes(record: logging.LogRecord) -> bool:
+    """Beam logs, on the root logger, that optional GCP clients are missing: not our users' concern."""
+    return not (record.name == "root" and "apitools" in str(record.msg))
+
+
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imagepush: %(message)s"))
+    handler.addFilter(_quiet_beam_import_notes)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -17,11 +17,23 @@ from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_refe
 from transforms.stores.transports import open_destination, open_source
 from transforms.naming import copy_job
 from transforms.storecache import store_id
+from transforms.stores.options import StoreOptions
 
 
-def _source(text: str) -> ImageReference:
+def store_options(args: argparse.Namespace) -> StoreOptions:
+    if args.registry_concurrency < 1:
+        raise UsageError("--registry-concurrency must be at least 1")
+    return StoreOptions(
+        insecure_registries=tuple(args.insecure_registry),
+        authfile=args.authfile,
+        ca_bundle=args.ca_bundle,
+        registry_concurrency=args.registry_concurrency,
+    )
+
+
+def _source(text: str, options: StoreOptions) -> ImageReference:
     ref = parse_reference(text)
-    open_source(ref)  # raises a one-line StoreError for transports that cannot be read
+    open_source(ref, options)  # raises a one-line StoreError for transports that cannot be read
     return ref
 
 
@@ -54,10 +66,12 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
         from pipeline.config import load_run_config
 
         return load_run_config(args.config, run_id, beam_args, _default_audit(run_id))
-    source = _source(args.source)
+    options = store_options(args)
+    source = _source(args.source, options)
     dests = _destinations(args.destinations)
     platforms = tuple(args.platform)
-    spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args)
+    spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args,
+                   options=options)
     if args.command == "copy":
         spec.jobs.append(copy_job(source, [(d, args.format) for d in dests], platforms))
     else:
@@ -81,7 +95,7 @@ def prepare_destinations(spec: RunSpec) -> None:
             if ref.transport != "docker":  # registry repositories are named per image
                 stores.setdefault(store_id(ref), ref)
     for ref in stores.values():
-        open_destination(ref).prepare()
+        open_destination(ref, spec.options).prepare()
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
@@ -127,14 +141,15 @@ def _size(n: int) -> str:
 
 
 def ls(args: argparse.Namespace) -> int:
-    ref = _source(args.source)
-    source = open_source(ImageReference(ref.transport, ref.location))
+    options = store_options(args)
+    ref = _source(args.source, options)
+    source = open_source(ImageReference(ref.transport, ref.location), options)
     out = sys.stdout.buffer
     for entry in source.list_images():
         shown = ImageReference(ref.transport, ref.location, entry.ref or None)
         if ref.transport == "docker":
-            loc = "/".join(p for p in (ref.registry_host, entry.repository) if p)
-            shown = ImageReference("docker", loc, entry.tag)
+            full_repo, _, tag = entry.ref.rpartition(":")
+            shown = ImageReference("docker", f"{ref.registry_host}/{full_repo}", tag)
         record = {
             "ref": str(shown),
             "repository": entry.repository,
@@ -150,8 +165,10 @@ def ls(args: argparse.Namespace) -> int:
 def inspect(args: argparse.Namespace) -> int:
     from transforms.inspection import inspect_image
 
-    ref = _source(args.source)
-    data = inspect_image(ref, config=args.config, as_format=args.as_format, platforms=tuple(args.platform))
+    options = store_options(args)
+    ref = _source(args.source, options)
+    data = inspect_image(ref, config=args.config, as_format=args.as_format, platforms=tuple(args.platform),
+                         options=options)
     sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
     sys.stdout.flush()
     return EXIT_OK

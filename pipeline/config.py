@@ -28,6 +28,7 @@ from pipeline.graph import RunSpec
 from transforms.formats.descriptor import FormatError, Platform
 from transforms.naming import copy_job
 from transforms.stores.base import StoreError
+from transforms.stores.options import StoreOptions
 from transforms.stores.reference import SINGLE_IMAGE, parse_reference
 
 Format = Literal["preserve", "oci", "v2s2"]
@@ -50,6 +51,8 @@ class Defaults(_Strict):
 class RegistryConfig(_Strict):
     insecure: list[str] = Field(default_factory=list)
     authfile: str | None = None
+    ca_bundle: str | None = None
+    concurrency: int = Field(default=8, ge=1)
 
 
 class JobConfig(_Strict):
@@ -110,8 +113,17 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise UsageError(f"config: {where}: {first['msg']}") from None
-    spec = RunSpec(run_id=run_id, audit_url=cfg.audit or default_audit,
-                   beam_args=_beam_flags(cfg.runner) + list(extra_beam_args))
+    spec = RunSpec(
+        run_id=run_id,
+        audit_url=cfg.audit or default_audit,
+        beam_args=_beam_flags(cfg.runner) + list(extra_beam_args),
+        options=StoreOptions(
+            insecure_registries=tuple(cfg.registries.insecure),
+            authfile=cfg.registries.authfile,
+            ca_bundle=cfg.registries.ca_bundle,
+            registry_concurrency=cfg.registries.concurrency,
+        ),
+    )
     from transforms.migrate import SyncSpec
 
     try:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from transforms.plan import CopyJob
+from transforms.stores.options import StoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class RunSpec:
     #: (source, destinations, format, platforms) to expand by listing the source.
     syncs: list = field(default_factory=list)
     beam_args: list[str] = field(default_factory=list)
+    options: StoreOptions = field(default_factory=StoreOptions)
 
 
 def run(spec: RunSpec) -> None:
@@ -38,9 +40,9 @@ def run(spec: RunSpec) -> None:
             expanded = (
                 p
                 | "SyncSpecs" >> beam.Create(spec.syncs)
-                | "ListSources" >> beam.ParDo(ExpandSyncFn(spec.run_id)).with_outputs(ExpandSyncFn.FAILED, main="jobs")
+                | "ListSources" >> beam.ParDo(ExpandSyncFn(spec.run_id, spec.options)).with_outputs(ExpandSyncFn.FAILED, main="jobs")
             )
             parts.append(expanded.jobs)
             extra_rows = expanded[ExpandSyncFn.FAILED]
         jobs = parts[0] if len(parts) == 1 else (parts | "AllJobs" >> beam.Flatten())
-        _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, extra_rows)
+        _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, spec.options, extra_rows)

@@ -161,7 +161,7 @@ def publication(image: TinyImage, ref: str | None) -> Publication:
 def test_blob_visible_only_after_commit(pair: StorePair) -> None:
     dest = pair.destination()
     dest.prepare()
-    image = tiny_image()
+    image = tiny_image(oci=pair.kind == "oci")
     sink = dest.blob_sink(image.layer_desc)
     sink.write(image.layer_gz[:10])
     sink.write(image.layer_gz[10:])
@@ -176,7 +176,7 @@ def test_blob_visible_only_after_commit(pair: StorePair) -> None:
 def test_aborted_blob_is_not_visible(pair: StorePair) -> None:
     dest = pair.destination()
     dest.prepare()
-    image = tiny_image()
+    image = tiny_image(oci=pair.kind == "oci")
     for desc, data in ((image.layer_desc, image.layer_gz), (image.config_desc, image.config)):
         sink = dest.blob_sink(desc)
         sink.write(data)
@@ -191,7 +191,7 @@ def test_aborted_blob_is_not_visible(pair: StorePair) -> None:
 def test_commit_twice_is_idempotent(pair: StorePair) -> None:
     dest = pair.destination()
     dest.prepare()
-    image = tiny_image()
+    image = tiny_image(oci=pair.kind == "oci")
     write_blob(dest, image.layer_desc, image.layer_gz)
     write_blob(dest, image.layer_desc, image.layer_gz, chunk=3)
     dest.put_blob(image.config_desc, image.config)
@@ -204,7 +204,7 @@ def test_commit_twice_is_idempotent(pair: StorePair) -> None:
 def test_publish_and_read_back(pair: StorePair) -> None:
     dest = pair.destination()
     dest.prepare()
-    image = tiny_image()
+    image = tiny_image(oci=pair.kind == "oci")
     store_image(dest, image)
     dest.publish([publication(image, pair.ref)])
     assert pair.leftovers() == []
@@ -219,7 +219,7 @@ def test_publish_and_read_back(pair: StorePair) -> None:
     if pair.kind == "docker-archive":
         # Archives keep config and uncompressed layers only; the manifest is synthesised.
         doc = orjson.loads(root.data)
-        assert root.media_type == mt.DOCKER_SCHEMA2
+        assert root.media_type == image.types[0]
         assert doc["config"]["digest"] == image.config_desc.digest
         assert [layer["digest"] for layer in doc["layers"]] == [image.diff_id]
         assert [layer["mediaType"] for layer in doc["layers"]] == [mt.DOCKER_LAYER]
@@ -229,7 +229,7 @@ def test_publish_and_read_back(pair: StorePair) -> None:
     else:
         assert root.data == image.manifest
         assert root.digest == image.root_desc.digest
-        assert root.media_type == mt.DOCKER_SCHEMA2
+        assert root.media_type == image.types[0]
         with source.open_blob(image.layer_desc.digest) as f:
             assert f.read() == image.layer_gz
     with source.open_blob(image.config_desc.digest) as f:
@@ -241,7 +241,7 @@ def test_publish_and_read_back(pair: StorePair) -> None:
 def test_publish_twice_is_idempotent(pair: StorePair) -> None:
     dest = pair.destination()
     dest.prepare()
-    image = tiny_image()
+    image = tiny_image(oci=pair.kind == "oci")
     store_image(dest, image)
     dest.publish([publication(image, pair.ref)])
     first = {p: pair.fs.cat_file(p) for p in pair.fs.find(pair.base)}
@@ -254,7 +254,7 @@ def test_publish_twice_is_idempotent(pair: StorePair) -> None:
 def test_pickles_cheaply(pair: StorePair) -> None:
     dest = pair.destination()
     dest.prepare()
-    image = tiny_image()
+    image = tiny_image(oci=pair.kind == "oci")
     write_blob(dest, image.config_desc, image.config)  # opens the filesystem and caches
     clone = pickle.loads(pickle.dumps(dest))
     assert len(pickle.dumps(dest)) < 400
@@ -267,7 +267,7 @@ def test_pickles_cheaply(pair: StorePair) -> None:
 def test_manifest_types_accepted(pair: StorePair) -> None:
     dest = pair.destination()
     expected = {
-        "oci": {mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_SCHEMA2, mt.DOCKER_LIST},
+        "oci": {mt.OCI_MANIFEST, mt.OCI_INDEX},
         "dir": set(mt.MANIFEST_TYPES),
         "docker-archive": {mt.OCI_MANIFEST, mt.DOCKER_SCHEMA2},
     }[pair.kind]
@@ -279,12 +279,12 @@ def test_index_with_children(pair: StorePair) -> None:
     """A multi-image root: children stored as manifests, the index published as the root."""
     dest = pair.destination()
     dest.prepare()
-    amd64, arm64 = tiny_image(b"amd64\n", "amd64"), tiny_image(b"arm64\n", "arm64")
+    amd64, arm64 = tiny_image(b"amd64\n", "amd64", oci=pair.kind == "oci"), tiny_image(b"arm64\n", "arm64", oci=pair.kind == "oci")
     index = orjson.dumps({
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
         "manifests": [
-            {"mediaType": mt.DOCKER_SCHEMA2, "digest": img.root_desc.digest, "size": img.root_desc.size,
+            {"mediaType": img.types[0], "digest": img.root_desc.digest, "size": img.root_desc.size,
              "platform": {"architecture": arch, "os": "linux"}}
             for img, arch in ((amd64, "amd64"), (arm64, "arm64"))
         ],
@@ -308,4 +308,4 @@ def test_index_with_children(pair: StorePair) -> None:
     got = source.get_root(pair.ref)
     assert (got.data, got.media_type, got.digest) == (index, mt.OCI_INDEX, index_desc.digest)
     child = source.get_manifest(arm64.root_desc.digest)
-    assert (child.data, child.media_type) == (arm64.manifest, mt.DOCKER_SCHEMA2)
+    assert (child.data, child.media_type) == (arm64.manifest, arm64.types[0])

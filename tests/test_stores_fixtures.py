@@ -154,7 +154,7 @@ def test_oci_publish_five_images_in_one_call(tmp_path: Path) -> None:
     dest = OCILayoutDestination(str(tmp_path / "layout"))
     dest.prepare()
     assert (tmp_path / "layout" / "oci-layout").read_bytes() == b'{"imageLayoutVersion":"1.0.0"}'
-    images = [tiny_image(f"image {i}\n".encode()) for i in range(5)]
+    images = [tiny_image(f"image {i}\n".encode(), oci=True) for i in range(5)]
     for image in images:
         write_blob(dest, image.config_desc, image.config)
         write_blob(dest, image.layer_desc, image.layer_gz)
@@ -163,7 +163,7 @@ def test_oci_publish_five_images_in_one_call(tmp_path: Path) -> None:
     index = orjson.loads((tmp_path / "layout" / "index.json").read_bytes())
     assert index["schemaVersion"] == 2 and index["mediaType"] == mt.OCI_INDEX
     assert [(m["annotations"][REF_NAME], m["digest"], m["mediaType"]) for m in index["manifests"]] == [
-        (f"app:v{i}", image.root_desc.digest, mt.DOCKER_SCHEMA2) for i, image in enumerate(images)
+        (f"app:v{i}", image.root_desc.digest, mt.OCI_MANIFEST) for i, image in enumerate(images)
     ]
     source = OCILayoutSource(str(tmp_path / "layout"))
     assert [(e.repository, e.tag) for e in source.list_images()] == [("app", f"v{i}") for i in range(5)]
@@ -175,7 +175,7 @@ def test_oci_publish_moves_names_and_replaces_unnamed(tmp_path: Path) -> None:
     layout = tmp_path / "layout"
     dest = OCILayoutDestination(str(layout))
     dest.prepare()
-    one, two = tiny_image(b"one\n"), tiny_image(b"two\n")
+    one, two = tiny_image(b"one\n", oci=True), tiny_image(b"two\n", oci=True)
     for image in (one, two):
         dest.put_manifest(image.manifest_blob)
 

@@ -1,4 +1,11 @@
-"""Copying each distinct source blob once, to every destination store that lacks it."""
+"""Copying each distinct source blob once, to every destination store that lacks it.
+
+For one source blob the steps are: ask every destination whether it has it; let
+registry repositories that lack it mount it from a repository of the same registry
+that has it; stream the source once into every store still missing it (hashing, and
+measuring the diff_id when a conversion needs it); then mount into the same-registry
+repositories that were left for the copy just made.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,10 @@ from apache_beam.metrics import Metrics
 
 from transforms import errors
 from transforms.blobio import DEFAULT_CHUNK, stream_blob
-from transforms.plan import COPIED, FAILED, PRESENT, SHARED, BlobRequest, BlobResult
+from transforms.formats.descriptor import Descriptor
+from transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
 from transforms.storecache import StoreCache
+from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
 
@@ -32,10 +41,18 @@ class _Progress:
             log.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
 
 
+def registry_host(store: str) -> str | None:
+    """``docker://host/repo`` -> ``host``; None for stores that cannot share blobs."""
+    if not store.startswith("docker://"):
+        return None
+    return store[len("docker://") :].split("/", 1)[0]
+
+
 class CopyBlobsFn(beam.DoFn):
     """(source blob key, requests) -> (target key, BlobResult) for every request."""
 
-    def __init__(self, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, options: StoreOptions | None = None, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self._options = options
         self._chunk = chunk_size
         self._copied = Metrics.counter("imagepush", "blobs_copied")
         self._present = Metrics.counter("imagepush", "blobs_present")
@@ -43,64 +60,116 @@ class CopyBlobsFn(beam.DoFn):
         self._failed = Metrics.counter("imagepush", "blobs_failed")
 
     def setup(self) -> None:
-        self._stores = StoreCache()
+        self._stores = StoreCache(self._options)
         self._progress = _Progress()
+
+    def _has(self, store: str, digest: str) -> tuple[str, str | None] | None:
+        try:
+            return (PRESENT, None) if self._stores.destination(store).has_blob(digest) else None
+        except Exception as exc:
+            return FAILED, errors.one_line(exc)
+
+    def _mount(self, store: str, descriptor: Descriptor, holders: list[str]) -> bool:
+        host = registry_host(store)
+        for holder in holders:
+            if host is not None and registry_host(holder) == host and holder != store:
+                try:
+                    if self._stores.destination(store).mount_blob(descriptor, holder):
+                        return True
+                except Exception:  # a refused mount is not an error: the blob is uploaded instead
+                    log.debug("mount of %s from %s failed", descriptor.digest, holder, exc_info=True)
+        return False
+
+    def _stream(self, request: BlobRequest, size: int, stores: list[str], want_diff: bool, status: dict):
+        """Read the source blob once into every store in ``stores``; returns (size, diff_id)."""
+        digest = request.descriptor.digest
+        sinks, sink_stores = [], []
+        for store in stores:
+            try:
+                sinks.append(self._stores.destination(store).blob_sink(request.descriptor))
+                sink_stores.append(store)
+            except Exception as exc:
+                status[store] = (FAILED, errors.one_line(exc))
+        try:
+            with self._stores.source(request.source_store).open_blob(digest) as reader:
+                outcome = stream_blob(
+                    reader, digest, size if size >= 0 else None, sinks,
+                    want_diff_id=want_diff, chunk_size=self._chunk,
+                )
+        except Exception as exc:
+            message = errors.one_line(exc)
+            log.warning("blob %s: %s", digest, message)
+            for store in sink_stores:
+                status[store] = (FAILED, message)
+            return None, message
+        for i, store in enumerate(sink_stores):
+            status[store] = (FAILED, outcome.sink_errors[i]) if i in outcome.sink_errors else (COPIED, None)
+        return outcome, None
 
     def process(self, element: tuple[str, Iterable[BlobRequest]]) -> Iterator[tuple[str, BlobResult]]:
         _, requests = element
         requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
         first = requests[0]
-        digest = first.descriptor.digest
+        descriptor = first.descriptor
+        digest = descriptor.digest
         size = max(r.descriptor.size for r in requests)
         want_diff = any(r.need_diff_id for r in requests)
         stores = sorted({r.dest_store for r in requests})
 
         status: dict[str, tuple[str, str | None]] = {}
-        missing: list[str] = []
+        missing = []
         for store in stores:
-            try:
-                if self._stores.destination(store).has_blob(digest):
-                    status[store] = (PRESENT, None)
-                else:
-                    missing.append(store)
-            except Exception as exc:
-                status[store] = (FAILED, errors.one_line(exc))
+            found = self._has(store, digest)
+            if found is None:
+                missing.append(store)
+            else:
+                status[store] = found
+        holders = [first.source_store] + [s for s in stores if status.get(s, ("",))[0] == PRESENT]
+        later: list[str] = []
+        upload: list[str] = []
+        hosts_uploading: set[str] = set()
+        for store in missing:
+            if self._mount(store, descriptor, holders):
+                status[store] = (MOUNTED, None)
+                holders.append(store)
+                continue
+            host = registry_host(store)
+            if host is not None and host in hosts_uploading:
+                later.append(store)  # mount it from the copy about to be made on this registry
+            else:
+                upload.append(store)
+                if host is not None:
+                    hosts_uploading.add(host)
 
         written, diff_id = 0, None
-        if missing or want_diff:
-            sinks, sink_stores = [], []
-            try:
-                for store in missing:
-                    try:
-                        sinks.append(self._stores.destination(store).blob_sink(first.descriptor))
-                        sink_stores.append(store)
-                    except Exception as exc:
-                        status[store] = (FAILED, errors.one_line(exc))
-                with self._stores.source(first.source_store).open_blob(digest) as reader:
-                    outcome = stream_blob(
-                        reader, digest, size if size >= 0 else None, sinks,
-                        want_diff_id=want_diff, chunk_size=self._chunk,
-                    )
-                size, diff_id = outcome.size, outcome.diff_id
-                for i, store in enumerate(sink_stores):
-                    status[store] = (FAILED, outcome.sink_errors[i]) if i in outcome.sink_errors else (COPIED, None)
-                written = outcome.size
-            except Exception as exc:
-                message = errors.one_line(exc)
-                log.warning("blob %s: %s", digest, message)
-                for store in missing:
-                    status[store] = (FAILED, message)
+        if upload or want_diff:
+            outcome, error = self._stream(first, size, upload, want_diff, status)
+            if outcome is not None:
+                size, diff_id, written = outcome.size, outcome.diff_id, outcome.size
+            elif want_diff:
                 for store in stores:
-                    if want_diff and status[store][0] == PRESENT:
-                        status[store] = (FAILED, message)
+                    if status.get(store, (FAILED,))[0] in (PRESENT, MOUNTED):
+                        status[store] = (FAILED, error)
+        if later:
+            holders += [s for s in upload if status.get(s, (FAILED,))[0] == COPIED]
+            retry = [s for s in later if not self._mount(s, descriptor, holders)]
+            for store in later:
+                if store not in retry:
+                    status[store] = (MOUNTED, None)
+            if retry:
+                self._stream(first, size, retry, False, status)
 
+        yield from self._results(requests, stores, status, size, written, diff_id)
+
+    def _results(self, requests, stores, status, size, written, diff_id):
+        digest = requests[0].descriptor.digest
         for store in stores:
-            state, error = status[store]
+            state, error = status.get(store, (FAILED, "blob was not copied"))
             if state == COPIED:
                 self._copied.inc()
                 self._bytes.inc(written)
                 self._progress.add(written)
-            elif state == PRESENT:
+            elif state in (PRESENT, MOUNTED):
                 self._present.inc()
             else:
                 self._failed.inc()
@@ -108,9 +177,7 @@ class CopyBlobsFn(beam.DoFn):
             for r in requests:
                 if r.dest_store != store:
                     continue
-                shown = state
-                if state == COPIED and attributed:
-                    shown = SHARED
+                shown = SHARED if state == COPIED and attributed else state
                 yield r.target_key, BlobResult(
                     digest=digest,
                     dest_store=store,

@@ -9,11 +9,12 @@ from transforms.formats.schema1 import Schema1Manifest
 from transforms.naming import copy_job
 from transforms.plan import ManifestNode, choose_format
 from transforms.render import render_tree
-from transforms.resolve import resolve_tree
+from transforms.tree import resolve_tree
 from transforms.stores.base import Source, StoreError
 from transforms.stores.reference import ImageReference
 from transforms.blobio import BlobVerificationError
 from transforms.storecache import StoreCache
+from transforms.stores.options import StoreOptions
 
 
 def measure_layers(source: Source, node: ManifestNode) -> dict[str, LayerInfo]:
@@ -37,9 +38,16 @@ def measure_layers(source: Source, node: ManifestNode) -> dict[str, LayerInfo]:
     return info
 
 
-def inspect_image(ref: ImageReference, *, config: bool, as_format: str | None, platforms: tuple[str, ...]) -> bytes:
+def inspect_image(
+    ref: ImageReference,
+    *,
+    config: bool,
+    as_format: str | None,
+    platforms: tuple[str, ...],
+    options: StoreOptions | None = None,
+) -> bytes:
     job = copy_job(ref, [], platforms)
-    stores = StoreCache()
+    stores = StoreCache(options)
     try:
         source = stores.source(job.source_store)
         root = resolve_tree(source, job)

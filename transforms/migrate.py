@@ -27,6 +27,7 @@ from transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
 from transforms.stores.base import ImageEntry
 from transforms.stores.reference import parse_reference
 from transforms.storecache import StoreCache, store_id
+from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
 
@@ -59,11 +60,12 @@ class ExpandSyncFn(beam.DoFn):
 
     FAILED = "failed"
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, options: StoreOptions | None = None) -> None:
         self._run_id = run_id
+        self._options = options
 
     def setup(self) -> None:
-        self._stores = StoreCache()
+        self._stores = StoreCache(self._options)
 
     def process(self, spec: SyncSpec) -> Iterator[CopyJob]:
         source = parse_reference(spec.source)
@@ -107,26 +109,33 @@ class WriteAuditFn(beam.DoFn):
 class MigrateImages(beam.PTransform):
     """PCollection[CopyJob] -> PCollection[AuditRow], with the audit written to ``audit_url``."""
 
-    def __init__(self, run_id: str, audit_url: str, extra_rows: beam.PCollection | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        audit_url: str,
+        options: StoreOptions | None = None,
+        extra_rows: beam.PCollection | None = None,
+    ) -> None:
         super().__init__()
+        self._options = options
         self._run_id = run_id
         self._audit_url = audit_url
         self._extra_rows = extra_rows
 
     def expand(self, jobs: beam.PCollection) -> beam.PCollection:
-        plans = jobs | "SpreadJobs" >> beam.Reshuffle() | "Resolve" >> beam.ParDo(ResolveImageFn())
-        planned = plans | "PlanTargets" >> beam.ParDo(PlanTargetsFn()).with_outputs(BLOBS, main="targets")
+        plans = jobs | "SpreadJobs" >> beam.Reshuffle() | "Resolve" >> beam.ParDo(ResolveImageFn(self._options))
+        planned = plans | "PlanTargets" >> beam.ParDo(PlanTargetsFn(self._options)).with_outputs(BLOBS, main="targets")
         blob_results = (
             planned[BLOBS]
             | "GroupBySourceBlob" >> beam.GroupByKey()
-            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn())
+            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(self._options))
         )
         rows = (
             {"plan": planned.targets, "blobs": blob_results}
             | "JoinBlobsToTargets" >> beam.CoGroupByKey()
-            | "WriteManifests" >> beam.ParDo(FinalizeFn(self._run_id))
+            | "WriteManifests" >> beam.ParDo(FinalizeFn(self._run_id, self._options))
             | "GroupByStore" >> beam.GroupByKey()
-            | "PublishNames" >> beam.ParDo(PublishFn())
+            | "PublishNames" >> beam.ParDo(PublishFn(self._options))
         )
         if self._extra_rows is not None:
             rows = (rows, self._extra_rows) | "AllRows" >> beam.Flatten()

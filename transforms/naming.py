@@ -63,14 +63,23 @@ def sync_job(
     platforms: tuple[str, ...],
 ) -> CopyJob:
     if source.transport == "docker":
-        location = "/".join(p for p in (source.registry_host, entry.repository) if p)
-        shown = str(ImageReference("docker", location, entry.tag or entry.digest))
+        # Registry entries name their full repository path (below the host) in ``ref``.
+        full_repo, _, tag = entry.ref.rpartition(":")
+        location = f"{source.registry_host}/{full_repo}"
+        shown = str(ImageReference("docker", location, tag))
         store = store_id(ImageReference("docker", location))
-    else:
-        shown = str(ImageReference(source.transport, source.location, entry.ref or None))
-        if not entry.ref:
-            shown += f"@{entry.digest}"
-        store = store_id(source)
+        return CopyJob(
+            source_store=store,
+            source=shown,
+            image=tag,
+            digest=None,
+            targets=tuple(sync_target(d, entry, fmt) for d, fmt in dests),
+            platforms=platforms,
+        )
+    shown = str(ImageReference(source.transport, source.location, entry.ref or None))
+    if not entry.ref:
+        shown += f"@{entry.digest}"
+    store = store_id(source)
     return CopyJob(
         source_store=store,
         source=shown,

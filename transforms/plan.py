@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor, Platform
-from transforms.formats.manifest import ImageIndex, ImageManifest
+from transforms.formats.manifest import ImageIndex, ImageManifest, blobs_of
 from transforms.formats.schema1 import Schema1Manifest
 from transforms.stores.base import ManifestBlob
 
@@ -148,9 +148,10 @@ def blob_needs(node: ManifestNode, fmt: str | None) -> list[BlobNeed]:
     p = node.parsed
     if isinstance(p, Schema1Manifest):
         if fmt is None:
+            # Kept verbatim, the manifest names every blobSum, collapsed duplicates included.
             seen: dict[str, BlobNeed] = {}
-            for layer in p.layers:
-                seen.setdefault(layer.blob_sum, BlobNeed(Descriptor(mt.DOCKER_LAYER_GZIP, layer.blob_sum, -1)))
+            for d in blobs_of(p):
+                seen.setdefault(d.digest, BlobNeed(d))
             return list(seen.values())
         seen = {}
         for layer in p.layers:
@@ -162,7 +163,7 @@ def blob_needs(node: ManifestNode, fmt: str | None) -> list[BlobNeed]:
     if isinstance(p, ImageManifest):
         needs = [BlobNeed(d) for d in p.layers if _copyable(d)]
         # A schema2 config converted to OCI is regenerated; every other case copies it.
-        if not (fmt == OCI and family(node.manifest.media_type) == V2S2):
+        if p.has_config_blob and not (fmt == OCI and family(node.manifest.media_type) == V2S2):
             needs.insert(0, BlobNeed(p.config))
         return needs
     return []
@@ -179,7 +180,7 @@ class BlobRequest:
     need_diff_id: bool
 
 
-COPIED, PRESENT, SHARED, FAILED = "copied", "present", "shared", "failed"
+COPIED, PRESENT, MOUNTED, SHARED, FAILED = "copied", "present", "mounted", "shared", "failed"
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from apache_beam.metrics import Metrics
 from transforms import errors
 from transforms.audit import FAILED, OK, AuditRow, now
 from transforms.formats.convert import LayerInfo
-from transforms.formats.manifest import ImageManifest
-from transforms.formats.schema1 import Schema1Manifest
+from transforms.formats.manifest import ImageIndex, blobs_of
 from transforms.plan import COPIED, FAILED as BLOB_FAILED, BlobResult, ManifestNode, TargetPlan
 from transforms.render import render_tree
 from transforms.stores.base import Destination, ManifestBlob, Publication
 from transforms.storecache import StoreCache
+from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
 
@@ -113,11 +113,7 @@ def write_manifests(
 
 def _referenced(node: ManifestNode) -> list[str]:
     p = node.parsed
-    if isinstance(p, Schema1Manifest):
-        return [layer.blob_sum for layer in p.layers]
-    if isinstance(p, ImageManifest):
-        return [p.config.digest, *(d.digest for d in p.layers)]
-    return []
+    return [d.digest for d in blobs_of(p)] if not isinstance(p, ImageIndex) else []
 
 
 def _count_blobs(node: ManifestNode, blobs: dict[str, BlobResult], owner: set[str]) -> tuple[int, int, int]:
@@ -139,11 +135,12 @@ def _count_blobs(node: ManifestNode, blobs: dict[str, BlobResult], owner: set[st
 class FinalizeFn(beam.DoFn):
     """(target key, {plan, blobs}) -> (store, Finalized): manifests written, name pending."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, options: StoreOptions | None = None) -> None:
         self._run_id = run_id
+        self._options = options
 
     def setup(self) -> None:
-        self._stores = StoreCache()
+        self._stores = StoreCache(self._options)
 
     def process(self, element) -> Iterator[tuple[str, Finalized]]:
         _, grouped = element
@@ -175,12 +172,13 @@ class FinalizeFn(beam.DoFn):
 class PublishFn(beam.DoFn):
     """(store, [Finalized]) -> audit rows, after publishing every name in one store call."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        self._options = options
         self._ok = Metrics.counter("imagepush", "images_ok")
         self._failed = Metrics.counter("imagepush", "images_failed")
 
     def setup(self) -> None:
-        self._stores = StoreCache()
+        self._stores = StoreCache(self._options)
 
     def process(self, element: tuple[str, Iterable[Finalized]]) -> Iterator[AuditRow]:
         store, finals = element

@@ -1,23 +1,19 @@
-"""Reading the manifest tree of each job and planning it for every target.
+"""The Beam steps that resolve each job's manifest tree and plan it for every target.
 
-Resolution reads manifests and configs (small, size-capped) and never layer bytes;
-planning decides, per target, which manifests keep their bytes, which are converted,
+Planning decides, per target, which manifests keep their bytes, which are converted,
 and which blobs must be present before anything is published.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Iterator
 
 import apache_beam as beam
 
 from transforms import errors
-from transforms.blobio import BlobVerificationError
+from transforms.audit import now
 from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
 from transforms.plan import (
     BlobNeed,
     BlobRequest,
@@ -27,69 +23,25 @@ from transforms.plan import (
     TargetPlan,
     blob_needs,
     choose_format,
-    filter_platforms,
 )
-from transforms.audit import now
-from transforms.stores.base import Destination, Source, StoreError
 from transforms.storecache import StoreCache
+from transforms.stores.base import Destination, StoreError
+from transforms.stores.options import StoreOptions
+from transforms.tree import resolve_tree
 
 log = logging.getLogger(__name__)
 
-#: Manifests and configs above this are refused, as registries and containers/image do.
-MAX_DOCUMENT = 4 << 20
-_CONFIG_TYPES = frozenset({mt.DOCKER_CONFIG, mt.OCI_CONFIG, "application/octet-stream"})
-_MAX_DEPTH = 4
-
 BLOBS = "blobs"
-
-
-def read_small_blob(source: Source, descriptor: Descriptor) -> bytes:
-    """Read a config-sized blob whole, verifying its digest."""
-    if descriptor.size > MAX_DOCUMENT:
-        raise FormatError(f"config {descriptor.digest} is {descriptor.size} bytes, over the 4 MiB limit")
-    with source.open_blob(descriptor.digest) as f:
-        data = f.read(MAX_DOCUMENT + 1)
-    algorithm, encoded = descriptor.digest.split(":", 1)
-    if hashlib.new(algorithm, data).hexdigest() != encoded:
-        raise BlobVerificationError(f"config blob does not match its digest {descriptor.digest}")
-    if len(data) != descriptor.size:
-        raise BlobVerificationError(
-            f"config {descriptor.digest} has {len(data)} bytes, its descriptor says {descriptor.size}"
-        )
-    return data
-
-
-def resolve_tree(source: Source, job: CopyJob) -> ManifestNode:
-    root = source.get_manifest(job.digest) if job.digest else source.get_root(job.image)
-    return _node(source, root, None, job.platforms, 0)
-
-
-def _node(source: Source, blob, entry: Descriptor | None, platforms, depth: int) -> ManifestNode:
-    if len(blob.data) > MAX_DOCUMENT:
-        raise FormatError(f"manifest {blob.digest} is over the 4 MiB limit")
-    parsed = parse_manifest(blob.data, blob.media_type)
-    node = ManifestNode(manifest=blob, parsed=parsed, entry=entry)
-    if isinstance(parsed, ImageIndex):
-        if depth >= _MAX_DEPTH:
-            raise FormatError(f"index {blob.digest} nests deeper than {_MAX_DEPTH} levels")
-        nested = [e for e in parsed.manifests if mt.is_index(e.media_type) and e.platform is None]
-        kept = filter_platforms([e for e in parsed.manifests if e not in nested], platforms) + nested
-        if not kept:
-            wanted = ", ".join(platforms) or "any platform"
-            raise StoreError(f"index {blob.digest} has no manifest for {wanted}")
-        for e in parsed.manifests:
-            if e in kept:
-                node.children.append(_node(source, source.get_manifest(e.digest), e, platforms, depth + 1))
-    elif isinstance(parsed, ImageManifest) and parsed.config.media_type in _CONFIG_TYPES:
-        node.config = read_small_blob(source, parsed.config)
-    return node
 
 
 class ResolveImageFn(beam.DoFn):
     """CopyJob -> ImagePlan (with the manifest tree, or the error that stopped it)."""
 
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        self._options = options
+
     def setup(self) -> None:
-        self._stores = StoreCache()
+        self._stores = StoreCache(self._options)
 
     def process(self, job: CopyJob) -> Iterator[ImagePlan]:
         key = f"{job.source}@{job.digest or ''}"
@@ -155,8 +107,11 @@ class PlanTargetsFn(beam.DoFn):
     blob serves every destination and every image that needs it.
     """
 
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        self._options = options
+
     def setup(self) -> None:
-        self._stores = StoreCache()
+        self._stores = StoreCache(self._options)
 
     def process(self, plan: ImagePlan):
         for index, target in enumerate(plan.job.targets):

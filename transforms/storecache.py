@@ -7,6 +7,7 @@ first time it needs it and reuses it (and its connection pools) across bundles.
 from __future__ import annotations
 
 from transforms.stores.base import Destination, Source
+from transforms.stores.options import StoreOptions
 from transforms.stores.reference import ImageReference, parse_reference
 from transforms.stores.transports import open_destination, open_source
 
@@ -17,18 +18,19 @@ def store_id(ref: ImageReference) -> str:
 
 
 class StoreCache:
-    def __init__(self) -> None:
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        self._options = options or StoreOptions()
         self._sources: dict[str, Source] = {}
         self._destinations: dict[str, Destination] = {}
 
     def source(self, store: str) -> Source:
         if store not in self._sources:
-            self._sources[store] = open_source(parse_reference(store))
+            self._sources[store] = open_source(parse_reference(store), self._options)
         return self._sources[store]
 
     def destination(self, store: str) -> Destination:
         if store not in self._destinations:
-            self._destinations[store] = open_destination(parse_reference(store))
+            self._destinations[store] = open_destination(parse_reference(store), self._options)
         return self._destinations[store]
 
     def close(self) -> None:

@@ -34,7 +34,9 @@ LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
 #: Manifest types a layout can name in index.json unchanged (schema1 has no OCI place).
-ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_SCHEMA2, mt.DOCKER_LIST})
+#: What an OCI layout destination stores unchanged. Docker types are converted to OCI,
+#: as containers/image does: skopeo and umoci look up ref names among OCI entries only.
+ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
 _POSITION_RE = re.compile(r"^@(\d+)$")
 
 

@@ -1,0 +1,83 @@
+"""The command line: one-line errors with exit 2 for mistakes, Beam options passed through."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import EXIT_USAGE, main, split_beam_args
+from pipeline.config import parse_run_config
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["copy", "nonsense", "oci:/tmp/x"], "is not a reference"),
+        (["copy", "oci:/tmp/in:a", "registry-storage:/tmp/x"], "registry-storage: is a source only"),
+        (["copy", "--platform", "linux", "oci:/tmp/in:a", "oci:/tmp/x"], "is not OS/ARCH"),
+        (["copy", "docker://", "oci:/tmp/x"], "no registry host"),
+        (["sync", "oci:/tmp/in", "dir:/tmp/out"], "a dir: holds one image"),
+        (["run", "/nonexistent/config.yaml"], "cannot read config"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(capsys, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == EXIT_USAGE
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_unknown_format_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["copy", "--format", "v1", "oci:/a:b", "oci:/c"])
+    assert exc.value.code == EXIT_USAGE
+    assert "invalid choice: 'v1'" in capsys.readouterr().err
+
+
+def test_beam_options_are_split_from_ours_with_their_values():
+    ours, beam = split_beam_args(
+        ["copy", "--runner", "FnApiRunner", "oci:/a:b", "--format", "oci", "oci:/c", "--direct_num_workers=2"]
+    )
+    assert ours == ["copy", "oci:/a:b", "--format", "oci", "oci:/c"]
+    assert beam == ["--runner", "FnApiRunner", "--direct_num_workers=2"]
+
+
+def test_help_explains_references_and_exit_status():
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "copy", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for text in ("docker://HOST[:PORT]/REPO", "oci:URL[:REF]", "--format", "--audit", "exit status"):
+        assert text in proc.stdout
+
+
+def test_run_config_rejects_unknown_keys_in_one_line():
+    from pipeline.cli import UsageError
+
+    with pytest.raises(UsageError, match=r"config: jobs\.0\.tags: Extra inputs are not permitted"):
+        parse_run_config("jobs:\n  - copy: oci:/a:b\n    to: [oci:/c]\n    tags: 1\n", "r", "/tmp/a", [])
+
+
+def test_run_config_gives_each_destination_its_own_format():
+    spec = parse_run_config(
+        "runner: {direct_num_workers: 2}\n"
+        "defaults: {format: v2s2}\n"
+        "jobs:\n"
+        "  - copy: oci:/a:app:1\n"
+        "    to: [oci:/b:app:1, {ref: 'dir:/c', format: oci}]\n"
+        "  - sync: oci:/a\n"
+        "    include: ['^app']\n"
+        "    to: [oci:/m]\n",
+        "run1", "/tmp/audit.parquet", ["--runner=FnApiRunner"],
+    )
+    assert spec.beam_args == ["--direct_num_workers=2", "--runner=FnApiRunner"]
+    assert [(t.destination, t.format) for t in spec.jobs[0].targets] == [("oci:/b:app:1", "v2s2"), ("dir:/c", "oci")]
+    assert spec.syncs[0].destinations == (("oci:/m", "v2s2"),)
+    assert spec.syncs[0].include == ("^app",)

@@ -1,0 +1,163 @@
+"""End-to-end runs of the Beam pipeline on the bundled sample images (in-process runner)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.samples import write_oci_samples, write_schema1_sample
+from transforms.formats import mediatypes as mt
+from transforms.stores.dir import DirSource
+from transforms.stores.docker_archive import DockerArchiveSource
+from transforms.stores.oci_layout import OCILayoutSource
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("samples")
+    write_oci_samples(str(root / "oci"))
+    write_schema1_sample(str(root / "legacy"))
+    return root
+
+
+def imagepush(*argv: str) -> int:
+    return main(list(argv))
+
+
+def audit_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_copy_to_three_kinds_of_store_preserves_digests(samples, tmp_path):
+    audit = tmp_path / "audit.parquet"
+    code = imagepush(
+        "copy", f"oci:{samples}/oci:demo/app:1.0",
+        f"oci:{tmp_path}/o1:demo/app:1.0", f"dir:{tmp_path}/o2", f"docker-archive:{tmp_path}/o3.tar:demo/app:1.0",
+        "--audit", str(audit),
+    )
+    assert code == 0
+    src = OCILayoutSource(f"{samples}/oci").get_root("demo/app:1.0")
+    assert OCILayoutSource(f"{tmp_path}/o1").get_root("demo/app:1.0").digest == src.digest
+    assert DirSource(f"{tmp_path}/o2").get_root(None).data == src.data
+    config = json.loads(src.data)["config"]["digest"]
+    archived = json.loads(DockerArchiveSource(f"{tmp_path}/o3.tar").get_root("demo/app:1.0").data)
+    assert archived["config"]["digest"] == config
+    rows = audit_rows(audit)
+    assert len(rows) == 3 and len({r["run_id"] for r in rows}) == 1
+    assert all(r["status"] == "ok" and r["error"] is None for r in rows)
+    assert all(r["destination_digest"] == r["source_digest"] == src.digest for r in rows)
+    assert {r["destination"] for r in rows} == {
+        f"oci:{tmp_path}/o1:demo/app:1.0", f"dir:{tmp_path}/o2", f"docker-archive:{tmp_path}/o3.tar:demo/app:1.0"
+    }
+    # 1 config + 2 layers at each of three destinations, each counted once.
+    assert [r["blobs_copied"] for r in rows] == [3, 3, 3]
+
+
+def test_index_is_copied_with_children_first_and_shared_blobs_once(samples, tmp_path):
+    audit = tmp_path / "audit.parquet"
+    assert imagepush("copy", f"oci:{samples}/oci:demo/multi:1.0", f"oci:{tmp_path}/out:multi", "--audit", str(audit)) == 0
+    src = OCILayoutSource(f"{samples}/oci").get_root("demo/multi:1.0")
+    out = OCILayoutSource(f"{tmp_path}/out")
+    assert out.get_root("multi").digest == src.digest
+    for child in json.loads(src.data)["manifests"]:
+        assert out.get_manifest(child["digest"]).digest == child["digest"]
+    rows = audit_rows(audit)
+    assert sorted(r["role"] for r in rows) == ["child", "child", "index"]
+    # two configs, a shared base layer and one layer per platform: 5 distinct blobs, written once each.
+    assert sum(r["blobs_copied"] for r in rows) == 5
+    blob_files = list((tmp_path / "out/blobs/sha256").iterdir())
+    assert sum(r["bytes_copied"] for r in rows) == sum(
+        f.stat().st_size for f in blob_files if f.name not in {src.digest[7:], *(c["digest"][7:] for c in json.loads(src.data)["manifests"])}
+    )
+
+
+def test_second_identical_run_copies_nothing(samples, tmp_path):
+    args = ("sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mirror")
+    assert imagepush(*args, "--audit", str(tmp_path / "a1.parquet")) == 0
+    assert imagepush(*args, "--audit", str(tmp_path / "a2.parquet")) == 0
+    first, second = audit_rows(tmp_path / "a1.parquet"), audit_rows(tmp_path / "a2.parquet")
+    assert sum(r["bytes_copied"] for r in first) > 0
+    assert sum(r["bytes_copied"] for r in second) == 0
+    # The base layer shared by both images is copied for one and counted as present for the other.
+    assert [sum(r["blobs_copied"] for r in first), sum(r["blobs_skipped"] for r in first)] == [7, 1]
+    assert sum(r["blobs_skipped"] for r in second) == 8
+    names = sorted(e.ref for e in OCILayoutSource(f"{tmp_path}/mirror").list_images())
+    assert names == ["demo/app:1.0", "demo/multi:1.0"]
+
+
+def test_schema1_to_oci_config_has_diff_ids_of_uncompressed_layers(samples, tmp_path):
+    assert imagepush("copy", "--format", "oci", f"dir:{samples}/legacy", f"oci:{tmp_path}/out:legacy",
+                     "--audit", str(tmp_path / "a.parquet")) == 0
+    out = OCILayoutSource(f"{tmp_path}/out")
+    manifest = json.loads(out.get_root("legacy").data)
+    assert manifest["mediaType"] == mt.OCI_MANIFEST
+    config = json.loads(out.open_blob(manifest["config"]["digest"]).read())
+    layers = [out.open_blob(layer["digest"]).read() for layer in manifest["layers"]]
+    import gzip
+
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(gzip.decompress(b)).hexdigest() for b in layers]
+    assert len(layers) == 2  # the throwaway step is history, not a layer
+    assert [h.get("empty_layer", False) for h in config["history"]] == [False, False, True]
+    assert config["config"]["Labels"] == {"legacy": "yes"}
+
+
+def test_corrupt_blob_fails_only_its_image_and_is_never_written(samples, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(samples / "oci", broken)
+    src = OCILayoutSource(str(broken))
+    app = json.loads(src.get_root("demo/app:1.0").data)
+    victim = app["layers"][1]["digest"]  # the app layer, not shared with demo/multi
+    path = broken / "blobs/sha256" / victim[7:]
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    audit = tmp_path / "audit.parquet"
+    assert imagepush("sync", f"oci:{broken}", f"oci:{tmp_path}/out", "--audit", str(audit)) == 1
+    rows = {r["source"]: r for r in audit_rows(audit) if r["role"] != "child"}
+    bad = rows[f"oci:{broken}:demo/app:1.0"]
+    assert bad["status"] == "failed" and victim in bad["error"]
+    assert rows[f"oci:{broken}:demo/multi:1.0"]["status"] == "ok"
+    assert not (tmp_path / "out/blobs/sha256" / victim[7:]).exists()
+    assert [e.ref for e in OCILayoutSource(f"{tmp_path}/out").list_images()] == ["demo/multi:1.0"]
+
+
+def test_missing_image_becomes_a_failed_audit_row(samples, tmp_path):
+    audit = tmp_path / "audit.parquet"
+    assert imagepush("copy", f"oci:{samples}/oci:no/such:tag", f"oci:{tmp_path}/out", "--audit", str(audit)) == 1
+    (row,) = audit_rows(audit)
+    assert row["status"] == "failed" and "no/such:tag" in row["error"]
+
+
+def test_index_converted_to_v2s2_becomes_a_manifest_list(samples, tmp_path):
+    assert imagepush("copy", "--format", "v2s2", f"oci:{samples}/oci:demo/multi:1.0", f"dir:{tmp_path}/d",
+                     "--audit", str(tmp_path / "a.parquet")) == 0
+    out = DirSource(f"{tmp_path}/d")
+    root = out.get_root(None)
+    assert root.media_type == mt.DOCKER_LIST
+    children = json.loads(root.data)["manifests"]
+    assert [c["platform"]["architecture"] for c in children] == ["amd64", "arm64"]
+    for c in children:
+        child = out.get_manifest(c["digest"])
+        assert child.media_type == mt.DOCKER_SCHEMA2
+        assert json.loads(child.data)["config"]["mediaType"] == mt.DOCKER_CONFIG
+
+
+def test_pipeline_under_multi_processing_workers(samples, tmp_path):
+    import subprocess
+    import sys
+
+    audit = tmp_path / "audit.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mp",
+         "--audit", str(audit), "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 images ok, 0 failed" in proc.stdout
+    assert sorted(e.ref for e in OCILayoutSource(f"{tmp_path}/mp").list_images()) == ["demo/app:1.0", "demo/multi:1.0"]
+    assert all(r["status"] == "ok" for r in audit_rows(audit))

@@ -1,0 +1,25 @@
+"""Settings that stores need besides a reference: registry security and limits.
+
+Plain, picklable values: they travel with the DoFns to every worker. Credentials
+themselves are never stored here, only where to read them from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    #: ``host:port`` entries allowed plain HTTP or unverified TLS.
+    insecure_registries: tuple[str, ...] = ()
+    #: docker config.json / containers auth.json; None = the usual default locations.
+    authfile: str | None = None
+    #: PEM bundle of extra CA certificates to trust for registries.
+    ca_bundle: str | None = None
+    #: Concurrent requests per registry host from one worker.
+    registry_concurrency: int = 8
+    #: Blobs at or below this size are uploaded in one PUT; larger ones in chunked PATCHes.
+    monolithic_upload_limit: int = 64 << 20
+    #: Size of each PATCH when a blob is uploaded in chunks.
+    upload_chunk_size: int = 64 << 20
