@@ -583,3 +583,13 @@ def test_docker_list_with_unchanged_children_converts_type_only():
     ]
     # Same list back to Docker: nothing changed, so the original bytes come back.
     assert convert_index(index, "v2s2", {}, raw) == (raw, mt.DOCKER_LIST, sha256(raw))
+
+
+def test_index_filtered_by_platform_lists_only_kept_entries():
+    raw = fixture("oci-index/ci__oci1index.json")
+    index = parse_manifest(raw, None)
+    first = index.manifests[0]
+    data, media_type, digest = convert_index(index, "oci", {}, raw, keep={first.digest})
+    assert media_type == mt.OCI_INDEX
+    assert [m["digest"] for m in orjson.loads(data)["manifests"]] == [first.digest]
+    assert digest == sha256(data)

@@ -161,3 +161,27 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
     assert "2 images ok, 0 failed" in proc.stdout
     assert sorted(e.ref for e in OCILayoutSource(f"{tmp_path}/mp").list_images()) == ["demo/app:1.0", "demo/multi:1.0"]
     assert all(r["status"] == "ok" for r in audit_rows(audit))
+
+
+def test_run_config_with_overlapping_jobs_audits_every_image_and_destination(samples, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"audit: {tmp_path}/audit.parquet\n"
+        "jobs:\n"
+        f"  - copy: oci:{samples}/oci:demo/app:1.0\n"
+        f"    to: [oci:{tmp_path}/a:demo/app:1.0, dir:{tmp_path}/d]\n"
+        f"  - sync: oci:{samples}/oci\n"
+        "    platforms: [linux/arm64]\n"
+        f"    to: [{{ref: 'oci:{tmp_path}/m', format: oci}}]\n"
+        f"  - copy: oci:{samples}/oci:demo/app:1.0\n"
+        f"    to: [{{ref: 'dir:{tmp_path}/v2', format: v2s2}}]\n"
+    )
+    assert imagepush("run", str(config)) == 0
+    rows = [r for r in audit_rows(tmp_path / "audit.parquet") if r["role"] != "child"]
+    assert sorted(r["destination"] for r in rows) == sorted([
+        f"oci:{tmp_path}/a:demo/app:1.0", f"dir:{tmp_path}/d", f"dir:{tmp_path}/v2",
+        f"oci:{tmp_path}/m:demo/app:1.0", f"oci:{tmp_path}/m:demo/multi:1.0",
+    ])
+    multi = OCILayoutSource(f"{tmp_path}/m").get_root("demo/multi:1.0")
+    assert [m["platform"]["architecture"] for m in json.loads(multi.data)["manifests"]] == ["arm64"]
+    assert DirSource(f"{tmp_path}/v2").get_root(None).media_type == mt.DOCKER_SCHEMA2

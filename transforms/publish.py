@@ -144,26 +144,27 @@ class FinalizeFn(beam.DoFn):
 
     def process(self, element) -> Iterator[tuple[str, Finalized]]:
         _, grouped = element
-        plans, results = list(grouped["plan"]), list(grouped["blobs"])
-        tp: TargetPlan = plans[0]
+        results = list(grouped["blobs"])
+        # Identical jobs share a key; each is finalized (idempotently) and audited.
+        for tp in grouped["plan"]:
+            yield self._finalize(tp, results)
+
+    def _finalize(self, tp: TargetPlan, results: list[BlobResult]) -> tuple[str, Finalized]:
         store = tp.target.store
         if tp.error:
-            yield store, Finalized(None, _rows_failed(tp, self._run_id, tp.error))
-            return
+            return store, Finalized(None, _rows_failed(tp, self._run_id, tp.error))
         blobs = {r.digest: r for r in results}
         bad = sorted((r for r in results if r.status == BLOB_FAILED), key=lambda r: r.digest)
         if bad:
             error = f"blob {bad[0].digest}: {bad[0].error}"
             if len(bad) > 1:
                 error += f" (and {len(bad) - 1} more blobs failed)"
-            yield store, Finalized(None, _rows_failed(tp, self._run_id, error))
-            return
+            return store, Finalized(None, _rows_failed(tp, self._run_id, error))
         try:
             finalized = write_manifests(tp, blobs, self._stores.destination(store), self._run_id)
         except Exception as exc:
-            yield store, Finalized(None, _rows_failed(tp, self._run_id, errors.one_line(exc)))
-            return
-        yield store, finalized
+            return store, Finalized(None, _rows_failed(tp, self._run_id, errors.one_line(exc)))
+        return store, finalized
 
     def teardown(self) -> None:
         self._stores.close()

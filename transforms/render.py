@@ -42,7 +42,7 @@ def render_tree(
         if node.is_index:
             children = {c.manifest.digest: written[c.manifest.digest] for c in node.children}
             data, media_type, digest = convert_index(
-                node.parsed, fmt or family(node.manifest.media_type), children, raw
+                node.parsed, fmt or family(node.manifest.media_type), children, raw, keep=set(children)
             )
         elif fmt is None:
             data, media_type, digest = raw, node.manifest.media_type, node.manifest.digest

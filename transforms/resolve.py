@@ -6,6 +6,7 @@ and which blobs must be present before anything is published.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Iterator
 
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 BLOBS = "blobs"
 
 
+def job_key(job: CopyJob) -> str:
+    """A key unique to the job: the same image may be copied by several jobs of one run."""
+    text = repr((job.source_store, job.source, job.image, job.digest, job.targets, job.platforms))
+    return f"{job.source}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 class ResolveImageFn(beam.DoFn):
     """CopyJob -> ImagePlan (with the manifest tree, or the error that stopped it)."""
 
@@ -44,7 +51,7 @@ class ResolveImageFn(beam.DoFn):
         self._stores = StoreCache(self._options)
 
     def process(self, job: CopyJob) -> Iterator[ImagePlan]:
-        key = f"{job.source}@{job.digest or ''}"
+        key = job_key(job)
         plan = ImagePlan(key=key, job=job, started_at=now())
         try:
             plan.root = resolve_tree(self._stores.source(job.source_store), job)

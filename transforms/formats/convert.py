@@ -544,7 +544,11 @@ def _docker_list_entry(d: Descriptor) -> dict[str, Any]:
 
 
 def convert_index(
-    index: ImageIndex, target: str, children: dict[str, Descriptor], raw: bytes
+    index: ImageIndex,
+    target: str,
+    children: dict[str, Descriptor],
+    raw: bytes,
+    keep: set[str] | frozenset[str] | None = None,
 ) -> tuple[bytes, str, str]:
     """Convert a Docker manifest list or OCI index; returns ``(bytes, media type, digest)``.
 
@@ -552,14 +556,16 @@ def convert_index(
     it (new media type, digest, size). Entries keep their platform; going to OCI drops
     Docker's CPU ``features`` (no OCI field); going to Docker drops annotations, subject and
     artifactType and refuses entries without a platform instead of inventing the host's,
-    as containers/image would. Nothing changed and the type already matches: ``raw`` is
+    as containers/image would. With ``keep``, entries whose digest is not in it (filtered
+    out by platform) are dropped. Nothing changed and the type already matches: ``raw`` is
     returned as is.
     """
     target_type = _target(_INDEX_TARGETS, target)
-    entries = [_updated_entry(entry, children.get(entry.digest)) for entry in index.manifests]
-    changed = any(
+    kept = [entry for entry in index.manifests if keep is None or entry.digest in keep]
+    entries = [_updated_entry(entry, children.get(entry.digest)) for entry in kept]
+    changed = len(kept) != len(index.manifests) or any(
         (old.media_type, old.digest, old.size) != (new.media_type, new.digest, new.size)
-        for old, new in zip(index.manifests, entries)
+        for old, new in zip(kept, entries)
     )
     if not changed and index.media_type == target_type:
         return raw, target_type, digestlib.of_bytes(raw)
