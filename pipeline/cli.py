@@ -15,7 +15,8 @@ import time
 import uuid
 from typing import Sequence
 
-from transforms.stores.base import StoreError
+from transforms.errors import EXPECTED, one_line
+from transforms.stores.reference import ReferenceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -189,9 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)
-    except (UsageError, StoreError) as exc:
+    except (UsageError, ReferenceError) as exc:
         print(f"imagepush: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except EXPECTED as exc:
+        # Nothing could be read (ls, inspect) or a destination refused to be prepared
+        # (copy, sync, run): a problem with the stores, not with the command line.
+        print(f"imagepush: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE if args.command in ("copy", "sync", "run") else EXIT_FAILED
     except KeyboardInterrupt:
         print("imagepush: interrupted", file=sys.stderr)
         return 130

@@ -81,3 +81,45 @@ def test_run_config_gives_each_destination_its_own_format():
     assert [(t.destination, t.format) for t in spec.jobs[0].targets] == [("oci:/b:app:1", "v2s2"), ("dir:/c", "oci")]
     assert spec.syncs[0].destinations == (("oci:/m", "v2s2"),)
     assert spec.syncs[0].include == ("^app",)
+
+
+def test_inspect_of_a_missing_layout_fails_with_exit_1_in_one_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "inspect", f"oci:{tmp_path}/none:tag")
+    assert code == 1
+    assert err.strip() == f"imagepush: oci:{tmp_path}/none: index.json not found"
+
+
+def test_ls_prints_one_json_record_per_image(capsys, tmp_path):
+    import json
+
+    from pipeline.samples import write_oci_samples
+
+    write_oci_samples(str(tmp_path / "s"))
+    code, out, err = run_cli(capsys, "ls", f"oci:{tmp_path}/s")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["ref"], r["media_type"]) for r in records] == [
+        (f"oci:{tmp_path}/s:demo/app:1.0", "application/vnd.oci.image.manifest.v1+json"),
+        (f"oci:{tmp_path}/s:demo/multi:1.0", "application/vnd.oci.image.index.v1+json"),
+    ]
+    assert all(r["digest"].startswith("sha256:") and len(r["digest"]) == 71 for r in records)
+
+
+def test_inspect_as_oci_converts_a_schema1_config_with_measured_diff_ids(capsys, tmp_path):
+    import gzip
+    import hashlib
+    import json
+
+    from pipeline.samples import write_schema1_sample
+
+    write_schema1_sample(str(tmp_path / "legacy"))
+    code, out, err = run_cli(capsys, "inspect", "--as", "oci", "--config", f"dir:{tmp_path}/legacy")
+    assert code == 0, err
+    config = json.loads(out)
+    manifest = json.loads((tmp_path / "legacy/manifest.json").read_bytes())
+    kept = [layer["blobSum"] for layer, h in zip(manifest["fsLayers"], manifest["history"])
+            if not json.loads(h["v1Compatibility"]).get("throwaway")]
+    expected = ["sha256:" + hashlib.sha256(gzip.decompress((tmp_path / "legacy" / d[7:]).read_bytes())).hexdigest()
+                for d in reversed(kept)]
+    assert config["rootfs"] == {"type": "layers", "diff_ids": expected}
+    assert [h["created_by"] for h in config["history"]][0] == "/bin/sh -c #(nop) ADD file:base in /"
