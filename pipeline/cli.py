@@ -57,9 +57,9 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
     if writes:
         p.add_argument("--format", choices=("preserve", "oci", "v2s2"), default="preserve",
                        help="manifest/config format written (default: preserve bytes and digests)")
-        p.add_argument("--compression", choices=("preserve",), default="preserve",
-                       help="layer compression written; only 'preserve' (layers copied as they are) "
-                            "is implemented in this version")
+        p.add_argument("--compression", choices=("preserve", "gzip", "zstd", "none"), default="preserve",
+                       help="layer compression written (default: preserve, layers copied as they are); "
+                            "zstd needs OCI manifests; docker-archive always stores layers uncompressed")
         p.add_argument("--audit", metavar="URL",
                        help="where the Parquet audit goes (any fsspec URL; default "
                             "./imagepush-audit/<run-id>.parquet)")

@@ -16,6 +16,7 @@ from transforms import audit
 from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
 from transforms.stores.transports import open_destination, open_source
 from transforms.naming import copy_job
+from transforms.plan import Output
 from transforms.storecache import store_id
 from transforms.stores.options import StoreOptions
 
@@ -72,15 +73,18 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
     platforms = tuple(args.platform)
     spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args,
                    options=options)
+    if args.format == "v2s2" and args.compression == "zstd":
+        raise UsageError("--compression zstd needs OCI manifests; it cannot be combined with --format v2s2")
+    outputs = [Output(str(d), args.format, args.compression) for d in dests]
     if args.command == "copy":
-        spec.jobs.append(copy_job(source, [(d, args.format) for d in dests], platforms))
+        spec.jobs.append(copy_job(source, outputs, platforms))
     else:
         for d in dests:
             if d.transport in SINGLE_IMAGE:
                 raise UsageError(f"{d}: a dir: holds one image; sync into oci:, docker-archive: or docker://")
         from transforms.migrate import SyncSpec
 
-        spec.syncs.append(SyncSpec(str(source), tuple((str(d), args.format) for d in dests), platforms))
+        spec.syncs.append(SyncSpec(str(source), tuple(outputs), platforms))
     return spec
 
 
@@ -90,8 +94,8 @@ def prepare_destinations(spec: RunSpec) -> None:
         for t in job.targets:
             stores.setdefault(t.store, parse_reference(t.store))
     for sync in spec.syncs:
-        for d, _ in sync.destinations:
-            ref = parse_reference(d)
+        for out in sync.destinations:
+            ref = parse_reference(out.ref)
             if ref.transport != "docker":  # registry repositories are named per image
                 stores.setdefault(store_id(ref), ref)
     for ref in stores.values():
@@ -102,7 +106,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     spec = build_spec(args, beam_args, run_id)
     _check_memory_urls(
         [j.source_store for j in spec.jobs] + [t.store for j in spec.jobs for t in j.targets]
-        + [s.source for s in spec.syncs] + [d for s in spec.syncs for d, _ in s.destinations] + [spec.audit_url],
+        + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
     prepare_destinations(spec)

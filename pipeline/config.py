@@ -27,11 +27,13 @@ from pipeline.cli import UsageError
 from pipeline.graph import RunSpec
 from transforms.formats.descriptor import FormatError, Platform
 from transforms.naming import copy_job
+from transforms.plan import Output
 from transforms.stores.base import StoreError
 from transforms.stores.options import StoreOptions
 from transforms.stores.reference import SINGLE_IMAGE, parse_reference
 
 Format = Literal["preserve", "oci", "v2s2"]
+Compression = Literal["preserve", "gzip", "zstd", "none"]
 
 
 class _Strict(BaseModel):
@@ -41,10 +43,12 @@ class _Strict(BaseModel):
 class DestinationConfig(_Strict):
     ref: str
     format: Format | None = None
+    compression: Compression | None = None
 
 
 class Defaults(_Strict):
     format: Format = "preserve"
+    compression: Compression = "preserve"
     platforms: list[str] = Field(default_factory=list)
 
 
@@ -60,6 +64,7 @@ class JobConfig(_Strict):
     sync: str | None = None
     to: list[str | DestinationConfig]
     format: Format | None = None
+    compression: Compression | None = None
     platforms: list[str] | None = None
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -132,22 +137,26 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
             for p in platforms:
                 Platform.parse(p)
             fmt = job.format or cfg.defaults.format
-            dests = []
+            compression = job.compression or cfg.defaults.compression
+            dests: list[Output] = []
             for d in job.to:
-                ref, dfmt = (d, fmt) if isinstance(d, str) else (d.ref, d.format or fmt)
-                dests.append((parse_reference(ref), dfmt))
-                if dests[-1][0].transport == "registry-storage":
-                    raise UsageError(f"config: jobs.{n}: {ref}: registry-storage: is a source only")
+                if isinstance(d, str):
+                    d = DestinationConfig(ref=d)
+                out = Output(str(parse_reference(d.ref)), d.format or fmt, d.compression or compression)
+                if parse_reference(d.ref).transport == "registry-storage":
+                    raise UsageError(f"config: jobs.{n}: {d.ref}: registry-storage: is a source only")
+                if out.format == "v2s2" and out.compression == "zstd":
+                    raise UsageError(f"config: jobs.{n}: {d.ref}: zstd compression needs OCI manifests, not v2s2")
+                dests.append(out)
             if job.copy_ is not None:
                 source = parse_reference(job.copy_)
                 spec.jobs.append(copy_job(source, dests, platforms))
             else:
-                for d, _ in dests:
-                    if d.transport in SINGLE_IMAGE:
-                        raise UsageError(f"config: jobs.{n}: {d}: a dir: holds one image; sync elsewhere")
+                for out in dests:
+                    if parse_reference(out.ref).transport in SINGLE_IMAGE:
+                        raise UsageError(f"config: jobs.{n}: {out.ref}: a dir: holds one image; sync elsewhere")
                 spec.syncs.append(SyncSpec(
-                    str(parse_reference(job.sync)), tuple((str(d), f) for d, f in dests), platforms,
-                    tuple(job.include), tuple(job.exclude),
+                    str(parse_reference(job.sync)), tuple(dests), platforms, tuple(job.include), tuple(job.exclude),
                 ))
     except (StoreError, FormatError) as exc:
         raise UsageError(f"config: {exc}") from None

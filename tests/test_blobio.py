@@ -111,3 +111,31 @@ def test_diff_id_of_tiny_blob_without_magic():
     h = DiffIdHasher()
     h.update(b"ab")
     assert h.digest() == sha(b"ab")
+
+
+@pytest.mark.parametrize("target", ["gzip", "zstd", "none"])
+@pytest.mark.parametrize("source", ["gzip", "zstd", "none"])
+def test_recompressed_layer_keeps_its_diff_id_and_is_deterministic(source, target):
+    from transforms.blobio import recompress
+
+    encode = {"gzip": lambda b: gzip.compress(b, mtime=0), "zstd": zstandard.ZstdCompressor().compress,
+              "none": lambda b: b}
+    stored = encode[source](PAYLOAD)
+    outs = []
+    for _ in range(2):
+        out = io.BytesIO()
+        result = recompress(io.BytesIO(stored), sha(stored), len(stored), target, out, chunk_size=50_000)
+        outs.append(out.getvalue())
+        assert result.diff_id == sha(PAYLOAD)
+        assert (result.digest, result.size) == (sha(out.getvalue()), len(out.getvalue()))
+    assert outs[0] == outs[1]
+    decode = {"gzip": gzip.decompress, "zstd": lambda b: zstandard.ZstdDecompressor().decompressobj().decompress(b),
+              "none": lambda b: b}
+    assert decode[target](outs[0]) == PAYLOAD
+
+
+def test_recompression_refuses_a_source_that_does_not_match_its_digest():
+    from transforms.blobio import recompress
+
+    with pytest.raises(BlobVerificationError):
+        recompress(io.BytesIO(PAYLOAD), sha(PAYLOAD + b"!"), None, "gzip", io.BytesIO())

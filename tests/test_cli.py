@@ -79,7 +79,7 @@ def test_run_config_gives_each_destination_its_own_format():
     )
     assert spec.beam_args == ["--direct_num_workers=2", "--runner=FnApiRunner"]
     assert [(t.destination, t.format) for t in spec.jobs[0].targets] == [("oci:/b:app:1", "v2s2"), ("dir:/c", "oci")]
-    assert spec.syncs[0].destinations == (("oci:/m", "v2s2"),)
+    assert [(o.ref, o.format, o.compression) for o in spec.syncs[0].destinations] == [("oci:/m", "v2s2", "preserve")]
     assert spec.syncs[0].include == ("^app",)
 
 

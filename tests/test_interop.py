@@ -134,3 +134,17 @@ def test_docker_archive_written_by_skopeo_is_read_as_a_source(umoci_image, tmp_p
     assert len(ours["rootfs"]["diff_ids"]) == 2
     assert ours["rootfs"] == theirs["rootfs"]
     assert ours["config"]["Env"] == theirs["config"]["Env"] and ours["config"]["User"] == "1000"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_recompressed_image_is_verified_and_copied_by_skopeo(umoci_image, tmp_path, compression):
+    imagepush("copy", "--compression", compression, f"oci:{umoci_image}:base", f"oci:{tmp_path}/z:base",
+              "--audit", str(tmp_path / "a.parquet"))
+    skopeo("copy", f"oci:{tmp_path}/z:base", f"dir:{tmp_path}/copied")
+    theirs = json.loads(skopeo("inspect", "--config", "--raw", f"oci:{umoci_image}:base"))
+    ours = json.loads(skopeo("inspect", "--config", "--raw", f"oci:{tmp_path}/z:base"))
+    assert ours == theirs
+    layer_type = {"zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+                  "none": "application/vnd.oci.image.layer.v1.tar"}[compression]
+    manifest = json.loads(skopeo("inspect", "--raw", f"oci:{tmp_path}/z:base"))
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {layer_type}

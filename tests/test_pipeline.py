@@ -185,3 +185,43 @@ def test_run_config_with_overlapping_jobs_audits_every_image_and_destination(sam
     multi = OCILayoutSource(f"{tmp_path}/m").get_root("demo/multi:1.0")
     assert [m["platform"]["architecture"] for m in json.loads(multi.data)["manifests"]] == ["arm64"]
     assert DirSource(f"{tmp_path}/v2").get_root(None).media_type == mt.DOCKER_SCHEMA2
+
+
+def test_zstd_recompression_rewrites_layers_keeping_diff_ids_and_config(samples, tmp_path):
+    import zstandard
+
+    args = ("copy", "--compression", "zstd", f"oci:{samples}/oci:demo/app:1.0", f"oci:{tmp_path}/z:app")
+    assert imagepush(*args, "--audit", str(tmp_path / "a1.parquet")) == 0
+    src_layout = OCILayoutSource(f"{samples}/oci")
+    src = json.loads(src_layout.get_root("demo/app:1.0").data)
+    out_layout = OCILayoutSource(f"{tmp_path}/z")
+    out = json.loads(out_layout.get_root("app").data)
+    assert out["config"] == src["config"]
+    assert [layer["mediaType"] for layer in out["layers"]] == [mt.OCI_LAYER_ZSTD] * 2
+    config = json.loads(src_layout.open_blob(src["config"]["digest"]).read())
+    for layer, diff_id in zip(out["layers"], config["rootfs"]["diff_ids"]):
+        data = out_layout.open_blob(layer["digest"]).read()
+        assert (layer["size"], layer["digest"]) == (len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+        plain = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id
+    # Deterministic: a second run finds the same recompressed blobs already there.
+    assert imagepush(*args, "--audit", str(tmp_path / "a2.parquet")) == 0
+    (row,) = audit_rows(tmp_path / "a2.parquet")
+    assert (row["bytes_copied"], row["blobs_skipped"]) == (0, 3)
+    assert row["destination_digest"] == out_layout.get_root("app").digest
+
+
+def test_uncompressed_layers_into_docker_schema2_use_the_docker_tar_type(samples, tmp_path):
+    assert imagepush("copy", "--compression", "none", "--format", "v2s2", f"oci:{samples}/oci:demo/app:1.0",
+                     f"dir:{tmp_path}/d", "--audit", str(tmp_path / "a.parquet")) == 0
+    out = json.loads(DirSource(f"{tmp_path}/d").get_root(None).data)
+    assert out["mediaType"] == mt.DOCKER_SCHEMA2
+    assert [layer["mediaType"] for layer in out["layers"]] == [mt.DOCKER_LAYER] * 2
+
+
+def test_zstd_with_v2s2_is_a_usage_error(samples, tmp_path, capsys):
+    code = imagepush("copy", "--compression", "zstd", "--format", "v2s2", f"oci:{samples}/oci:demo/app:1.0",
+                     f"dir:{tmp_path}/d")
+    assert code == 2
+    assert "zstd needs OCI manifests" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -7,7 +7,7 @@ import json
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor, Platform
 from transforms.naming import copy_job, sync_target
-from transforms.plan import blob_needs, choose_format, filter_platforms, ManifestNode
+from transforms.plan import ManifestNode, Output, blob_needs, choose_format, filter_platforms
 from transforms.formats.manifest import parse_manifest
 from transforms.stores.base import ImageEntry, ManifestBlob
 from transforms.stores.reference import parse_reference
@@ -79,11 +79,11 @@ def test_schema1_conversion_needs_diff_ids_of_non_throwaway_layers_only(public_f
 def test_sync_appends_the_repository_path_to_the_destination_prefix():
     entry = ImageEntry(ref="team/app:1", repository="team/app", tag="1", digest="sha256:" + "2" * 64,
                        media_type=mt.OCI_MANIFEST)
-    t = sync_target(parse_reference("docker://b:5000/mirror"), entry)
+    t = sync_target(Output("docker://b:5000/mirror"), entry)
     assert (t.destination, t.store, t.name) == ("docker://b:5000/mirror/team/app:1", "docker://b:5000/mirror/team/app", "1")
-    t = sync_target(parse_reference("oci:/data/out"), entry)
+    t = sync_target(Output("oci:/data/out"), entry)
     assert (t.destination, t.store, t.name) == ("oci:/data/out:team/app:1", "oci:/data/out", "team/app:1")
-    t = sync_target(parse_reference("docker-archive:/x.tar"), entry)
+    t = sync_target(Output("docker-archive:/x.tar"), entry)
     assert t.name == "team/app:1"
 
 
@@ -93,6 +93,6 @@ def test_copy_job_selects_registry_images_by_tag_or_digest():
     digest = "sha256:" + "3" * 64
     job = copy_job(parse_reference(f"docker://a:5000/team/app@{digest}"), [], ())
     assert (job.image, job.digest) == (None, digest)
-    job = copy_job(parse_reference("oci:/l:apps/web:1.0"), [(parse_reference("dir:/o"), "oci")], ())
+    job = copy_job(parse_reference("oci:/l:apps/web:1.0"), [Output("dir:/o", "oci")], ())
     assert (job.source_store, job.image) == ("oci:/l", "apps/web:1.0")
     assert job.targets[0].format == "oci" and job.targets[0].name is None

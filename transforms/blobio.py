@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import zstandard
 from isal import isal_zlib
@@ -30,66 +30,62 @@ class BlobVerificationError(Exception):
     """The bytes read do not match the digest or size that names them."""
 
 
-class _HashWriter:
-    """File-like sink for zstandard's stream_writer that only hashes what it is given."""
-
-    def __init__(self, h: "hashlib._Hash") -> None:
-        self._h = h
-
-    def write(self, data: bytes) -> int:
-        self._h.update(data)
-        return len(data)
-
-
-class DiffIdHasher:
-    """sha256 of a layer's uncompressed tar, fed with its stored (maybe compressed) bytes.
+class Decompressor:
+    """Turns a layer's stored bytes into its uncompressed tar, in bounded pieces.
 
     The compression is sniffed from magic bytes rather than trusted from the media
-    type: real images label uncompressed tars as ``tar.gzip``. Output is produced in
-    bounded pieces, so a highly compressible layer cannot blow up memory.
+    type: real images label uncompressed tars as ``tar.gzip``. Output is produced at most
+    ``out_chunk`` bytes at a time, so a highly compressible layer cannot blow up memory.
     """
 
     def __init__(self, out_chunk: int = DEFAULT_CHUNK) -> None:
-        self._h = hashlib.sha256()
         self._head = b""
-        self._mode: str | None = None
+        self.mode: str | None = None
         self._gz = None
         self._zst = None
         self._out_chunk = out_chunk
-        self.uncompressed_size = 0
 
-    def update(self, chunk: bytes) -> None:
-        if self._mode is None:
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        if self.mode is None:
             self._head += chunk
             if len(self._head) < 4:
                 return
             chunk, self._head = self._head, b""
             if chunk.startswith(_GZIP_MAGIC):
-                self._mode = "gzip"
+                self.mode = "gzip"
                 self._gz = isal_zlib.decompressobj(wbits=31)
             elif chunk.startswith(_ZSTD_MAGIC):
-                self._mode = "zstd"
-                self._zst = zstandard.ZstdDecompressor().stream_writer(
-                    _SizeCounting(self), write_size=self._out_chunk, closefd=False
-                )
+                self.mode = "zstd"
+                self._zst = zstandard.ZstdDecompressor().decompressobj(write_size=self._out_chunk)
             else:
-                self._mode = "none"
-        self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> None:
-        if self._mode == "none":
-            self._h.update(chunk)
-            self.uncompressed_size += len(chunk)
-        elif self._mode == "zstd":
-            self._zst.write(chunk)
+                self.mode = "none"
+        if self.mode == "none":
+            yield chunk
+        elif self.mode == "zstd":
+            yield from self._feed_zstd(chunk)
         else:
-            self._feed_gzip(chunk)
+            yield from self._feed_gzip(chunk)
 
-    def _feed_gzip(self, data: bytes) -> None:
+    def _feed_zstd(self, data: bytes) -> Iterator[bytes]:
+        # zstandard has no output bound per call: feed it slices small enough that the
+        # output of one slice stays reasonable even at extreme ratios.
+        step = 1 << 14
+        for i in range(0, len(data), step):
+            out = self._zst.decompress(data[i : i + step])
+            if out:
+                yield out
+            if self._zst.eof:
+                rest = self._zst.unused_data + data[i + step :]
+                self._zst = zstandard.ZstdDecompressor().decompressobj(write_size=self._out_chunk)
+                if rest:
+                    yield from self._feed_zstd(rest)
+                return
+
+    def _feed_gzip(self, data: bytes) -> Iterator[bytes]:
         while data:
             out = self._gz.decompress(data, self._out_chunk)
-            self._h.update(out)
-            self.uncompressed_size += len(out)
+            if out:
+                yield out
             if self._gz.eof:
                 # Concatenated gzip members are one stream (pigz, some layer builders).
                 data = self._gz.unused_data
@@ -99,27 +95,36 @@ class DiffIdHasher:
             else:
                 data = self._gz.unconsumed_tail
 
-    def hexdigest(self) -> str:
-        if self._mode is None:  # fewer than 4 bytes in all: cannot be compressed
-            self._mode = "none"
+    def finish(self) -> Iterator[bytes]:
+        if self.mode is None:  # fewer than 4 bytes in all: cannot be compressed
+            self.mode = "none"
             head, self._head = self._head, b""
-            self._feed(head)
-        if self._mode == "zstd":
-            self._zst.flush()
+            if head:
+                yield head
+
+
+class DiffIdHasher:
+    """sha256 of a layer's uncompressed tar, fed with its stored (maybe compressed) bytes."""
+
+    def __init__(self, out_chunk: int = DEFAULT_CHUNK) -> None:
+        self._h = hashlib.sha256()
+        self._d = Decompressor(out_chunk)
+        self.uncompressed_size = 0
+
+    def _take(self, pieces: Iterator[bytes]) -> None:
+        for piece in pieces:
+            self._h.update(piece)
+            self.uncompressed_size += len(piece)
+
+    def update(self, chunk: bytes) -> None:
+        self._take(self._d.feed(chunk))
+
+    def hexdigest(self) -> str:
+        self._take(self._d.finish())
         return self._h.hexdigest()
 
     def digest(self) -> str:
         return f"sha256:{self.hexdigest()}"
-
-
-class _SizeCounting:
-    def __init__(self, owner: DiffIdHasher) -> None:
-        self._owner = owner
-
-    def write(self, data: bytes) -> int:
-        self._owner._h.update(data)
-        self._owner.uncompressed_size += len(data)
-        return len(data)
 
 
 @dataclass
@@ -200,3 +205,85 @@ def _abort(sink: BlobSink) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+#: Compression settings used when layers are rewritten: fixed, so output is deterministic.
+GZIP_LEVEL = 1  # isal's level 1: several times zlib's speed at a similar ratio for tars
+ZSTD_LEVEL = 3
+
+
+class _Compressor:
+    def __init__(self, compression: str) -> None:
+        self.compression = compression
+        if compression == "gzip":
+            self._c = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+        elif compression == "zstd":
+            self._c = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        elif compression == "none":
+            self._c = None
+        else:
+            raise ValueError(f"unknown compression {compression!r}")
+
+    def compress(self, data: bytes) -> bytes:
+        return data if self._c is None else self._c.compress(data)
+
+    def flush(self) -> bytes:
+        return b"" if self._c is None else self._c.flush()
+
+
+@dataclass
+class Recompressed:
+    digest: str
+    size: int
+    diff_id: str
+
+
+def recompress(
+    reader: BinaryIO,
+    expected_digest: str,
+    expected_size: int | None,
+    compression: str,
+    out: BinaryIO,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Recompressed:
+    """Rewrite a layer with another compression into ``out`` (a local spool file).
+
+    The source is verified against its digest as it streams; the new blob's digest and
+    the layer's diff_id are computed on the way, so one read gives everything a manifest
+    needs. Nothing is committed anywhere here: the caller writes ``out`` to destinations
+    once its digest is known.
+    """
+    src_hash = digestlib.hasher(expected_digest)
+    out_hash = hashlib.sha256()
+    diff = hashlib.sha256()
+    decomp = Decompressor(chunk_size)
+    comp = _Compressor(compression)
+    size = written = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal written
+        if data:
+            out.write(data)
+            out_hash.update(data)
+            written += len(data)
+
+    def plain(pieces: Iterator[bytes]) -> None:
+        for piece in pieces:
+            diff.update(piece)
+            emit(comp.compress(piece))
+
+    while chunk := reader.read(chunk_size):
+        size += len(chunk)
+        if expected_size is not None and expected_size >= 0 and size > expected_size:
+            raise BlobVerificationError(f"blob {expected_digest} is larger than its descriptor's {expected_size} bytes")
+        src_hash.update(chunk)
+        plain(decomp.feed(chunk))
+    plain(decomp.finish())
+    emit(comp.flush())
+    if expected_size is not None and expected_size >= 0 and size != expected_size:
+        raise BlobVerificationError(f"blob {expected_digest} has {size} bytes, its descriptor says {expected_size}")
+    actual = f"{expected_digest.split(':', 1)[0]}:{src_hash.hexdigest()}"
+    if actual != expected_digest:
+        raise BlobVerificationError(f"blob content is {actual}, not {expected_digest}")
+    return Recompressed(digest=f"sha256:{out_hash.hexdigest()}", size=written, diff_id=f"sha256:{diff.hexdigest()}")

@@ -9,7 +9,9 @@ repositories that were left for the copy just made.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from typing import Iterable, Iterator
 
@@ -17,7 +19,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import errors
-from transforms.blobio import DEFAULT_CHUNK, stream_blob
+from transforms.blobio import DEFAULT_CHUNK, recompress, stream_blob
+from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
 from transforms.storecache import StoreCache
@@ -80,18 +83,19 @@ class CopyBlobsFn(beam.DoFn):
                     log.debug("mount of %s from %s failed", descriptor.digest, holder, exc_info=True)
         return False
 
-    def _stream(self, request: BlobRequest, size: int, stores: list[str], want_diff: bool, status: dict):
-        """Read the source blob once into every store in ``stores``; returns (size, diff_id)."""
-        digest = request.descriptor.digest
+    def _stream(self, descriptor: Descriptor, open_reader, size: int, stores: list[str], want_diff: bool,
+                status: dict):
+        """Read the blob once into every store in ``stores``; returns (outcome, error)."""
+        digest = descriptor.digest
         sinks, sink_stores = [], []
         for store in stores:
             try:
-                sinks.append(self._stores.destination(store).blob_sink(request.descriptor))
+                sinks.append(self._stores.destination(store).blob_sink(descriptor))
                 sink_stores.append(store)
             except Exception as exc:
                 status[store] = (FAILED, errors.one_line(exc))
         try:
-            with self._stores.source(request.source_store).open_blob(digest) as reader:
+            with open_reader() as reader:
                 outcome = stream_blob(
                     reader, digest, size if size >= 0 else None, sinks,
                     want_diff_id=want_diff, chunk_size=self._chunk,
@@ -106,16 +110,13 @@ class CopyBlobsFn(beam.DoFn):
             status[store] = (FAILED, outcome.sink_errors[i]) if i in outcome.sink_errors else (COPIED, None)
         return outcome, None
 
-    def process(self, element: tuple[str, Iterable[BlobRequest]]) -> Iterator[tuple[str, BlobResult]]:
-        _, requests = element
-        requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
-        first = requests[0]
-        descriptor = first.descriptor
-        digest = descriptor.digest
-        size = max(r.descriptor.size for r in requests)
-        want_diff = any(r.need_diff_id for r in requests)
-        stores = sorted({r.dest_store for r in requests})
+    def _deliver(self, descriptor: Descriptor, open_reader, size: int, stores: list[str], want_diff: bool,
+                 holders: list[str]):
+        """Make one blob present at every store: check, mount, upload once, mount the rest.
 
+        Returns (status per store, bytes written per copy, size, diff_id).
+        """
+        digest = descriptor.digest
         status: dict[str, tuple[str, str | None]] = {}
         missing = []
         for store in stores:
@@ -124,7 +125,7 @@ class CopyBlobsFn(beam.DoFn):
                 missing.append(store)
             else:
                 status[store] = found
-        holders = [first.source_store] + [s for s in stores if status.get(s, ("",))[0] == PRESENT]
+        holders = holders + [s for s in stores if status.get(s, ("",))[0] == PRESENT]
         later: list[str] = []
         upload: list[str] = []
         hosts_uploading: set[str] = set()
@@ -143,7 +144,7 @@ class CopyBlobsFn(beam.DoFn):
 
         written, diff_id = 0, None
         if upload or want_diff:
-            outcome, error = self._stream(first, size, upload, want_diff, status)
+            outcome, error = self._stream(descriptor, open_reader, size, upload, want_diff, status)
             if outcome is not None:
                 size, diff_id, written = outcome.size, outcome.diff_id, outcome.size
             elif want_diff:
@@ -157,11 +158,53 @@ class CopyBlobsFn(beam.DoFn):
                 if store not in retry:
                     status[store] = (MOUNTED, None)
             if retry:
-                self._stream(first, size, retry, False, status)
+                self._stream(descriptor, open_reader, size, retry, False, status)
+        return status, written, size, diff_id
 
-        yield from self._results(requests, stores, status, size, written, diff_id)
+    def _recompress(self, first: BlobRequest, size: int, stores: list[str]):
+        """Rewrite a layer once through a local spool file, then deliver the new blob."""
+        digest, compression = first.descriptor.digest, first.recompress
+        with tempfile.TemporaryFile(prefix="imagepush-") as spool:
+            try:
+                with self._stores.source(first.source_store).open_blob(digest) as reader:
+                    result = recompress(reader, digest, size if size >= 0 else None, compression, spool,
+                                        chunk_size=self._chunk)
+            except Exception as exc:
+                message = errors.one_line(exc)
+                log.warning("blob %s: %s", digest, message)
+                return {s: (FAILED, message) for s in stores}, 0, size, None, None
+            new = Descriptor(mt.layer_type(mt.OCI_MANIFEST, compression), result.digest, result.size)
 
-    def _results(self, requests, stores, status, size, written, diff_id):
+            @contextlib.contextmanager
+            def reread():
+                spool.seek(0)
+                yield spool
+
+            status, written, _, _ = self._deliver(new, reread, result.size, stores, False, [])
+        return status, written, size, result.diff_id, (compression, result.digest, result.size)
+
+    def process(self, element: tuple[str, Iterable[BlobRequest]]) -> Iterator[tuple[str, BlobResult]]:
+        _, requests = element
+        requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
+        first = requests[0]
+        size = max(r.descriptor.size for r in requests)
+        stores = sorted({r.dest_store for r in requests})
+        recompressed = None
+        if first.recompress:
+            status, written, size, diff_id, recompressed = self._recompress(first, size, stores)
+        else:
+            source = self._stores.source(first.source_store)
+            status, written, size, diff_id = self._deliver(
+                first.descriptor,
+                lambda: source.open_blob(first.descriptor.digest),
+                size,
+                stores,
+                any(r.need_diff_id for r in requests),
+                [first.source_store],
+            )
+        yield from self._results(requests, stores, status, size, written, diff_id, recompressed)
+
+    def _results(self, requests, stores, status, size, written, diff_id, recompressed):
         digest = requests[0].descriptor.digest
         for store in stores:
             state, error = status.get(store, (FAILED, "blob was not copied"))
@@ -186,6 +229,7 @@ class CopyBlobsFn(beam.DoFn):
                     bytes_copied=written if shown == COPIED else 0,
                     diff_id=diff_id,
                     error=error,
+                    recompressed=recompressed,
                 )
                 attributed = attributed or state == COPIED
 

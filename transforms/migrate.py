@@ -21,7 +21,7 @@ import apache_beam as beam
 from transforms import audit, errors
 from transforms.copyblobs import CopyBlobsFn
 from transforms.naming import sync_job
-from transforms.plan import CopyJob
+from transforms.plan import CopyJob, Output
 from transforms.publish import FinalizeFn, PublishFn
 from transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
 from transforms.stores.base import ImageEntry
@@ -37,8 +37,7 @@ class SyncSpec:
     """Copy every image a source store holds to every destination (name-mapped)."""
 
     source: str
-    #: (destination reference, format) pairs.
-    destinations: tuple[tuple[str, str], ...]
+    destinations: tuple[Output, ...]
     platforms: tuple[str, ...] = ()
     #: Regular expressions over ``repository:tag``; an image is kept if it matches
     #: any include (or there is none) and no exclude.
@@ -69,21 +68,20 @@ class ExpandSyncFn(beam.DoFn):
 
     def process(self, spec: SyncSpec) -> Iterator[CopyJob]:
         source = parse_reference(spec.source)
-        dests = [(parse_reference(d), fmt) for d, fmt in spec.destinations]
         started = audit.now()
         try:
             entries: Iterator[ImageEntry] = self._stores.source(store_id(source)).list_images()
             for entry in entries:
                 if spec.wants(entry):
-                    yield sync_job(source, entry, dests, spec.platforms)
+                    yield sync_job(source, entry, list(spec.destinations), spec.platforms)
         except Exception as exc:
             message = f"listing {spec.source} failed: {errors.one_line(exc)}"
             log.warning(message)
-            for d, _ in spec.destinations:
+            for out in spec.destinations:
                 yield beam.pvalue.TaggedOutput(
                     self.FAILED,
                     audit.AuditRow(
-                        run_id=self._run_id, source=spec.source, destination=d, source_digest=None,
+                        run_id=self._run_id, source=spec.source, destination=out.ref, source_digest=None,
                         destination_digest=None, media_type=None, status=audit.FAILED, error=message,
                         blobs_copied=0, blobs_skipped=0, bytes_copied=0, started_at=started,
                         finished_at=audit.now(),

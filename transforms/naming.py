@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from transforms.plan import PRESERVE, CopyJob, Target
+from transforms.plan import CopyJob, Output, Target
 from transforms.stores.base import ImageEntry, StoreError
-from transforms.stores.reference import ImageReference
+from transforms.stores.reference import ImageReference, parse_reference
 from transforms.storecache import store_id
 
 
-def copy_target(dest: ImageReference, fmt: str = PRESERVE) -> Target:
+def copy_target(out: Output) -> Target:
     """``copy``: the destination reference names the image itself."""
-    return Target(destination=str(dest), store=store_id(dest), name=dest.ref, format=fmt)
+    dest = parse_reference(out.ref)
+    return Target(destination=str(dest), store=store_id(dest), name=dest.ref, format=out.format,
+                  compression=out.compression)
 
 
-def copy_job(
-    source: ImageReference, dests: list[tuple[ImageReference, str]], platforms: tuple[str, ...]
-) -> CopyJob:
+def copy_job(source: ImageReference, outputs: list[Output], platforms: tuple[str, ...]) -> CopyJob:
     """``copy``: one root image, selected by the source reference's tag, ref name or digest."""
     image, digest = source.ref, None
     if source.transport == "docker":
@@ -31,21 +31,23 @@ def copy_job(
         source=str(source),
         image=image,
         digest=digest,
-        targets=tuple(copy_target(d, fmt) for d, fmt in dests),
+        targets=tuple(copy_target(out) for out in outputs),
         platforms=platforms,
     )
 
 
-def sync_target(dest: ImageReference, entry: ImageEntry, fmt: str = PRESERVE) -> Target:
+def sync_target(out: Output, entry: ImageEntry) -> Target:
     """``sync``: the repository path below the source is appended to the destination, tags kept."""
+    dest = parse_reference(out.ref)
+    fmt, compression = out.format, out.compression
     if dest.transport == "docker":
         location = "/".join(p for p in (dest.location.rstrip("/"), entry.repository) if p)
         mapped = ImageReference("docker", location, entry.tag)
         if "/" not in location:
             raise StoreError(f"{dest}: no repository to write {entry.ref or entry.digest} into")
-        return Target(destination=str(mapped), store=store_id(mapped), name=entry.tag, format=fmt)
+        return Target(destination=str(mapped), store=store_id(mapped), name=entry.tag, format=fmt, compression=compression)
     if dest.transport == "dir":
-        return Target(destination=str(dest), store=store_id(dest), name=None, format=fmt)
+        return Target(destination=str(dest), store=store_id(dest), name=None, format=fmt, compression=compression)
     if entry.tag is None:
         name = None
     elif dest.transport == "oci":
@@ -53,13 +55,13 @@ def sync_target(dest: ImageReference, entry: ImageEntry, fmt: str = PRESERVE) ->
     else:  # docker-archive RepoTags need a repository
         name = f"{entry.repository or 'image'}:{entry.tag}"
     mapped = ImageReference(dest.transport, dest.location, name)
-    return Target(destination=str(mapped), store=store_id(mapped), name=name, format=fmt)
+    return Target(destination=str(mapped), store=store_id(mapped), name=name, format=fmt, compression=compression)
 
 
 def sync_job(
     source: ImageReference,
     entry: ImageEntry,
-    dests: list[tuple[ImageReference, str]],
+    outputs: list[Output],
     platforms: tuple[str, ...],
 ) -> CopyJob:
     if source.transport == "docker":
@@ -73,7 +75,7 @@ def sync_job(
             source=shown,
             image=tag,
             digest=None,
-            targets=tuple(sync_target(d, entry, fmt) for d, fmt in dests),
+            targets=tuple(sync_target(out, entry) for out in outputs),
             platforms=platforms,
         )
     shown = str(ImageReference(source.transport, source.location, entry.ref or None))
@@ -85,6 +87,6 @@ def sync_job(
         source=shown,
         image=entry.ref or None,
         digest=None if entry.ref else entry.digest,
-        targets=tuple(sync_target(d, entry, fmt) for d, fmt in dests),
+        targets=tuple(sync_target(out, entry) for out in outputs),
         platforms=platforms,
     )

@@ -34,6 +34,17 @@ class Target:
     #: Name to publish (tag, ref name, ``repo:tag``); None publishes unnamed.
     name: str | None
     format: str = PRESERVE
+    #: Layer compression written: "preserve", "gzip", "zstd" or "none".
+    compression: str = PRESERVE
+
+
+@dataclass(frozen=True)
+class Output:
+    """A destination as the user named it, and how images are written there."""
+
+    ref: str
+    format: str = PRESERVE
+    compression: str = PRESERVE
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,8 @@ class BlobNeed:
 
     descriptor: Descriptor
     need_diff_id: bool = False
+    #: Rewrite the layer with this compression (None: copy the bytes as they are).
+    recompress: str | None = None
 
 
 @dataclass
@@ -178,6 +191,7 @@ class BlobRequest:
     target_key: str
     descriptor: Descriptor
     need_diff_id: bool
+    recompress: str | None = None
 
 
 COPIED, PRESENT, MOUNTED, SHARED, FAILED = "copied", "present", "mounted", "shared", "failed"
@@ -198,3 +212,5 @@ class BlobResult:
     bytes_copied: int = 0
     diff_id: str | None = None
     error: str | None = None
+    #: For a recompressed layer: the compression, digest and size of the blob written.
+    recompressed: tuple[str, str, int] | None = None

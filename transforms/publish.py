@@ -76,7 +76,8 @@ def write_manifests(
     }
     owner: set[str] = set()
     rows: list[AuditRow] = []
-    rendered = render_tree(tp.root, tp.formats, layer_info)
+    recompressed = {d: r.recompressed for d, r in blobs.items() if r.recompressed is not None}
+    rendered = render_tree(tp.root, tp.formats, layer_info, recompressed)
     for item in rendered:
         node = item.node
         if item.new_config is not None:

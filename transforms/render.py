@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transforms.formats.convert import LayerInfo, convert_image, convert_index
+from transforms.formats import mediatypes as mt
+from transforms.formats.convert import LayerInfo, convert_image, convert_index, replace_layers
 from transforms.formats.descriptor import Descriptor
 from transforms.plan import ManifestNode, family
 
@@ -30,8 +31,12 @@ class Rendered:
 
 
 def render_tree(
-    root: ManifestNode, formats: dict[str, str | None], layer_info: dict[str, LayerInfo]
+    root: ManifestNode,
+    formats: dict[str, str | None],
+    layer_info: dict[str, LayerInfo],
+    recompressed: dict[str, tuple[str, str, int]] | None = None,
 ) -> list[Rendered]:
+    """``recompressed`` maps a source layer digest to (compression, digest, size) written."""
     out: list[Rendered] = []
     written: dict[str, Descriptor] = {}
     for node in root.walk():
@@ -54,6 +59,8 @@ def render_tree(
                 new_config = (conv.config_descriptor, conv.config)
             data, media_type, digest = conv.manifest, conv.media_type, conv.digest
             config_digest = conv.config_descriptor.digest
+        if not node.is_index and recompressed:
+            data, digest = _point_at_recompressed(node, data, media_type, digest, recompressed)
         entry = node.entry
         descriptor = Descriptor(
             media_type=media_type,
@@ -67,3 +74,18 @@ def render_tree(
         written[node.manifest.digest] = descriptor
         out.append(Rendered(node, data, media_type, digest, new_config, config_digest, descriptor))
     return out
+
+
+def _point_at_recompressed(
+    node: ManifestNode, data: bytes, media_type: str, digest: str, recompressed: dict[str, tuple[str, str, int]]
+) -> tuple[bytes, str]:
+    layers = getattr(node.parsed, "layers", ())
+    replacements = {}
+    for layer in layers:
+        digest_of = getattr(layer, "digest", None) or getattr(layer, "blob_sum", None)
+        if digest_of in recompressed:
+            compression, new_digest, size = recompressed[digest_of]
+            replacements[digest_of] = Descriptor(mt.layer_type(media_type, compression), new_digest, size)
+    if not replacements:
+        return data, digest
+    return replace_layers(data, replacements)

@@ -70,7 +70,8 @@ def plan_target(plan: ImagePlan, index: int, destination: Destination) -> Target
     if tp.error:
         return tp
     root = plan.root
-    if root.is_index and not destination.accepts_manifest(root.manifest.media_type) and target.format == "preserve":
+    holds_indexes = destination.accepts_manifest(mt.OCI_INDEX) or destination.accepts_manifest(mt.DOCKER_LIST)
+    if root.is_index and not holds_indexes:
         # Stores that hold single images (docker-archive) take an index narrowed to one image.
         if len(root.children) != 1:
             tp.error = (
@@ -79,17 +80,26 @@ def plan_target(plan: ImagePlan, index: int, destination: Destination) -> Target
             )
             return tp
         root = tp.root = root.children[0]
+    compression = target.compression
+    if destination.fixed_layer_compression is not None:
+        compression = "preserve"
     try:
         needs: dict[str, BlobNeed] = {}
         for node in root.walk():
             fmt = choose_format(
                 node.manifest.media_type, target.format, destination.accepts_manifest, destination.preferred_format
             )
+            if node.is_index:
+                fmt = _index_format(node, fmt, tp.formats)
+            elif compression != "preserve":
+                fmt = _format_for_compression(node, fmt, compression, target, destination)
             written_type = _written_type(node, fmt)
             if not destination.accepts_manifest(written_type):
                 raise StoreError(f"{target.destination} cannot store a {written_type} manifest")
             tp.formats[node.manifest.digest] = fmt
             for need in blob_needs(node, fmt):
+                if compression != "preserve":
+                    need = _recompressed(need, compression)
                 old = needs.get(need.descriptor.digest)
                 if old is None or (need.need_diff_id and not old.need_diff_id):
                     needs[need.descriptor.digest] = need
@@ -97,6 +107,35 @@ def plan_target(plan: ImagePlan, index: int, destination: Destination) -> Target
     except Exception as exc:
         tp.error = errors.one_line(exc)
     return tp
+
+
+def _recompressed(need: BlobNeed, compression: str) -> BlobNeed:
+    """Mark a layer for rewriting when its compression differs from the one asked for."""
+    current = mt.layer_compression(need.descriptor.media_type)
+    if current == "unknown" or current == compression or need.descriptor.urls:
+        return need
+    return BlobNeed(need.descriptor, need_diff_id=need.need_diff_id, recompress=compression)
+
+
+def _format_for_compression(node: ManifestNode, fmt, compression: str, target, destination: Destination):
+    """Recompressed layers change the manifest: schema1 cannot be edited and Docker has no zstd."""
+    if fmt is None and node.manifest.media_type in mt.SCHEMA1_TYPES:
+        fmt = "oci" if compression == "zstd" else destination.preferred_format
+    if compression == "zstd" and _written_type(node, fmt) != mt.OCI_MANIFEST:
+        if target.format == "v2s2":
+            raise StoreError("zstd layers need OCI manifests: use --format oci (or preserve)")
+        fmt = "oci"
+    return fmt
+
+
+def _index_format(node: ManifestNode, fmt, formats: dict[str, str | None]):
+    """A Docker manifest list cannot list OCI manifests: follow children converted to OCI."""
+    if _written_type(node, fmt) != mt.DOCKER_LIST:
+        return fmt
+    for child in node.children:
+        if _written_type(child, formats[child.manifest.digest]) in (mt.OCI_MANIFEST, mt.OCI_INDEX):
+            return "oci"
+    return fmt
 
 
 def _written_type(node: ManifestNode, fmt: str | None) -> str:
@@ -136,13 +175,14 @@ class PlanTargetsFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(
                     BLOBS,
                     (
-                        f"{plan.job.source_store}|{need.descriptor.digest}",
+                        f"{plan.job.source_store}|{need.descriptor.digest}|{need.recompress or ''}",
                         BlobRequest(
                             source_store=plan.job.source_store,
                             dest_store=target.store,
                             target_key=tp.key,
                             descriptor=need.descriptor,
                             need_diff_id=need.need_diff_id,
+                            recompress=need.recompress,
                         ),
                     ),
                 )

@@ -582,3 +582,20 @@ def convert_index(
             doc["annotations"] = dict(sorted(index.annotations))
     data = jsonio.dumps(doc)
     return data, target_type, digestlib.of_bytes(data)
+
+
+def replace_layers(manifest: bytes, replacements: dict[str, Descriptor]) -> tuple[bytes, str]:
+    """Point an image manifest's layers at recompressed blobs; returns (bytes, digest).
+
+    Only ``mediaType``, ``digest`` and ``size`` of the replaced layers change; every other
+    field (urls, annotations) and the key order are kept, so the result is as close to
+    the original as a changed digest allows, and deterministic.
+    """
+    doc = jsonio.load_object(manifest, "manifest")
+    layers = doc.get("layers") or []
+    for layer in layers:
+        new = replacements.get(layer.get("digest"))
+        if new is not None:
+            layer["mediaType"], layer["digest"], layer["size"] = new.media_type, new.digest, new.size
+    data = jsonio.dumps(doc)
+    return data, digestlib.of_bytes(data)

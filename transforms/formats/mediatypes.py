@@ -64,3 +64,26 @@ def layer_compression(media_type: str) -> str:
     if media_type.endswith((".tar", "diff.tar")):
         return "none"
     return "unknown"
+
+
+#: Layer media type for each (manifest family, compression).
+_LAYER_TYPES = {
+    ("oci", "gzip"): OCI_LAYER_GZIP,
+    ("oci", "zstd"): OCI_LAYER_ZSTD,
+    ("oci", "none"): OCI_LAYER,
+    ("docker", "gzip"): DOCKER_LAYER_GZIP,
+    ("docker", "none"): DOCKER_LAYER,
+}
+
+
+def layer_type(manifest_type: str, compression: str) -> str:
+    """The layer media type a manifest of ``manifest_type`` uses for ``compression``.
+
+    Docker schema2 has no zstd layer type; asking for one is a ValueError that callers
+    turn into "convert to OCI" or a usage error.
+    """
+    fam = "oci" if manifest_type in (OCI_MANIFEST, OCI_INDEX) else "docker"
+    try:
+        return _LAYER_TYPES[(fam, compression)]
+    except KeyError:
+        raise ValueError(f"a {manifest_type} manifest cannot hold {compression} layers") from None

@@ -109,6 +109,9 @@ class Destination(abc.ABC):
 
     #: Manifest format a destination prefers when the source's cannot be kept ("oci" or "v2s2").
     preferred_format: str = "oci"
+    #: Set by stores that choose layer compression themselves (a docker-archive keeps
+    #: layers uncompressed): ``--compression`` does not apply to them.
+    fixed_layer_compression: str | None = None
 
     def prepare(self) -> None:
         """Check and initialise the store once, on the launcher, before the pipeline runs."""

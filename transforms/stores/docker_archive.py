@@ -628,6 +628,7 @@ class DockerArchiveDestination(FsStore, Destination):
     """Writes a ``docker save``-compatible tarball: blobs are staged, the tar is built at publish."""
 
     preferred_format = "v2s2"
+    fixed_layer_compression = "none"
 
     def _where(self) -> str:
         return f"docker-archive:{self.url}"
