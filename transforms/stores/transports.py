@@ -9,6 +9,8 @@ from transforms.stores.dir import DirDestination, DirSource
 from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
 from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
 from transforms.stores.reference import ImageReference
+from transforms.stores.registry import RegistryDestination, RegistrySource
+from transforms.stores.registry_storage import RegistryStorageSource
 
 if TYPE_CHECKING:
     from transforms.stores.options import StoreOptions
@@ -17,12 +19,17 @@ _SOURCES: dict[str, type[Source]] = {
     "oci": OCILayoutSource,
     "dir": DirSource,
     "docker-archive": DockerArchiveSource,
+    "docker": RegistrySource,
+    "registry-storage": RegistryStorageSource,
 }
 _DESTINATIONS: dict[str, type[Destination]] = {
     "oci": OCILayoutDestination,
     "dir": DirDestination,
     "docker-archive": DockerArchiveDestination,
+    "docker": RegistryDestination,
 }
+#: Transports whose stores take :class:`StoreOptions` (registry security, limits, auth).
+_WITH_OPTIONS = frozenset({"docker"})
 
 
 def open_source(ref: ImageReference, options: StoreOptions | None = None) -> Source:
@@ -33,6 +40,8 @@ def open_source(ref: ImageReference, options: StoreOptions | None = None) -> Sou
     cls = _SOURCES.get(ref.transport)
     if cls is None:
         raise StoreError(f"{ref.transport}: is not supported as a source yet ({ref})")
+    if ref.transport in _WITH_OPTIONS:
+        return cls(ref.location, options)  # type: ignore[call-arg]
     return cls(ref.location)  # type: ignore[call-arg]
 
 
@@ -44,4 +53,6 @@ def open_destination(ref: ImageReference, options: StoreOptions | None = None) -
     cls = _DESTINATIONS.get(ref.transport)
     if cls is None:
         raise StoreError(f"{ref.transport}: is not supported as a destination yet ({ref})")
+    if ref.transport in _WITH_OPTIONS:
+        return cls(ref.location, options)  # type: ignore[call-arg]
     return cls(ref.location)  # type: ignore[call-arg]

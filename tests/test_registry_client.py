@@ -1,0 +1,462 @@
+"""RegistryClient behaviour that a healthy Distribution never shows: retries, redirects,
+odd challenges, TLS fallback, concurrency limits. Small loopback stub servers play the
+registry; sleeping is replaced so backoff is checked without waiting for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from transforms.stores.options import StoreOptions
+from transforms.stores.registry import RegistryDestination
+from transforms.formats.descriptor import Descriptor
+from transforms.stores.registry_client import (
+    AccessDenied,
+    Challenge,
+    RegistryClient,
+    RegistryError,
+    RegistryNotFound,
+    RegistryUnavailable,
+    RetriableUploadError,
+    host_matches,
+    parse_challenges,
+    registry_error_detail,
+    retry_after_seconds,
+)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Stub:
+    """A loopback HTTP server whose answers come from ``handler(seen) -> (status, headers, body)``."""
+
+    handler: Callable[[Seen], tuple[int, dict[str, str], bytes]]
+    seen: list[Seen] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def host(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "Stub":
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.headers.get("Transfer-Encoding") == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().strip(), 16)
+                        chunk = self.rfile.read(size + 2)[:-2]
+                        if size == 0:
+                            break
+                        body += chunk
+                seen = Seen(self.command, self.path, dict(self.headers.items()), body)
+                stub.seen.append(seen)
+                status, headers, payload = stub.handler(seen)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False  # keep-alive handler threads must not delay teardown
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def stubs() -> Iterator[Callable[[Callable[[Seen], tuple[int, dict[str, str], bytes]]], Stub]]:
+    started: list[Stub] = []
+
+    def make(handler: Callable[[Seen], tuple[int, dict[str, str], bytes]]) -> Stub:
+        stub = Stub(handler).start()
+        started.append(stub)
+        return stub
+
+    yield make
+    for stub in started:
+        stub.stop()
+
+
+def client(host: str, sleeps: list[float] | None = None, **options: Any) -> RegistryClient:
+    opts = StoreOptions(insecure_registries=(host,), **options)
+    return RegistryClient(host, opts, sleep=(sleeps.append if sleeps is not None else (lambda s: None)))
+
+
+def ok_ping(seen: Seen) -> tuple[int, dict[str, str], bytes] | None:
+    if seen.path == "/v2/":
+        return 200, {}, b"{}"
+    return None
+
+
+ERR = lambda code, msg: json.dumps({"errors": [{"code": code, "message": msg}]}).encode()  # noqa: E731
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def test_parse_challenges() -> None:
+    header = (
+        'Bearer realm="https://auth.example/token",service="registry.example",'
+        'scope="repository:a/b:pull,push repository:c:pull",error="insufficient_scope", '
+        'Basic realm="say \\"hi\\", please"'
+    )
+    bearer, basic = parse_challenges(header)
+    assert bearer.scheme == "bearer"
+    assert bearer.params["realm"] == "https://auth.example/token"
+    assert bearer.scopes == ["repository:a/b:pull,push", "repository:c:pull"]
+    assert bearer.params["error"] == "insufficient_scope"
+    assert basic == Challenge("basic", {"realm": 'say "hi", please'})
+    assert parse_challenges("Basic realm=simple") == [Challenge("basic", {"realm": "simple"})]
+    assert parse_challenges("") == []
+
+
+def test_small_helpers() -> None:
+    assert registry_error_detail(ERR("DENIED", "no\nway")) == ("DENIED", "no way")
+    assert registry_error_detail(b"<html>") == (None, None)
+    assert registry_error_detail(b'{"error":"invalid_grant"}') == ("invalid_grant", None)
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds("soon") is None
+    assert host_matches("127.0.0.1:5000", ["127.0.0.1:5000"])
+    assert host_matches("reg.local:5000", ["reg.local"])
+    assert not host_matches("reg.local:5000", ["reg.local:5001", "other"])
+
+
+# -- scheme and TLS ---------------------------------------------------------------------
+
+
+def test_insecure_host_falls_back_to_http(stubs) -> None:
+    stub = stubs(lambda s: ok_ping(s) or (200, {"Content-Type": "application/json"}, b'{"tags":[]}'))
+    c = client(stub.host)
+    assert c.base_url() == f"http://{stub.host}"
+    reply = c.request("GET", "/v2/x/tags/list", scopes=[], where="w", what="tags")
+    assert reply.status == 200 and json.loads(reply.content) == {"tags": []}
+
+
+def test_secure_host_does_not_fall_back(stubs) -> None:
+    stub = stubs(lambda s: (200, {}, b"{}"))
+    sleeps: list[float] = []
+    c = RegistryClient(stub.host, StoreOptions(), sleep=sleeps.append)
+    with pytest.raises(RegistryUnavailable) as info:
+        c.request("GET", "/v2/x/tags/list", scopes=[], where=f"{stub.host}/x", what="tag list")
+    assert "SSLError" in str(info.value) and "\n" not in str(info.value)
+    assert len(sleeps) == 4  # five attempts
+    assert not stub.seen or all(s.path != "/v2/x/tags/list" for s in stub.seen)
+
+
+# -- retries ----------------------------------------------------------------------------
+
+
+def test_retries_5xx_and_429_with_retry_after(stubs) -> None:
+    answers = iter([(503, {}, b"busy"), (429, {"Retry-After": "3"}, ERR("TOOMANYREQUESTS", "slow down"))])
+
+    def handler(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        return next(answers, (200, {}, b"{}"))
+
+    stub = stubs(handler)
+    sleeps: list[float] = []
+    c = client(stub.host, sleeps)
+    reply = c.request("GET", "/v2/x/tags/list", scopes=[], where="w", what="tags")
+    assert reply.status == 200
+    assert len(sleeps) == 2 and sleeps[1] >= 3.0
+    assert 0 < sleeps[0] <= 0.5
+
+
+def test_retries_are_bounded(stubs) -> None:
+    stub = stubs(lambda s: ok_ping(s) or (500, {"Content-Type": "application/json"}, ERR("UNKNOWN", "boom")))
+    sleeps: list[float] = []
+    with pytest.raises(RegistryUnavailable) as info:
+        client(stub.host, sleeps).request("PUT", "/v2/x/manifests/t", scopes=[], where="h/x", what="manifest t", body=b"{}")
+    assert str(info.value) == "h/x: manifest t failed after 5 attempts (UNKNOWN: boom)"
+    assert len([s for s in stub.seen if s.method == "PUT"]) == 5
+    assert sleeps == sorted(sleeps) or len(sleeps) == 4  # growing delays with jitter
+
+
+def test_streamed_body_is_not_retried(stubs) -> None:
+    stub = stubs(lambda s: ok_ping(s) or (500, {}, b""))
+    c = client(stub.host)
+    with pytest.raises(RetriableUploadError) as info:
+        c.send_stream("PATCH", "/v2/x/blobs/uploads/u", iter([b"abc", b"def"]), scopes=[], where="h/x",
+                      what="upload", ok=(202,))
+    assert "start again" in str(info.value)
+    assert [s.method for s in stub.seen].count("PATCH") == 1
+
+
+def test_error_mapping(stubs) -> None:
+    def handler(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        if "denied" in seen.path:
+            return 403, {}, ERR("DENIED", "requested access to the resource is denied")
+        if "gone" in seen.path:
+            return 404, {}, ERR("NAME_UNKNOWN", "repository name not known to registry")
+        return 400, {}, b"<html><body>bad</body></html>"
+
+    c = client(stubs(handler).host)
+    with pytest.raises(AccessDenied, match=r"^h/denied: tags: access denied \(DENIED: requested access"):
+        c.request("GET", "/v2/denied/tags/list", scopes=[], where="h/denied", what="tags")
+    with pytest.raises(RegistryNotFound, match="NAME_UNKNOWN"):
+        c.request("GET", "/v2/gone/tags/list", scopes=[], where="h/gone", what="tags")
+    with pytest.raises(RegistryError, match=r"^h/x: tags failed \(HTTP 400\)$"):
+        c.request("GET", "/v2/x/tags/list", scopes=[], where="h/x", what="tags")
+
+
+# -- redirects, auth, tokens ------------------------------------------------------------
+
+
+def test_redirect_to_other_host_drops_authorization(stubs, tmp_path: Path) -> None:
+    storage = stubs(lambda s: (200, {}, b"blob-bytes"))
+    auth = "Basic " + base64.b64encode(b"user:pw").decode()
+
+    def registry(seen: Seen):
+        if seen.headers.get("Authorization") != auth:
+            return 401, {"WWW-Authenticate": 'Basic realm="stub"'}, ERR("UNAUTHORIZED", "authentication required")
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        return 307, {"Location": f"http://{storage.host}/data/abc?sig=1"}, b""
+
+    reg = stubs(registry)
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {reg.host: {"username": "user", "password": "pw"}}}))
+    c = client(reg.host, authfile=str(authfile))
+    with c.open("GET", "/v2/x/blobs/sha256:abc", scopes=["repository:x:pull"], where="w", what="blob",
+                follow_redirects=True) as f:
+        assert f.read() == b"blob-bytes"
+    assert reg.seen[-1].headers.get("Authorization") == auth
+    assert storage.seen[0].path == "/data/abc?sig=1"
+    assert "Authorization" not in storage.seen[0].headers
+
+
+def test_token_cache_and_minimum_lifetime(stubs) -> None:
+    tokens: list[str] = []
+
+    def token_server(seen: Seen):
+        tokens.append(seen.path)
+        return 200, {}, json.dumps({"token": f"tok{len(tokens)}", "expires_in": 1}).encode()
+
+    realm = stubs(token_server)
+
+    def registry(seen: Seen):
+        if seen.headers.get("Authorization", "").startswith("Bearer tok"):
+            return 200, {}, b"{}"
+        return 401, {"WWW-Authenticate": f'Bearer realm="http://{realm.host}/token",service="svc"'}, b""
+
+    c = client(stubs(registry).host)
+    for _ in range(3):
+        c.request("GET", "/v2/a/tags/list", scopes=["repository:a:pull"], where="w", what="tags")
+    assert len(tokens) == 1  # expires_in=1 is treated as 60 s
+    assert "scope=repository%3Aa%3Apull" in tokens[0] and "service=svc" in tokens[0]
+    c.request("GET", "/v2/a/tags/list", scopes=["repository:a:pull", "repository:b:pull"], where="w", what="tags")
+    assert len(tokens) == 2
+    assert tokens[1].count("scope=") == 2  # one scope parameter per scope
+
+
+def test_access_token_field_and_token_errors(stubs) -> None:
+    answers = iter([
+        (200, {}, json.dumps({"access_token": "AT"}).encode()),
+        (401, {}, json.dumps({"errors": [{"code": "UNAUTHORIZED", "message": "bad"}]}).encode()),
+    ])
+    realm = stubs(lambda s: next(answers))
+
+    def registry(seen: Seen):
+        if seen.headers.get("Authorization") == "Bearer AT":
+            return 200, {}, b"{}"
+        return 401, {"WWW-Authenticate": f'Bearer realm="http://{realm.host}/token"'}, b""
+
+    c = client(stubs(registry).host)
+    c.request("GET", "/v2/a/tags/list", scopes=["repository:a:pull"], where="w", what="tags")
+    with pytest.raises(RegistryError, match="anonymous access refused at token server"):
+        c.request("GET", "/v2/b/tags/list", scopes=["repository:b:pull"], where="w", what="tags")
+
+
+def test_concurrency_is_capped(stubs) -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    def slow(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.1)
+        with lock:
+            state["now"] -= 1
+        return 200, {}, b"{}"
+
+    c = client(stubs(slow).host, registry_concurrency=2)
+    c.base_url()
+    threads = [threading.Thread(target=c.request, args=("GET", f"/v2/r{i}/tags/list"),
+                                kwargs={"scopes": [], "where": "w", "what": "t"}) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["max"] == 2
+
+
+def test_upload_locations_relative_and_query_kept(stubs) -> None:
+    """The newest (relative) Location is used for every step, with its query string."""
+    step = {"n": 0}
+
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        if seen.method == "POST":
+            return 202, {"Location": "/v2/x/blobs/uploads/u1?_state=s0"}, b""
+        if seen.method == "PATCH":
+            step["n"] += 1
+            start = (step["n"] - 1) * 4
+            assert seen.headers["Content-Range"] == f"{start}-{start + len(seen.body) - 1}"
+            return 202, {"Location": f"/v2/x/blobs/uploads/u1?_state=s{step['n']}",
+                         "Range": f"0-{start + len(seen.body) - 1}"}, b""
+        if seen.method == "PUT":
+            return 201, {"Docker-Content-Digest": seen.path.split("digest=")[1].replace("%3A", ":")}, b""
+        return 404, {}, b""
+
+    stub = stubs(registry)
+    dest = RegistryDestination(f"{stub.host}/x", StoreOptions(
+        insecure_registries=(stub.host,), upload_chunk_size=4, monolithic_upload_limit=0))
+    data = b"0123456789"
+    import hashlib
+
+    desc = Descriptor("application/octet-stream", "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    sink = dest.blob_sink(desc)
+    sink.write(data[:3])
+    sink.write(data[3:])
+    sink.commit()
+    paths = [(s.method, s.path) for s in stub.seen if s.path != "/v2/"]
+    assert paths[0] == ("POST", "/v2/x/blobs/uploads/")
+    assert paths[1:4] == [("PATCH", f"/v2/x/blobs/uploads/u1?_state=s{i}") for i in range(3)]
+    assert paths[4][0] == "PUT" and paths[4][1].startswith("/v2/x/blobs/uploads/u1?_state=s3&digest=sha256")
+    assert b"".join(s.body for s in stub.seen if s.method == "PATCH") == data
+
+
+# -- store behaviour on answers a healthy Distribution does not give ---------------------
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_manifest_answers_are_checked(stubs) -> None:
+    from transforms.stores.base import StoreError
+    from transforms.stores.registry import RegistrySource
+
+    good = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+    plain = b'{"schemaVersion":2,"manifests":[]}'
+    huge = b'{"schemaVersion":2,"manifests":[' + b" " * (4 << 20) + b"]}"
+
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        tag = seen.path.rsplit("/", 1)[1]
+        if tag == "plain":  # a CDN's generic type: the content decides
+            return 200, {"Content-Type": "text/plain"}, plain
+        if tag == "lying":
+            return 200, {"Content-Type": "application/vnd.oci.image.index.v1+json",
+                         "Docker-Content-Digest": "sha256:" + "9" * 64}, good
+        if tag == "huge":
+            return 200, {"Content-Type": "application/vnd.oci.image.index.v1+json"}, huge
+        return 200, {"Content-Type": "application/vnd.oci.image.index.v1+json"}, good
+
+    stub = stubs(registry)
+    src = RegistrySource(f"{stub.host}/r", StoreOptions(insecure_registries=(stub.host,)))
+    assert src.get_root("ok").digest == _digest(good)
+    plain_root = src.get_root("plain")
+    assert plain_root.media_type == "application/vnd.oci.image.index.v1+json" and plain_root.data == plain
+    with pytest.raises(StoreError, match="but the registry says sha256:9999"):
+        src.get_root("lying")
+    with pytest.raises(StoreError, match="not the digest asked for"):
+        src.get_manifest("sha256:" + "8" * 64)  # the stub answers with other content
+    with pytest.raises(StoreError, match="larger than 4 MiB"):
+        src.get_root("huge")
+    accept = next(s for s in stub.seen if s.path.endswith("/ok")).headers["Accept"]
+    assert accept.split(", ")[0] == "application/vnd.oci.image.index.v1+json" and "v1+prettyjws" in accept
+
+
+def test_manifest_put_retried_on_500(stubs) -> None:
+    """Distribution 2.8 answers 500 to racing tag writes; the PUT is simply sent again."""
+    from transforms.stores.base import ManifestBlob, Publication
+    from transforms.stores.registry import RegistryDestination
+
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+    answers = iter([(500, {}, ERR("UNKNOWN", "unknown error")), (500, {}, b"")])
+
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        assert seen.headers["Content-Type"] == "application/vnd.oci.image.index.v1+json" and seen.body == body
+        return next(answers, (201, {"Docker-Content-Digest": _digest(body)}, b""))
+
+    stub = stubs(registry)
+    dest = RegistryDestination(f"{stub.host}/r", StoreOptions(insecure_registries=(stub.host,)))
+    dest.client._sleep = lambda s: None  # type: ignore[attr-defined]  # no real backoff in tests
+    dest.put_manifest(ManifestBlob(body, "application/vnd.oci.image.index.v1+json", _digest(body)))
+    dest.publish([Publication("t", Descriptor("application/vnd.oci.image.index.v1+json", _digest(body), len(body)),
+                              manifest=body)])
+    puts = [s.path for s in stub.seen if s.method == "PUT"]
+    assert puts == [f"/v2/r/manifests/{_digest(body)}"] * 3 + ["/v2/r/manifests/t"]
+
+
+def test_failed_patch_asks_for_a_fresh_upload(stubs) -> None:
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        if seen.method == "POST":
+            return 202, {"Location": "/v2/r/blobs/uploads/u?_state=a"}, b""
+        if seen.method == "PATCH":
+            return 503, {}, b""
+        return 204, {}, b""
+
+    stub = stubs(registry)
+    dest = RegistryDestination(f"{stub.host}/r", StoreOptions(
+        insecure_registries=(stub.host,), upload_chunk_size=5, monolithic_upload_limit=0))
+    data = b"0123456789abc"
+    sink = dest.blob_sink(Descriptor("application/octet-stream", _digest(data), len(data)))
+    with pytest.raises(RetriableUploadError, match="start again"):
+        sink.write(data)
+        sink.commit()
+    sink.abort()
+    assert [s.method for s in stub.seen].count("PATCH") == 1  # a streamed body is never replayed
+    assert stub.seen[-1].method == "DELETE"  # the session is cancelled

@@ -1,0 +1,923 @@
+"""HTTP client for one registry host: scheme choice, authentication, retries, limits.
+
+Everything a registry store needs from the wire lives here so that the store itself
+reads as registry *operations* (get a manifest, upload a blob) and not as HTTP plumbing.
+The rules come from formats.md §10 and from what Distribution 2.8 actually does:
+
+* **Scheme.** HTTPS with certificate verification (``ca_bundle`` adds trusted CAs).
+  A host listed in ``insecure_registries`` is tried over HTTPS *without* verification
+  first and over plain HTTP only if TLS cannot be spoken at all, as docker does.
+* **Authentication.** A 401 carries ``WWW-Authenticate`` (possibly several challenges).
+  ``Basic`` → resend with the credentials from the auth files. ``Bearer`` → fetch a
+  token from the realm for exactly the scopes the operation needs (``pull`` to read,
+  ``pull,push`` to write, plus ``pull`` on the source of a mount, ``registry:catalog:*``
+  to list), anonymously when there are no credentials. Tokens are cached per scope set
+  until they expire, and once a host has challenged us the right credentials are sent
+  up front, which saves a round trip on every later request.
+* **Retries.** Connection errors, 429 and 5xx are retried with exponential backoff and
+  jitter, honouring ``Retry-After``, at most :data:`MAX_ATTEMPTS` times. A request whose
+  body is a *stream* cannot be replayed; it fails with :class:`RetriableUploadError` so
+  the caller restarts the whole upload from a fresh read of the source.
+* **Limits.** One :class:`threading.BoundedSemaphore` per client caps concurrent requests
+  at ``registry_concurrency``; a streamed response holds its slot until it is closed, so
+  the cap counts open connections, not just request starts.
+* **Errors.** Every failure is a :class:`~transforms.stores.base.StoreError` subclass with
+  a one-line message that names the repository and the registry's error ``code``.
+  Credentials never appear in messages, logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import io
+import json
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from transforms.stores.authfile import Credentials, find_credentials
+from transforms.stores.base import NotFound, StoreError
+from transforms.stores.options import StoreOptions
+
+log = logging.getLogger(__name__)
+
+#: Attempts per request (the first one included) before a transient failure is final.
+MAX_ATTEMPTS = 5
+#: First backoff delay and cap, in seconds; the delay doubles per attempt.
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 16.0
+#: A ``Retry-After`` longer than this is clipped: a worker must not sleep for hours.
+RETRY_AFTER_MAX = 60.0
+#: (connect, read) timeouts. Reads are long because a registry may hash a large blob
+#: before it answers the final PUT of an upload.
+TIMEOUT = (30.0, 300.0)
+#: Token lifetimes below this are raised to it (formats.md §10: default and minimum 60 s).
+MIN_TOKEN_LIFETIME = 60
+#: A cached token this close to expiry is replaced rather than sent.
+TOKEN_EXPIRY_MARGIN = 10.0
+#: containers/image caps token responses at 1 MiB; a larger answer is not a token.
+TOKEN_RESPONSE_LIMIT = 1 << 20
+#: Error bodies are read only this far; they are for a message, not for data.
+ERROR_BODY_LIMIT = 64 << 10
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Sent as OAuth2 ``client_id`` when trading an identity token for an access token.
+CLIENT_ID = "imagepush"
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+class RegistryError(StoreError):
+    """A registry answered with an error, or could not be reached.
+
+    ``status`` is the HTTP status (None for connection failures), ``code`` the first
+    registry error code from the JSON body (``MANIFEST_UNKNOWN``, ``DENIED``, …) and
+    ``detail`` the short description shown in parentheses in the message.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.detail = detail or code or (f"HTTP {status}" if status else None)
+
+
+class AuthenticationError(RegistryError):
+    """The registry wants credentials we do not have, or refused the ones we sent."""
+
+
+class AccessDenied(RegistryError):
+    """Authenticated, but not allowed to do this (HTTP 403, ``DENIED``)."""
+
+
+class RegistryNotFound(NotFound, RegistryError):
+    """The repository, manifest, blob or upload session does not exist (HTTP 404)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """Connection failures, 429 or 5xx that persisted through every retry."""
+
+
+class RetriableUploadError(RegistryError):
+    """A streamed request failed after its body was (partly) consumed.
+
+    The stream cannot be replayed, so the client does not retry it; the upload as a
+    whole may succeed if the caller starts again with a fresh read of the source.
+    """
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Collapse whitespace (registry messages may span lines) and cap the length."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def registry_error_detail(body: bytes) -> tuple[str | None, str | None]:
+    """``(code, message)`` of the first entry of ``{"errors":[{"code","message"}]}``."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None, None
+    if isinstance(doc, dict):
+        errors = doc.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            code, message = errors[0].get("code"), errors[0].get("message")
+            detail = errors[0].get("detail")
+            text = str(message) if message else ""
+            if isinstance(detail, str) and detail and detail not in text:
+                text = f"{text}; {detail}" if text else detail
+            return (str(code) if code else None), (one_line(text) if text else None)
+        # OAuth2 token servers answer {"error": "...", "error_description": "..."}.
+        if isinstance(doc.get("error"), str):
+            desc = doc.get("error_description")
+            return doc["error"], one_line(str(desc)) if desc else None
+    return None, None
+
+
+def describe(status: int, code: str | None, message: str | None, body: bytes = b"") -> str:
+    """``MANIFEST_INVALID: manifest invalid`` / ``HTTP 502`` — the parenthesised part of messages."""
+    if code and message and message.lower() != code.lower().replace("_", " "):
+        return f"{code}: {message}"
+    if code:
+        return code
+    text = one_line(body.decode("utf-8", errors="replace"), 120) if body else ""
+    if text and not text.lstrip().startswith("<"):  # skip HTML error pages
+        return f"HTTP {status}: {text}"
+    return f"HTTP {status}"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: lower-case scheme and its parameters."""
+
+    scheme: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def scopes(self) -> list[str]:
+        return (self.params.get("scope") or "").split()
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse RFC 7235 challenges: ``Bearer realm="…",service="…", Basic realm="…"``.
+
+    Values may be quoted (with backslash escapes) or bare tokens; a token not followed
+    by ``=`` starts a new challenge. Malformed trailing text is ignored rather than
+    fatal: a registry's odd header should not hide the challenges we can use.
+    """
+    challenges: list[Challenge] = []
+    params: dict[str, str] = {}
+    pos, n = 0, len(header)
+    while pos < n:
+        while pos < n and header[pos] in " \t,":
+            pos += 1
+        m = _TOKEN_RE.match(header, pos)
+        if not m:
+            break
+        name, pos = m.group(0), m.end()
+        probe = pos
+        while probe < n and header[probe] in " \t":
+            probe += 1
+        if probe < n and header[probe] == "=" and challenges:
+            pos = probe + 1
+            while pos < n and header[pos] in " \t":
+                pos += 1
+            if pos < n and header[pos] == '"':
+                pos += 1
+                chars: list[str] = []
+                while pos < n and header[pos] != '"':
+                    if header[pos] == "\\" and pos + 1 < n:
+                        pos += 1
+                    chars.append(header[pos])
+                    pos += 1
+                pos += 1  # closing quote
+                value = "".join(chars)
+            else:
+                end = pos
+                while end < n and header[end] not in ", \t":
+                    end += 1
+                value, pos = header[pos:end], end
+            params[name.lower()] = value
+        else:
+            params = {}
+            challenges.append(Challenge(name.lower(), params))
+    return challenges
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: an integer, or an HTTP date in the future."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = datetime.now(timezone.utc).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+CATALOG_SCOPE = "registry:catalog:*"
+
+#: Docker Hub is named ``docker.io`` in references but served from another host.
+ENDPOINT_ALIASES = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+
+
+def host_matches(host: str, entries: Iterable[str]) -> bool:
+    """Whether ``host`` (``name[:port]``) is listed; an entry without a port covers every port."""
+    host = host.lower()
+    name = host.rsplit(":", 1)[0] if re.search(r":\d+$", host) else host
+    return any(entry.strip().lower() in (host, name) for entry in entries if entry.strip())
+
+
+class _Lease:
+    """One slot of the client's semaphore, released exactly once."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore) -> None:
+        self._semaphore = semaphore
+        self._released = False
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._released:
+                self._released = True
+                self._semaphore.release()
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A completed exchange: what the stores need from a response, body included."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    #: The final URL (after redirects): relative ``Location``/``Link`` values resolve against it.
+    url: str
+
+    def link(self, rel: str = "next") -> str | None:
+        """The absolute URL of ``Link: <…>; rel="next"``, resolved against :attr:`url`."""
+        header = self.headers.get("Link")
+        if not header:
+            return None
+        for link in requests.utils.parse_header_links(header):
+            if link.get("rel") == rel and link.get("url"):
+                return urljoin(self.url, link["url"])
+        return None
+
+    def location(self) -> str | None:
+        """The absolute URL of ``Location`` (registries often send a relative one)."""
+        value = self.headers.get("Location")
+        return urljoin(self.url, value) if value else None
+
+
+class StreamedResponse:
+    """A response whose body is read incrementally; closing it frees the connection slot.
+
+    ``read`` returns the bytes exactly as sent (no ``Content-Encoding`` decoding):
+    blobs are content-addressed, so a transparently decompressed body would fail its
+    digest. Reaching the end releases the slot as well, in case a caller forgets to close.
+    """
+
+    def __init__(self, response: requests.Response, lease: _Lease, where: str) -> None:
+        self.response = response
+        self._lease = lease
+        self._where = where
+        self._closed = False
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.response.headers
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    def read(self, size: int = -1) -> bytes:
+        if self._closed:
+            raise ValueError("read from a closed registry stream")
+        try:
+            data = self.response.raw.read(None if size is None or size < 0 else size, decode_content=False)
+        except Exception as exc:  # urllib3 protocol errors are not OSErrors
+            self.close()
+            raise RegistryUnavailable(
+                f"{self._where}: connection lost while reading ({type(exc).__name__})"
+            ) from None
+        if (not data and size != 0) or size is None or size < 0:
+            self._lease.release()  # at the end: free the slot even if the caller never closes
+        return data or b""
+
+    def read_limited(self, limit: int) -> bytes:
+        """The whole body, or a :class:`RegistryError` when it exceeds ``limit`` bytes."""
+        chunks, total = [], 0
+        while True:
+            chunk = self.read(min(1 << 16, limit + 1 - total))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                self.close()
+                raise RegistryError(f"{self._where}: response is larger than the {limit}-byte limit")
+
+    def reply(self, limit: int) -> Reply:
+        """Read the whole (size-capped) body and describe the exchange as a :class:`Reply`."""
+        content = self.read_limited(limit)
+        return Reply(self.response.status_code, self.response.headers, content, self.response.url)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.response.close()
+            finally:
+                self._lease.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "StreamedResponse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BlobStream(io.RawIOBase):
+    """A blob body as a read-only binary file; closing it releases the connection slot."""
+
+    def __init__(self, streamed: StreamedResponse) -> None:
+        super().__init__()
+        self._streamed = streamed
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self._streamed.read(size)
+
+    def readall(self) -> bytes:
+        return self._streamed.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._streamed.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._streamed.close()
+        super().close()
+
+
+class RegistryClient:
+    """Requests to one registry host on behalf of one store object.
+
+    Thread-safe: Beam runs several bundles per worker, and a blob fan-out uploads from
+    worker threads. The session, token cache and semaphore are per client; nothing is
+    module-global, so two runs in one process cannot see each other's credentials.
+    ``sleep`` and the backoff parameters exist so tests can check retries without waiting.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        options: StoreOptions | None = None,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_max: float = BACKOFF_MAX,
+        sleep: Callable[[float], None] = time.sleep,
+        credentials: Credentials | None = None,
+    ) -> None:
+        if not host or "/" in host:
+            raise StoreError(f"{host!r} is not a registry host[:port]")
+        self.host = host
+        self.options = options or StoreOptions()
+        self.insecure = host_matches(host, self.options.insecure_registries)
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._sleep = sleep
+        self._rng = random.Random()
+        concurrency = max(1, int(self.options.registry_concurrency))
+        self._semaphore = threading.BoundedSemaphore(concurrency)
+        self._session = requests.Session()
+        # Proxies, netrc and REQUESTS_CA_BUNDLE from the environment would change where
+        # requests go and which credentials they carry; options say all of that instead.
+        self._session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency + 2, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update({"User-Agent": "imagepush", "Accept-Encoding": "identity"})
+        self._lock = threading.Lock()
+        self._token_lock = threading.Lock()
+        self._base: str | None = None
+        self._challenge: Challenge | None = None
+        self._tokens: dict[frozenset[str], _Token] = {}
+        self._credentials = credentials
+        self._credentials_loaded = credentials is not None
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.host!r}, insecure={self.insecure})"
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def close(self) -> None:
+        self._session.close()
+
+    def credentials(self) -> Credentials | None:
+        """Credentials for this host from the auth files, read once on first need."""
+        with self._lock:
+            if not self._credentials_loaded:
+                self._credentials = find_credentials(self.host, self.options.authfile)
+                self._credentials_loaded = True
+            return self._credentials
+
+    def _verify(self, url: str) -> bool | str:
+        """TLS verification for ``url``: off only for this host when it is insecure."""
+        if self.insecure and urlsplit(url).netloc in (self.host, ENDPOINT_ALIASES.get(self.host)):
+            return False
+        return self.options.ca_bundle or True
+
+    def base_url(self) -> str:
+        """``https://host`` or (insecure hosts without TLS) ``http://host``; pings once.
+
+        The ping (``GET /v2/``) also learns how the host authenticates, so the first
+        real request already carries credentials instead of collecting a 401.
+        """
+        with self._lock:
+            if self._base is not None:
+                return self._base
+        endpoint = ENDPOINT_ALIASES.get(self.host, self.host)
+        base = f"https://{endpoint}"
+        response: requests.Response | None = None
+        if self.insecure:
+            try:
+                response = self._session.get(f"{base}/v2/", verify=False, timeout=TIMEOUT, allow_redirects=False)
+                response.close()
+            except (requests.exceptions.SSLError, requests.ConnectionError):
+                base = f"http://{endpoint}"
+                response = None
+                log.info("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
+        if response is None:
+            url = f"{base}/v2/"
+            response = self._retrying(
+                lambda: self._send_raw("GET", url, {}, None, None, stream=False),
+                where=self.host, what="registry check",
+            )
+        if response.status_code == 401:
+            self._learn_challenge(response)
+        elif response.status_code == 404:
+            raise RegistryError(f"{self.host}: not a registry (GET /v2/ answered 404)", status=404)
+        with self._lock:
+            if self._base is None:
+                self._base = base
+            return self._base
+
+    def url(self, path_or_url: str) -> str:
+        """An absolute URL: registry paths are joined to the base, absolute URLs kept."""
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return urljoin(self.base_url() + "/", path_or_url.lstrip("/"))
+
+    def _backoff(self, attempt: int, response: requests.Response | None) -> float:
+        delay = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
+        delay *= 0.5 + self._rng.random() / 2  # jitter: spread retries of parallel workers
+        if response is not None:
+            wanted = retry_after_seconds(response.headers.get("Retry-After"))
+            if wanted is not None:
+                delay = max(delay, min(wanted, RETRY_AFTER_MAX))
+        return delay
+
+    def _send_raw(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Any,
+        params: Any,
+        *,
+        stream: bool,
+        follow_redirects: bool = False,
+    ) -> requests.Response:
+        """One exchange (plus redirects when asked), never retried here.
+
+        Redirects are followed by hand so that ``Authorization`` is dropped whenever
+        the target is another host (blob GETs are redirected to object storage).
+        """
+        current_headers = dict(headers)
+        current_url, current_params = url, params
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._session.request(
+                method, current_url, headers=current_headers, data=body, params=current_params,
+                stream=stream, allow_redirects=False, timeout=TIMEOUT, verify=self._verify(current_url),
+            )
+            location = response.headers.get("Location")
+            if not (follow_redirects and response.status_code in REDIRECT_STATUSES and location):
+                return response
+            response.close()
+            target = urljoin(response.url, location)
+            if urlsplit(target).netloc != urlsplit(current_url).netloc or (
+                urlsplit(target).scheme != urlsplit(current_url).scheme
+            ):
+                current_headers.pop("Authorization", None)
+            log.debug("following redirect to %s", urlsplit(target).netloc)
+            current_url, current_params = target, None
+        raise RegistryError(f"{self.host}: too many redirects for {urlsplit(url).path}")
+
+    def _retrying(self, send: Callable[[], requests.Response], *, where: str, what: str) -> requests.Response:
+        """Run ``send`` until it gives a non-transient answer or attempts run out."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = send()
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self._max_attempts:
+                    raise RegistryUnavailable(
+                        f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) "
+                        f"after {attempt} attempts"
+                    ) from None
+                delay = self._backoff(attempt, None)
+                log.info("%s: %s: %s; retrying in %.1fs", where, what, _exc_name(exc), delay)
+                self._sleep(delay)
+                continue
+            if (response.status_code == 429 or response.status_code >= 500) and attempt < self._max_attempts:
+                delay = self._backoff(attempt, response)
+                log.info("%s: %s: HTTP %d; retrying in %.1fs", where, what, response.status_code, delay)
+                response.close()
+                self._sleep(delay)
+                continue
+            return response
+
+    # -- authentication -----------------------------------------------------------
+
+    def _learn_challenge(self, response: requests.Response) -> Challenge | None:
+        """Remember the most capable challenge of a 401 (Bearer over Basic)."""
+        challenges = parse_challenges(response.headers.get("WWW-Authenticate", ""))
+        chosen = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
+        if chosen is None:
+            chosen = next((c for c in challenges if c.scheme == "basic"), None)
+        if chosen is not None:
+            with self._lock:
+                self._challenge = Challenge(chosen.scheme, {k: v for k, v in chosen.params.items() if k != "error"})
+        return chosen
+
+    def _auth_header(self, scopes: Sequence[str], where: str) -> str | None:
+        with self._lock:
+            challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            creds = self.credentials()
+            if creds is None or not creds.has_password:
+                return None
+            return _basic(creds)
+        return f"Bearer {self._token(challenge, scopes, where)}"
+
+    def _token(self, challenge: Challenge, scopes: Sequence[str], where: str, *, refresh: bool = False) -> str:
+        key = frozenset(scopes)
+        with self._token_lock:
+            cached = self._tokens.get(key)
+            if cached is not None and not refresh and cached.expires_at - TOKEN_EXPIRY_MARGIN > time.monotonic():
+                return cached.value
+            token = self._fetch_token(challenge, sorted(key), where)
+            self._tokens[key] = token
+            return token.value
+
+    def _fetch_token(self, challenge: Challenge, scopes: list[str], where: str) -> _Token:
+        """Trade credentials (or nothing: anonymous) for a bearer token at the realm."""
+        realm = challenge.params["realm"]
+        service = challenge.params.get("service")
+        creds = self.credentials()
+        realm_host = urlsplit(realm).netloc or realm
+        started = time.monotonic()
+        response: requests.Response | None = None
+        if creds is not None and creds.identity_token:
+            form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token, "client_id": CLIENT_ID,
+                    "scope": " ".join(scopes)}
+            if service:
+                form["service"] = service
+            response = self._retrying(
+                lambda: self._send_raw("POST", realm, {}, form, None, stream=True),
+                where=where, what="token request",
+            )
+            if response.status_code in (404, 405):  # realm without OAuth2 support: plain GET below
+                response.close()
+                response = None
+        if response is None:
+            params: list[tuple[str, str]] = [("service", service)] if service else []
+            params += [("scope", s) for s in scopes]
+            headers: dict[str, str] = {}
+            if creds is not None and creds.has_password:
+                params.append(("account", creds.username))
+                headers["Authorization"] = _basic(creds)
+            response = self._retrying(
+                lambda: self._send_raw("GET", realm, headers, None, params, stream=True),
+                where=where, what="token request",
+            )
+        try:
+            body = _read_capped(response, TOKEN_RESPONSE_LIMIT)
+        finally:
+            response.close()
+        if response.status_code in (401, 403):
+            code, message = registry_error_detail(body)
+            detail = describe(response.status_code, code or "UNAUTHORIZED", message)
+            who = "authentication failed" if creds is not None else "anonymous access refused"
+            raise AuthenticationError(
+                f"{where}: {who} at token server {realm_host} ({detail})", status=response.status_code, code=code
+            )
+        if response.status_code != 200:
+            code, message = registry_error_detail(body)
+            raise RegistryError(
+                f"{where}: token server {realm_host} answered {describe(response.status_code, code, message, body)}",
+                status=response.status_code, code=code,
+            )
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        value = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        if not isinstance(value, str) or not value:
+            raise RegistryError(f"{where}: token server {realm_host} answered without a token")
+        try:
+            lifetime = int(doc.get("expires_in") or MIN_TOKEN_LIFETIME)
+        except (TypeError, ValueError):
+            lifetime = MIN_TOKEN_LIFETIME
+        lifetime = max(MIN_TOKEN_LIFETIME, lifetime)
+        log.debug("%s: got a token for %s (valid %ds)", where, " ".join(scopes) or "no scope", lifetime)
+        return _Token(value, started + lifetime)
+
+    def _authentication_failed(self, body: bytes, where: str) -> AuthenticationError:
+        code, message = registry_error_detail(body)
+        code = code or "UNAUTHORIZED"
+        creds = self.credentials()
+        if creds is None:
+            return AuthenticationError(
+                f"{where}: authentication required ({code}); no credentials for {self.host} in the auth files",
+                status=401, code=code,
+            )
+        return AuthenticationError(
+            f"{where}: authentication failed ({code}) with the credentials from {creds.origin}",
+            status=401, code=code,
+        )
+
+    # -- requests -----------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: Sequence[str],
+        where: str,
+        what: str,
+        ok: Collection[int] = (200,),
+        headers: Mapping[str, str] | None = None,
+        body: bytes | Mapping[str, str] | None = None,
+        params: Any = None,
+        follow_redirects: bool = False,
+        limit: int = 4 << 20,
+    ) -> Reply:
+        """A request with a replayable body; the response body is read completely.
+
+        Statuses in ``ok`` are returned; anything else becomes a :class:`RegistryError`
+        subclass. Use :meth:`open` for large responses.
+        """
+        streamed = self._perform(
+            method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
+            body=body, params=params, follow_redirects=follow_redirects, replayable=True,
+        )
+        try:
+            return streamed.reply(limit)
+        finally:
+            streamed.close()
+
+    def open(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: Sequence[str],
+        where: str,
+        what: str,
+        ok: Collection[int] = (200,),
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+        follow_redirects: bool = False,
+    ) -> StreamedResponse:
+        """A request whose response body is streamed; the caller must close it."""
+        return self._perform(
+            method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
+            body=None, params=params, follow_redirects=follow_redirects, replayable=True,
+        )
+
+    def send_stream(
+        self,
+        method: str,
+        path_or_url: str,
+        body: Iterable[bytes],
+        *,
+        scopes: Sequence[str],
+        where: str,
+        what: str,
+        ok: Collection[int],
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Send a streamed body once; any transient failure is a :class:`RetriableUploadError`.
+
+        Authentication is settled before the body starts flowing (the caller made an
+        authenticated request to this repository just before), so a 401 here means the
+        token went stale mid-upload, and restarting the upload fixes it.
+        """
+        streamed = self._perform(
+            method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
+            body=body, params=None, follow_redirects=False, replayable=False,
+        )
+        try:
+            return streamed.reply(ERROR_BODY_LIMIT)
+        finally:
+            streamed.close()
+
+    def _perform(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: Sequence[str],
+        where: str,
+        what: str,
+        ok: Collection[int],
+        headers: Mapping[str, str] | None,
+        body: Any,
+        params: Any,
+        follow_redirects: bool,
+        replayable: bool,
+    ) -> StreamedResponse:
+        url = self.url(path_or_url)
+        scopes = list(scopes)
+        attempt = 0
+        authenticated_retry = False
+        while True:
+            attempt += 1
+            request_headers = dict(headers or {})
+            auth = self._auth_header(scopes, where)
+            if auth:
+                request_headers["Authorization"] = auth
+            self._semaphore.acquire()
+            lease = _Lease(self._semaphore)
+            try:
+                response = self._send_raw(
+                    method, url, request_headers, body, params, stream=True, follow_redirects=follow_redirects
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                lease.release()
+                if not replayable:
+                    raise RetriableUploadError(
+                        f"{where}: {what} interrupted ({_exc_name(exc)}); the upload must start again"
+                    ) from None
+                if attempt >= self._max_attempts:
+                    raise RegistryUnavailable(
+                        f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) after {attempt} attempts"
+                    ) from None
+                delay = self._backoff(attempt, None)
+                log.info("%s: %s: %s; retrying in %.1fs", where, what, _exc_name(exc), delay)
+                self._sleep(delay)
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            status = response.status_code
+            if status in ok:
+                return StreamedResponse(response, lease, where)
+            try:
+                error_body = _read_capped(response, ERROR_BODY_LIMIT)
+            finally:
+                response.close()
+                lease.release()
+            if status == 401:
+                if not replayable:
+                    raise RetriableUploadError(
+                        f"{where}: {what}: the registry asked to authenticate again; the upload must start again",
+                        status=401,
+                    )
+                if authenticated_retry:
+                    raise self._authentication_failed(error_body, where)
+                authenticated_retry = True
+                scopes = self._prepare_auth(response, scopes, error_body, where)
+                continue
+            transient = status == 429 or status >= 500
+            if transient and not replayable:
+                code, message = registry_error_detail(error_body)
+                raise RetriableUploadError(
+                    f"{where}: {what} failed ({describe(status, code, message, error_body)}); the upload must start again",
+                    status=status, code=code,
+                )
+            if transient and attempt < self._max_attempts:
+                delay = self._backoff(attempt, response)
+                log.info("%s: %s: HTTP %d; retrying in %.1fs", where, what, status, delay)
+                self._sleep(delay)
+                continue
+            raise self.error_for(status, error_body, where, what)
+
+    def _prepare_auth(self, response: requests.Response, scopes: list[str], body: bytes, where: str) -> list[str]:
+        """After a 401: pick the challenge, and make sure the next attempt can succeed."""
+        challenge = self._learn_challenge(response)
+        if challenge is None:
+            code, message = registry_error_detail(body)
+            raise AuthenticationError(
+                f"{where}: authentication required with an unsupported scheme "
+                f"({describe(401, code or 'UNAUTHORIZED', message)})",
+                status=401, code=code,
+            )
+        if challenge.scheme == "basic":
+            creds = self.credentials()
+            if creds is None or not creds.has_password:
+                raise self._authentication_failed(body, where)
+            return scopes
+        wider = sorted(set(scopes) | set(challenge.scopes))
+        # A cached token was refused (expired early, or too narrow): fetch a fresh one.
+        self._token(Challenge(challenge.scheme, challenge.params), wider, where, refresh=True)
+        return wider
+
+    def error_for(self, status: int, body: bytes, where: str, what: str) -> RegistryError:
+        """The exception for a final non-success answer, with the registry's code."""
+        code, message = registry_error_detail(body)
+        detail = describe(status, code, message, body)
+        info: dict[str, Any] = {"status": status, "code": code, "detail": detail}
+        if status == 401:
+            return AuthenticationError(f"{where}: {what}: authentication failed ({detail})", **info)
+        if status == 403:
+            return AccessDenied(f"{where}: {what}: access denied ({detail})", **info)
+        if status == 404:
+            return RegistryNotFound(f"{where}: {what}: not found ({detail})", **info)
+        if status == 429 or status >= 500:
+            return RegistryUnavailable(f"{where}: {what} failed after {self._max_attempts} attempts ({detail})", **info)
+        return RegistryError(f"{where}: {what} failed ({detail})", **info)
+
+
+def _basic(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode("utf-8")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _read_capped(response: requests.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body; errors while reading give what was read."""
+    chunks, total = [], 0
+    try:
+        while total < limit:
+            chunk = response.raw.read(min(1 << 16, limit - total), decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except Exception:  # an error body is best effort; urllib3 protocol errors included
+        pass
+    return b"".join(chunks)
+
+
+def _exc_name(exc: BaseException) -> str:
+    """A short, secret-free description of a transport exception.
+
+    requests' messages embed the full URL (never credentials here, but long and noisy);
+    the innermost cause names the actual problem (refused, reset, timed out).
+    """
+    inner: BaseException = exc
+    for _ in range(10):  # the chain is short; the bound only guards against odd exceptions
+        if inner.__context__ is None:
+            break
+        inner = inner.__context__
+    name = type(exc).__name__
+    reason = type(inner).__name__
+    return name if reason == name else f"{name}: {reason}"
