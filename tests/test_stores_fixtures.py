@@ -522,8 +522,12 @@ def test_transports_dispatch(tmp_path: Path) -> None:
     assert isinstance(open_destination(parse_reference(f"oci:{tmp_path}/o:tag")), OCILayoutDestination)
     assert isinstance(open_destination(parse_reference(f"dir:{tmp_path}/d")), DirDestination)
     assert isinstance(open_destination(parse_reference(f"docker-archive:{tmp_path}/a.tar")), DockerArchiveDestination)
-    with pytest.raises(StoreError, match="not supported as a source yet"):
-        open_source(parse_reference("docker://registry.example/app:1"))
+    from transforms.stores.registry import RegistryDestination, RegistrySource
+    from transforms.stores.registry_storage import RegistryStorageSource
+
+    assert isinstance(open_source(parse_reference("docker://registry.example/app:1")), RegistrySource)
+    assert isinstance(open_destination(parse_reference("docker://registry.example/app:1")), RegistryDestination)
+    assert isinstance(open_source(parse_reference(f"registry-storage:{tmp_path}/r")), RegistryStorageSource)
     with pytest.raises(StoreError, match="not supported as a destination yet"):
         open_destination(parse_reference(f"registry-storage:{tmp_path}/r"))
 
