@@ -734,12 +734,17 @@ class RegistryDestination(_RegistryStore, Destination):
                     "PUT", f"/v2/{self.repository}/manifests/{reference}", scopes=[push_scope(self.repository)],
                     where=where, what=f"manifest {reference}", ok=(201, 200, 202), body=data,
                     headers={"Content-Type": media_type},
+                    # Distribution without schema1 support answers a schema1 PUT with a 500.
+                    attempts=2 if mt.is_schema1(media_type) else None,
                 )
             except RegistryError as exc:
-                if exc.status in (400, 415) or (exc.code or "").startswith("MANIFEST"):
+                schema1_refused = mt.is_schema1(media_type) and (
+                    exc.code in ("MANIFEST_INVALID", "UNKNOWN", "UNSUPPORTED") or (exc.status or 0) >= 500
+                )
+                if exc.status in (400, 415) or (exc.code or "").startswith("MANIFEST") or schema1_refused:
                     hint = ""
-                    if mt.is_schema1(media_type) and exc.code == "MANIFEST_INVALID":
-                        hint = "; the registry may not accept schema1 at all"
+                    if schema1_refused:
+                        hint = "; the registry may not accept schema1 at all (copy with --format v2s2 or oci)"
                     raise RegistryError(
                         f"{where}: registry refused a {kind} manifest ({exc.detail}){hint}",
                         status=exc.status, code=exc.code, detail=exc.detail,

@@ -489,7 +489,7 @@ class RegistryClient:
             except (requests.exceptions.SSLError, requests.ConnectionError):
                 base = f"http://{endpoint}"
                 response = None
-                log.info("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
+                log.debug("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
         if response is None:
             url = f"{base}/v2/"
             response = self._retrying(
@@ -564,7 +564,7 @@ class RegistryClient:
             try:
                 response = send()
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self._max_attempts:
+                if attempt >= max_attempts:
                     raise RegistryUnavailable(
                         f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) "
                         f"after {attempt} attempts"
@@ -709,15 +709,18 @@ class RegistryClient:
         params: Any = None,
         follow_redirects: bool = False,
         limit: int = 4 << 20,
+        attempts: int | None = None,
     ) -> Reply:
         """A request with a replayable body; the response body is read completely.
 
         Statuses in ``ok`` are returned; anything else becomes a :class:`RegistryError`
-        subclass. Use :meth:`open` for large responses.
+        subclass. Use :meth:`open` for large responses. ``attempts`` lowers the retry
+        budget for requests whose server errors are more likely refusals than hiccups.
         """
         streamed = self._perform(
             method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
             body=body, params=params, follow_redirects=follow_redirects, replayable=True,
+            attempts=attempts,
         )
         try:
             return streamed.reply(limit)
@@ -784,7 +787,9 @@ class RegistryClient:
         params: Any,
         follow_redirects: bool,
         replayable: bool,
+        attempts: int | None = None,
     ) -> StreamedResponse:
+        max_attempts = min(attempts or self._max_attempts, self._max_attempts)
         url = self.url(path_or_url)
         scopes = list(scopes)
         attempt = 0
@@ -844,7 +849,7 @@ class RegistryClient:
                     f"{where}: {what} failed ({describe(status, code, message, error_body)}); the upload must start again",
                     status=status, code=code,
                 )
-            if transient and attempt < self._max_attempts:
+            if transient and attempt < max_attempts:
                 delay = self._backoff(attempt, response)
                 log.info("%s: %s: HTTP %d; retrying in %.1fs", where, what, status, delay)
                 self._sleep(delay)

@@ -1,0 +1,168 @@
+"""imagepush copy/sync between real Docker Distribution registries, judged by skopeo."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.samples import write_oci_samples
+from tests.conftest import require_tool, run
+from tests.registry_server import Registry, start_registry
+
+pytestmark = pytest.mark.integration
+
+#: (repository, tag) -> how skopeo pushes it from the sample layout.
+IMAGES = {
+    ("team/app", "1"): ("demo/app:1.0", []),
+    ("team/app", "v2s2"): ("demo/app:1.0", ["--format", "v2s2"]),
+    ("team/multi", "1.0"): ("demo/multi:1.0", ["--all"]),
+    ("legacy/s1", "1"): ("demo/app:1.0", ["--format", "v2s1"]),
+}
+
+
+def skopeo(*args: str) -> bytes:
+    return run([require_tool("skopeo"), "--insecure-policy", *args], timeout=120).stdout
+
+
+def digest_of(host: str, image: str) -> str:
+    """The manifest digest as containers/image computes it (schema1: over the signed payload)."""
+    return json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{host}/{image}"))["Digest"] \
+        if "legacy" in image else "sha256:" + __import__("hashlib").sha256(
+            skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{host}/{image}")).hexdigest()
+
+
+def registry(root: Path, **kw) -> Iterator[Registry]:
+    require_tool("docker-registry")
+    reg = start_registry(root, **kw)
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("src")
+    write_oci_samples(str(root / "layout"))
+    for reg in registry(root / "registry", schema1=True):
+        for (repo, tag), (ref, flags) in IMAGES.items():
+            skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{root}/layout:{ref}",
+                   f"docker://{reg.host}/{repo}:{tag}")
+        yield reg
+
+
+@pytest.fixture
+def mirror(tmp_path) -> Iterator[Registry]:
+    yield from registry(tmp_path / "mirror", schema1=True)
+
+
+def insecure(*regs: Registry) -> list[str]:
+    return [a for r in regs for a in ("--insecure-registry", r.host)]
+
+
+def rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_sync_of_a_whole_registry_keeps_every_digest(source, mirror, tmp_path):
+    audit = tmp_path / "a.parquet"
+    assert main(["sync", f"docker://{source.host}/", f"docker://{mirror.host}/mirror",
+                 *insecure(source, mirror), "--audit", str(audit)]) == 0
+    for repo, tag in IMAGES:
+        assert digest_of(mirror.host, f"mirror/{repo}:{tag}") == digest_of(source.host, f"{repo}:{tag}")
+    children = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{source.host}/team/multi:1.0"))
+    for child in children["manifests"]:
+        skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{mirror.host}/mirror/team/multi@{child['digest']}")
+    written = [r for r in rows(audit) if r["role"] != "child"]
+    assert len(written) == len(IMAGES)
+    assert all(r["status"] == "ok" and r["destination_digest"] == r["source_digest"] for r in written)
+
+    again = tmp_path / "again.parquet"
+    assert main(["sync", f"docker://{source.host}/", f"docker://{mirror.host}/mirror",
+                 *insecure(source, mirror), "--audit", str(again)]) == 0
+    assert sum(r["bytes_copied"] for r in rows(again)) == 0
+    assert sum(r["blobs_copied"] for r in rows(again)) == 0
+
+
+def test_copy_within_a_registry_mounts_instead_of_uploading(source, tmp_path):
+    audit = tmp_path / "a.parquet"
+    assert main(["copy", f"docker://{source.host}/team/app:1", f"docker://{source.host}/mounted/app:1",
+                 *insecure(source), "--audit", str(audit)]) == 0
+    (row,) = rows(audit)
+    assert (row["blobs_copied"], row["blobs_skipped"], row["bytes_copied"]) == (0, 3, 0)
+    assert digest_of(source.host, "mounted/app:1") == digest_of(source.host, "team/app:1")
+
+
+def test_one_run_writes_an_index_to_two_registries_and_a_layout(source, tmp_path):
+    regs = [start_registry(tmp_path / f"r{i}") for i in range(2)]
+    try:
+        assert main(["copy", f"docker://{source.host}/team/multi:1.0",
+                     *(f"docker://{r.host}/copy/multi:1.0" for r in regs), f"oci:{tmp_path}/layout:multi",
+                     *insecure(source, *regs), "--audit", str(tmp_path / "a.parquet")]) == 0
+        want = digest_of(source.host, "team/multi:1.0")
+        assert [digest_of(r.host, "copy/multi:1.0") for r in regs] == [want, want]
+        assert "sha256:" + __import__("hashlib").sha256(
+            skopeo("inspect", "--raw", f"oci:{tmp_path}/layout:multi")).hexdigest() == want
+        # Each source blob was read once: the blob counts are per destination, the bytes add up.
+        audit = rows(tmp_path / "a.parquet")
+        assert len({r["destination"] for r in audit}) == 3
+    finally:
+        for r in regs:
+            r.stop()
+
+
+def test_schema1_into_a_registry_without_schema1_fails_clearly_or_converts(source, tmp_path):
+    plain = start_registry(tmp_path / "plain")
+    try:
+        audit = tmp_path / "a.parquet"
+        assert main(["copy", f"docker://{source.host}/legacy/s1:1", f"docker://{plain.host}/legacy/s1:1",
+                     *insecure(source, plain), "--audit", str(audit)]) == 1
+        (row,) = rows(audit)
+        assert row["status"] == "failed" and "schema1" in row["error"]
+        assert main(["copy", "--format", "v2s2", f"docker://{source.host}/legacy/s1:1",
+                     f"docker://{plain.host}/legacy/s1:1", *insecure(source, plain),
+                     "--audit", str(tmp_path / "b.parquet")]) == 0
+        config = json.loads(skopeo("inspect", "--config", "--raw", "--tls-verify=false",
+                                   f"docker://{plain.host}/legacy/s1:1"))
+        original = json.loads(skopeo("inspect", "--config", "--raw", "--tls-verify=false",
+                                     f"docker://{source.host}/team/app:1"))
+        assert config["rootfs"]["diff_ids"] == original["rootfs"]["diff_ids"]
+    finally:
+        plain.stop()
+
+
+def test_registry_to_layout_sync_names_each_image_repo_and_tag(source, tmp_path):
+    assert main(["sync", f"docker://{source.host}/team", f"oci:{tmp_path}/out",
+                 *insecure(source), "--audit", str(tmp_path / "a.parquet")]) == 0
+    names = sorted(json.loads(line)["ref"].split(":", 2)[2] for line in
+                   run([str(Path(__import__("sys").executable).with_name("imagepush")), "ls",
+                        f"oci:{tmp_path}/out"]).stdout.decode().splitlines())
+    assert names == ["app:1", "app:v2s2", "multi:1.0"]
+
+
+def test_wrong_password_fails_with_an_authentication_error_and_never_shows_it(source, tmp_path, capsys):
+    secret = "not-the-Passw0rd-4711"
+    for locked in registry(tmp_path / "locked", htpasswd={"alice": "right-password"}):
+        authfile = tmp_path / "auth.json"
+        authfile.write_text(json.dumps({"auths": {locked.host: {
+            "auth": base64.b64encode(f"alice:{secret}".encode()).decode()}}}))
+        audit = tmp_path / "a.parquet"
+        code = main(["copy", f"docker://{source.host}/team/app:1", f"docker://{locked.host}/team/app:1",
+                     *insecure(source, locked), "--authfile", str(authfile), "--audit", str(audit)])
+        out, err = capsys.readouterr()
+        assert code == 1
+        (row,) = rows(audit)
+        assert row["status"] == "failed" and "authentication" in row["error"].lower()
+        assert secret not in out + err
+        assert secret.encode() not in audit.read_bytes()
+
+        authfile.write_text(json.dumps({"auths": {locked.host: {"username": "alice", "password": "right-password"}}}))
+        assert main(["copy", f"docker://{source.host}/team/app:1", f"docker://{locked.host}/team/app:1",
+                     *insecure(source, locked), "--authfile", str(authfile),
+                     "--audit", str(tmp_path / "ok.parquet")]) == 0
