@@ -564,7 +564,7 @@ class RegistryClient:
             try:
                 response = send()
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= max_attempts:
+                if attempt >= self._max_attempts:
                     raise RegistryUnavailable(
                         f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) "
                         f"after {attempt} attempts"
@@ -812,7 +812,7 @@ class RegistryClient:
                     raise RetriableUploadError(
                         f"{where}: {what} interrupted ({_exc_name(exc)}); the upload must start again"
                     ) from None
-                if attempt >= self._max_attempts:
+                if attempt >= max_attempts:
                     raise RegistryUnavailable(
                         f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) after {attempt} attempts"
                     ) from None
