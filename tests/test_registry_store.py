@@ -256,8 +256,8 @@ def _push_tiny_image(
     }, indent=3).encode()
     blob = ManifestBlob(manifest, mt.DOCKER_SCHEMA2, sha256(manifest))
     dest.put_manifest(blob, root=True)
-    if tag:
-        dest.publish([Publication(tag, Descriptor(mt.DOCKER_SCHEMA2, blob.digest, len(manifest)), manifest=manifest)])
+    # A root is written by publish: under its tag, or by digest when it has none.
+    dest.publish([Publication(tag, Descriptor(mt.DOCKER_SCHEMA2, blob.digest, len(manifest)), manifest=manifest)])
     return blob, layer_desc
 
 

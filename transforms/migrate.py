@@ -70,7 +70,7 @@ class ExpandSyncFn(beam.DoFn):
         source = parse_reference(spec.source)
         started = audit.now()
         try:
-            entries: Iterator[ImageEntry] = self._stores.source(store_id(source)).list_images()
+            entries: Iterator[ImageEntry] = self._stores.source(store_id(source)).list_images(details=False)
             for entry in entries:
                 if spec.wants(entry):
                     yield sync_job(source, entry, list(spec.destinations), spec.platforms)

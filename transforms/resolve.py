@@ -26,9 +26,9 @@ from transforms.plan import (
     choose_format,
 )
 from transforms.storecache import StoreCache
-from transforms.stores.base import Destination, StoreError
+from transforms.stores.base import Destination, Source, StoreError
 from transforms.stores.options import StoreOptions
-from transforms.tree import resolve_tree
+from transforms.tree import load_config, resolve_tree
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ResolveImageFn(beam.DoFn):
         key = job_key(job)
         plan = ImagePlan(key=key, job=job, started_at=now())
         try:
-            plan.root = resolve_tree(self._stores.source(job.source_store), job)
+            plan.root = resolve_tree(self._stores.source(job.source_store), job, configs=False)
         except Exception as exc:
             plan.error = errors.one_line(exc)
             log.warning("%s: %s", job.source, plan.error)
@@ -64,7 +64,8 @@ class ResolveImageFn(beam.DoFn):
         self._stores.close()
 
 
-def plan_target(plan: ImagePlan, index: int, destination: Destination) -> TargetPlan:
+def plan_target(plan: ImagePlan, index: int, destination: Destination, source: Source | None = None) -> TargetPlan:
+    """Decide formats and blobs for one target; ``source`` reads configs conversions need."""
     target = plan.job.targets[index]
     tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root, error=plan.error)
     if tp.error:
@@ -96,6 +97,8 @@ def plan_target(plan: ImagePlan, index: int, destination: Destination) -> Target
             written_type = _written_type(node, fmt)
             if not destination.accepts_manifest(written_type):
                 raise StoreError(f"{target.destination} cannot store a {written_type} manifest")
+            if fmt is not None and not node.is_index and source is not None:
+                load_config(source, node)
             tp.formats[node.manifest.digest] = fmt
             for need in blob_needs(node, fmt):
                 if compression != "preserve":
@@ -167,7 +170,8 @@ class PlanTargetsFn(beam.DoFn):
                 tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root,
                                 error=errors.one_line(exc))
             else:
-                tp = plan_target(plan, index, destination)
+                source = self._stores.source(plan.job.source_store) if plan.root is not None else None
+                tp = plan_target(plan, index, destination, source)
             yield (tp.key, tp)
             if tp.error:
                 continue

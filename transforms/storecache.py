@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transforms.stores.base import Destination, Source
 from transforms.stores.options import StoreOptions
+from transforms.stores.registry_client import ClientPool
 from transforms.stores.reference import ImageReference, parse_reference
 from transforms.stores.transports import open_destination, open_source
 
@@ -20,17 +21,18 @@ def store_id(ref: ImageReference) -> str:
 class StoreCache:
     def __init__(self, options: StoreOptions | None = None) -> None:
         self._options = options or StoreOptions()
+        self._clients = ClientPool(self._options)
         self._sources: dict[str, Source] = {}
         self._destinations: dict[str, Destination] = {}
 
     def source(self, store: str) -> Source:
         if store not in self._sources:
-            self._sources[store] = open_source(parse_reference(store), self._options)
+            self._sources[store] = open_source(parse_reference(store), self._options, clients=self._clients)
         return self._sources[store]
 
     def destination(self, store: str) -> Destination:
         if store not in self._destinations:
-            self._destinations[store] = open_destination(parse_reference(store), self._options)
+            self._destinations[store] = open_destination(parse_reference(store), self._options, clients=self._clients)
         return self._destinations[store]
 
     def close(self) -> None:
@@ -41,3 +43,4 @@ class StoreCache:
                 pass
         self._sources.clear()
         self._destinations.clear()
+        self._clients.close()

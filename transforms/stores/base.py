@@ -70,8 +70,13 @@ class Source(abc.ABC):
     """Read side of a store."""
 
     @abc.abstractmethod
-    def list_images(self) -> Iterator[ImageEntry]:
-        """Every named image the store holds (for ``sync`` and ``ls``)."""
+    def list_images(self, *, details: bool = True) -> Iterator[ImageEntry]:
+        """Every named image the store holds (for ``sync`` and ``ls``).
+
+        With ``details=False`` a store may leave ``digest`` and ``media_type`` empty when
+        finding them costs a request per image (registries): ``sync`` reads each
+        manifest anyway, so it does not pay twice.
+        """
 
     @abc.abstractmethod
     def get_root(self, ref: str | None) -> ManifestBlob:

@@ -57,7 +57,7 @@ class DirSource(FsStore, Source):
         media_type = _manifest_type(data, f"{self._where()}: manifest.json")
         return ManifestBlob(data=data, media_type=media_type, digest=manifest_digest(data, media_type))
 
-    def list_images(self) -> Iterator[ImageEntry]:
+    def list_images(self, *, details: bool = True) -> Iterator[ImageEntry]:
         root = self._primary()
         yield ImageEntry(ref="", repository="", tag=None, digest=root.digest, media_type=root.media_type)
 

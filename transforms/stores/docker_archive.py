@@ -367,7 +367,7 @@ class DockerArchiveSource(FsStore, Source):
 
     # -- Source API ----------------------------------------------------------------------
 
-    def list_images(self) -> Iterator[ImageEntry]:
+    def list_images(self, *, details: bool = True) -> Iterator[ImageEntry]:
         for image in self._index().images:
             names = image.repo_tags or [""]
             for ref in names:

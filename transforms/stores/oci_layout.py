@@ -147,7 +147,7 @@ class OCILayoutSource(FsStore, Source):
             return desc.media_type
         return detect_from_content(data, desc.media_type)
 
-    def list_images(self) -> Iterator[ImageEntry]:
+    def list_images(self, *, details: bool = True) -> Iterator[ImageEntry]:
         for desc in self._entries():
             ref = desc.annotation(REF_NAME) or ""
             repository, tag = split_name(ref)

@@ -50,6 +50,7 @@ from transforms.stores.base import (
 )
 from transforms.stores.options import StoreOptions
 from transforms.stores.registry_client import (
+    ClientPool,
     CATALOG_SCOPE,
     RegistryClient,
     RegistryError,
@@ -111,18 +112,20 @@ class _RegistryStore:
     is rebuilt on first use in each worker.
     """
 
-    def __init__(self, location: str, options: StoreOptions | None = None) -> None:
+    def __init__(self, location: str, options: StoreOptions | None = None, *, clients: ClientPool | None = None) -> None:
         self.location = location
         self.options = options or StoreOptions()
         self.host, self.repository = split_location(location)
         self._client: RegistryClient | None = None
         self._client_lock = threading.Lock()
+        #: Shared per-host clients of the owner (a worker's store cache); None: a private one.
+        self._clients = clients
 
     @property
     def client(self) -> RegistryClient:
         with self._client_lock:
             if self._client is None:
-                self._client = RegistryClient(self.host, self.options)
+                self._client = self._clients.get(self.host) if self._clients else RegistryClient(self.host, self.options)
             return self._client
 
     def where(self, repository: str | None = None) -> str:
@@ -131,9 +134,9 @@ class _RegistryStore:
 
     def close(self) -> None:
         with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            if self._client is not None and self._clients is None:
+                self._client.close()  # a shared client is closed by its pool
+            self._client = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"location": self.location, "options": self.options}
@@ -196,8 +199,15 @@ def _whole_file_digest(candidate: str, data: bytes, media_type: str) -> bool:
 class RegistrySource(_RegistryStore, Source):
     """Reads images from a registry repository, a repository prefix, or a whole registry."""
 
-    def __init__(self, location: str, options: StoreOptions | None = None, *, page_size: int | None = None) -> None:
-        super().__init__(location, options)
+    def __init__(
+        self,
+        location: str,
+        options: StoreOptions | None = None,
+        *,
+        page_size: int | None = None,
+        clients: ClientPool | None = None,
+    ) -> None:
+        super().__init__(location, options, clients=clients)
         self.page_size = page_size
 
     def __getstate__(self) -> dict[str, Any]:
@@ -308,7 +318,9 @@ class RegistrySource(_RegistryStore, Source):
                 if not prefix or repository == prefix or repository.startswith(prefix + "/"):
                     yield repository
 
-    def _entry(self, repository: str, tag: str, relative: str) -> ImageEntry | None:
+    def _entry(self, repository: str, tag: str, relative: str, details: bool = True) -> ImageEntry | None:
+        if not details:
+            return ImageEntry(ref=f"{repository}:{tag}", repository=relative, tag=tag, digest="", media_type="")
         reply = self._head_manifest(repository, tag)
         if reply is None:
             return None  # tag deleted between listing and now
@@ -321,7 +333,7 @@ class RegistrySource(_RegistryStore, Source):
             ref=f"{repository}:{tag}", repository=relative, tag=tag, digest=digest, media_type=content_type
         )
 
-    def list_images(self, *, page_size: int | None = None) -> Iterator[ImageEntry]:
+    def list_images(self, *, details: bool = True, page_size: int | None = None) -> Iterator[ImageEntry]:
         """Tags of the repository; or, for a prefix / bare host, of every repository below it.
 
         ``page_size`` (or the constructor's) is sent as ``n=`` on the first catalog and
@@ -335,7 +347,7 @@ class RegistrySource(_RegistryStore, Source):
                 if first is not None:
                     relative = self.repository.rsplit("/", 1)[-1]
                     for tag in _chain(first, tags):
-                        entry = self._entry(self.repository, tag, relative)
+                        entry = self._entry(self.repository, tag, relative, details)
                         if entry is not None:
                             yield entry
                     return
@@ -351,7 +363,7 @@ class RegistrySource(_RegistryStore, Source):
             else:
                 relative = repository
             for tag in tags:
-                entry = self._entry(repository, tag, relative)
+                entry = self._entry(repository, tag, relative, details)
                 if entry is not None:
                     yield entry
 
@@ -660,8 +672,8 @@ class RegistryDestination(_RegistryStore, Destination):
 
     preferred_format = "oci"
 
-    def __init__(self, location: str, options: StoreOptions | None = None) -> None:
-        super().__init__(location, options)
+    def __init__(self, location: str, options: StoreOptions | None = None, *, clients: ClientPool | None = None) -> None:
+        super().__init__(location, options, clients=clients)
         if not self.repository:
             raise StoreError(f"docker://{self.host}: a destination needs a repository (docker://{self.host}/REPO)")
         #: Serialises manifest writes to this repository (Distribution 2.8 races on tags).
@@ -755,10 +767,15 @@ class RegistryDestination(_RegistryStore, Destination):
             raise StoreError(f"{where}: manifest {reference} was stored as {announced}, expected {digest}")
 
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
-        """PUT by digest (no tag yet); tags come in :meth:`publish`, after every manifest."""
+        """PUT an index child by digest; a root is written once, by :meth:`publish`.
+
+        The root's PUT under its tag stores it as well, so writing it by digest first
+        would double the manifest writes of a sync; it still comes after every child.
+        """
         if len(manifest.data) > MANIFEST_LIMIT:
             raise StoreError(f"{self.where()}: manifest {manifest.digest} is larger than 4 MiB")
-        self._put_manifest(manifest.data, manifest.media_type, manifest.digest, manifest.digest)
+        if not root:
+            self._put_manifest(manifest.data, manifest.media_type, manifest.digest, manifest.digest)
 
     def _publication_bytes(self, pub: Publication) -> tuple[bytes, str]:
         if pub.manifest is not None:
@@ -775,8 +792,6 @@ class RegistryDestination(_RegistryStore, Destination):
         """PUT every named root under its tag; one failure does not stop the other tags."""
         failures: list[str] = []
         for pub in publications:
-            if not pub.ref:
-                continue
             try:
                 self._publish_one(pub)
             except StoreError as exc:
@@ -787,13 +802,12 @@ class RegistryDestination(_RegistryStore, Destination):
 
     def _publish_one(self, pub: Publication) -> None:
         digest = pub.descriptor.digest
-        ref = pub.ref or ""
+        ref = pub.ref or digest
         if ref.startswith(("sha256:", "sha512:")):
             if ref != digest:
                 raise StoreError(f"{self.where()}: the destination names {ref} but the image written is {digest}")
-            return  # by digest: nothing to name, the manifest is there already
-        if not _TAG_RE.match(ref):
+        elif not _TAG_RE.match(ref):
             raise StoreError(f"{self.where()}: {ref!r} is not a valid tag")
         data, media_type = self._publication_bytes(pub)
         self._put_manifest(data, media_type, ref, digest)
-        log.info("%s:%s -> %s", self.where(), ref, digest)
+        log.debug("%s:%s -> %s", self.where(), ref, digest)

@@ -926,3 +926,30 @@ def _exc_name(exc: BaseException) -> str:
     name = type(exc).__name__
     reason = type(inner).__name__
     return name if reason == name else f"{name}: {reason}"
+
+
+class ClientPool:
+    """One :class:`RegistryClient` per registry host for all the stores of one owner.
+
+    Stores are per repository, but connections, tokens, the scheme probe and the
+    concurrency bound belong to the host: sharing the client makes a sync of thousands
+    of repositories pay for them once per worker instead of once per repository.
+    """
+
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        self.options = options or StoreOptions()
+        self._clients: dict[str, RegistryClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str) -> RegistryClient:
+        with self._lock:
+            client = self._clients.get(host)
+            if client is None:
+                client = self._clients[host] = RegistryClient(host, self.options)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

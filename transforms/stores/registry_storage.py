@@ -128,7 +128,7 @@ class RegistryStorageSource(FsStore, Source):
                 continue
             yield from self._repositories(f"{path}/{child}", f"{name}/{child}" if name else child)
 
-    def list_images(self) -> Iterator[ImageEntry]:
+    def list_images(self, *, details: bool = True) -> Iterator[ImageEntry]:
         root = self._v2("repositories")
         if not self.fs.exists(self._v2()):
             raise NotFound(f"{self._where()}: no registry storage (no docker/registry/v2 below it)")

@@ -10,6 +10,7 @@ from transforms.stores.docker_archive import DockerArchiveDestination, DockerArc
 from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
 from transforms.stores.reference import ImageReference
 from transforms.stores.registry import RegistryDestination, RegistrySource
+from transforms.stores.registry_client import ClientPool
 from transforms.stores.registry_storage import RegistryStorageSource
 
 if TYPE_CHECKING:
@@ -32,27 +33,33 @@ _DESTINATIONS: dict[str, type[Destination]] = {
 _WITH_OPTIONS = frozenset({"docker"})
 
 
-def open_source(ref: ImageReference, options: StoreOptions | None = None) -> Source:
+def open_source(
+    ref: ImageReference, options: StoreOptions | None = None, *, clients: ClientPool | None = None
+) -> Source:
     """The store to read ``ref`` from; the ref's name is passed later to ``get_root``.
 
-    ``options`` configure registry transports; file stores need nothing beyond the URL.
+    ``options`` configure registry transports and ``clients`` shares their per-host
+    connections; file stores need nothing beyond the URL.
     """
     cls = _SOURCES.get(ref.transport)
     if cls is None:
         raise StoreError(f"{ref.transport}: is not supported as a source yet ({ref})")
     if ref.transport in _WITH_OPTIONS:
-        return cls(ref.location, options)  # type: ignore[call-arg]
+        return cls(ref.location, options, clients=clients)  # type: ignore[call-arg]
     return cls(ref.location)  # type: ignore[call-arg]
 
 
-def open_destination(ref: ImageReference, options: StoreOptions | None = None) -> Destination:
+def open_destination(
+    ref: ImageReference, options: StoreOptions | None = None, *, clients: ClientPool | None = None
+) -> Destination:
     """The store to write ``ref`` into; names are given later in ``publish``.
 
-    ``options`` configure registry transports; file stores need nothing beyond the URL.
+    ``options`` configure registry transports and ``clients`` shares their per-host
+    connections; file stores need nothing beyond the URL.
     """
     cls = _DESTINATIONS.get(ref.transport)
     if cls is None:
         raise StoreError(f"{ref.transport}: is not supported as a destination yet ({ref})")
     if ref.transport in _WITH_OPTIONS:
-        return cls(ref.location, options)  # type: ignore[call-arg]
+        return cls(ref.location, options, clients=clients)  # type: ignore[call-arg]
     return cls(ref.location)  # type: ignore[call-arg]
