@@ -25,7 +25,7 @@ from transforms.plan import (
     blob_needs,
     choose_format,
 )
-from transforms.storecache import StoreCache
+from transforms.storecache import StoreCache, blob_domain
 from transforms.stores.base import Destination, Source, StoreError
 from transforms.stores.options import StoreOptions
 from transforms.tree import load_config, resolve_tree
@@ -179,7 +179,7 @@ class PlanTargetsFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(
                     BLOBS,
                     (
-                        f"{plan.job.source_store}|{need.descriptor.digest}|{need.recompress or ''}",
+                        f"{blob_domain(plan.job.source_store)}|{need.descriptor.digest}|{need.recompress or ''}",
                         BlobRequest(
                             source_store=plan.job.source_store,
                             dest_store=target.store,

@@ -18,6 +18,17 @@ def store_id(ref: ImageReference) -> str:
     return str(ImageReference(ref.transport, ref.location, None))
 
 
+def blob_domain(store: str) -> str:
+    """The scope in which one digest names one blob: a registry host, or the store itself.
+
+    Two repositories of one registry hold the same bytes under the same digest, so a
+    blob needed by many of them is read once and uploaded once, then mounted.
+    """
+    if store.startswith("docker://"):
+        return "docker://" + store[len("docker://") :].split("/", 1)[0]
+    return store
+
+
 class StoreCache:
     def __init__(self, options: StoreOptions | None = None) -> None:
         self._options = options or StoreOptions()
