@@ -96,3 +96,25 @@ def test_copy_job_selects_registry_images_by_tag_or_digest():
     job = copy_job(parse_reference("oci:/l:apps/web:1.0"), [Output("dir:/o", "oci")], ())
     assert (job.source_store, job.image) == ("oci:/l", "apps/web:1.0")
     assert job.targets[0].format == "oci" and job.targets[0].name is None
+
+
+def test_target_whose_name_already_points_at_the_digest_is_up_to_date(tmp_path):
+    from pipeline.samples import write_oci_samples
+    from transforms.audit import now
+    from transforms.plan import ImagePlan
+    from transforms.resolve import plan_target
+    from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
+    from transforms.tree import resolve_tree
+
+    write_oci_samples(str(tmp_path / "s"))
+    source = OCILayoutSource(str(tmp_path / "s"))
+    job = copy_job(parse_reference(f"oci:{tmp_path}/s:demo/multi:1.0"),
+                   [Output(f"oci:{tmp_path}/s:demo/multi:1.0"), Output(f"oci:{tmp_path}/s:other"),
+                    Output(f"oci:{tmp_path}/s:demo/multi:1.0", "v2s2")], ())
+    plan = ImagePlan("k", job, now(), root=resolve_tree(source, job, configs=False))
+    same, other, converted = (plan_target(plan, i, OCILayoutDestination(str(tmp_path / "s")), source)
+                              for i in range(3))
+    assert (same.up_to_date, same.blobs, same.error) == (True, [], None)
+    assert not other.up_to_date and len(other.blobs) == 5
+    assert converted.error == (f"oci:{tmp_path}/s:demo/multi:1.0 cannot store "
+                               "application/vnd.docker.distribution.manifest.v2+json manifests")

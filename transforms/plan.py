@@ -117,6 +117,8 @@ class TargetPlan:
     formats: dict[str, str | None] = field(default_factory=dict)
     blobs: list[BlobNeed] = field(default_factory=list)
     error: str | None = None
+    #: The destination name already points at the digest this plan would write.
+    up_to_date: bool = False
 
 
 def family(media_type: str) -> str:

@@ -80,10 +80,11 @@ def write_manifests(
     rendered = render_tree(tp.root, tp.formats, layer_info, recompressed)
     for item in rendered:
         node = item.node
-        if item.new_config is not None:
-            destination.put_blob(*item.new_config)
-        destination.put_manifest(ManifestBlob(item.data, item.media_type, item.digest), root=node is tp.root)
-        copied, skipped, nbytes = (0, 0, 0) if node.is_index else _count_blobs(node, blobs, owner)
+        if not tp.up_to_date:
+            if item.new_config is not None:
+                destination.put_blob(*item.new_config)
+            destination.put_manifest(ManifestBlob(item.data, item.media_type, item.digest), root=node is tp.root)
+        copied, skipped, nbytes = (0, 0, 0) if node.is_index else _count_blobs(node, blobs, owner, tp.up_to_date)
         rows.append(
             AuditRow(
                 run_id=run_id,
@@ -103,6 +104,8 @@ def write_manifests(
             )
         )
     root = rendered[-1]
+    if tp.up_to_date:  # the name already points at this digest: nothing to publish
+        return Finalized(publication=None, rows=rows)
     publication = Publication(
         ref=tp.target.name,
         descriptor=root.descriptor,
@@ -117,11 +120,22 @@ def _referenced(node: ManifestNode) -> list[str]:
     return [d.digest for d in blobs_of(p)] if not isinstance(p, ImageIndex) else []
 
 
-def _count_blobs(node: ManifestNode, blobs: dict[str, BlobResult], owner: set[str]) -> tuple[int, int, int]:
-    """Blob counts for one manifest; a blob shared by siblings counts for the first one."""
+def _count_blobs(
+    node: ManifestNode, blobs: dict[str, BlobResult], owner: set[str], all_present: bool = False
+) -> tuple[int, int, int]:
+    """Blob counts for one manifest; a blob shared by siblings counts for the first one.
+
+    ``all_present``: the image was found complete at the destination, every blob skipped.
+    """
     copied = skipped = nbytes = 0
     for d in _referenced(node):
-        if d in owner or d not in blobs:
+        if d in owner:
+            continue
+        if all_present:
+            owner.add(d)
+            skipped += 1
+            continue
+        if d not in blobs:
             continue
         owner.add(d)
         r = blobs[d]

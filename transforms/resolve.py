@@ -96,7 +96,7 @@ def plan_target(plan: ImagePlan, index: int, destination: Destination, source: S
                 fmt = _format_for_compression(node, fmt, compression, target, destination)
             written_type = _written_type(node, fmt)
             if not destination.accepts_manifest(written_type):
-                raise StoreError(f"{target.destination} cannot store a {written_type} manifest")
+                raise StoreError(f"{target.destination} cannot store {written_type} manifests")
             if fmt is not None and not node.is_index and source is not None:
                 load_config(source, node)
             tp.formats[node.manifest.digest] = fmt
@@ -107,6 +107,9 @@ def plan_target(plan: ImagePlan, index: int, destination: Destination, source: S
                 if old is None or (need.need_diff_id and not old.need_diff_id):
                     needs[need.descriptor.digest] = need
         tp.blobs = list(needs.values())
+        if target.name and compression == "preserve" and all(f is None for f in tp.formats.values()) \
+                and destination.current_digest(target.name) == root.manifest.digest:
+            tp.up_to_date, tp.blobs = True, []
     except Exception as exc:
         tp.error = errors.one_line(exc)
     return tp

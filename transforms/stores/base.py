@@ -151,6 +151,15 @@ class Destination(abc.ABC):
         """
         return False
 
+    def current_digest(self, name: str) -> str | None:
+        """The digest ``name`` points at in this store now, None if unknown or unnamed.
+
+        Lets a rerun skip an image that is already there under its name: names are
+        published last, after everything they reach, so a name that points at the digest
+        we would write means the whole image is present.
+        """
+        return None
+
     @abc.abstractmethod
     def has_manifest(self, digest: str) -> bool: ...
 

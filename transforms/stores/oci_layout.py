@@ -199,6 +199,10 @@ class OCILayoutDestination(FsStore, Destination):
     def _where(self) -> str:
         return f"oci:{self.url}"
 
+    def _reset_cache(self) -> None:
+        #: ref name -> digest from index.json, read once per store object (cleared by publish).
+        self._names: dict[str, str] | None = None
+
     def prepare(self) -> None:
         fs = self.fs
         if fs.exists(self.root):
@@ -228,6 +232,21 @@ class OCILayoutDestination(FsStore, Destination):
     def has_manifest(self, digest: str) -> bool:
         return self.has_blob(digest)
 
+    def current_digest(self, name: str) -> str | None:
+        with self._lock:
+            if self._names is None:
+                path = self.path(INDEX_FILE)
+                names: dict[str, str] = {}
+                if self.fs.exists(path):
+                    index = _load_index(read_bytes(self.fs, path, f"{self._where()}: index.json"), self._where())
+                    for entry in index["manifests"]:
+                        ref = _entry_ref(entry)
+                        if ref is not None and isinstance(entry.get("digest"), str):
+                            names[ref] = entry["digest"]
+                self._names = names
+            digest = self._names.get(name)
+        return digest if digest is not None and self.has_blob(digest) else None
+
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         if not self.accepts_manifest(manifest.media_type):
             raise StoreError(f"{self._where()}: cannot store a {manifest.media_type} manifest")
@@ -239,6 +258,8 @@ class OCILayoutDestination(FsStore, Destination):
         """One read-modify-write of index.json so no publication of the run is lost."""
         if not publications:
             return
+        with self._lock:
+            self._names = None
         fs = self.fs
         index_path = self.path(INDEX_FILE)
         if fs.exists(index_path):

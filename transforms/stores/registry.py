@@ -734,6 +734,12 @@ class RegistryDestination(_RegistryStore, Destination):
                 log.debug("%s: could not cancel the unused upload: %s", self.where(), exc)
         return False
 
+    def current_digest(self, name: str) -> str | None:
+        if name.startswith(("sha256:", "sha512:")) or not _TAG_RE.match(name):
+            return None
+        reply = self._head_manifest(self.repository, name)
+        return reply.headers.get("Docker-Content-Digest") if reply is not None else None
+
     def has_manifest(self, digest: str) -> bool:
         return self._head_manifest(self.repository, digest) is not None
 
