@@ -9,6 +9,10 @@ names a runner, we use the FnApiRunner directly, which runs in-process and honou
 from __future__ import annotations
 
 DEFAULT_RUNNER = "FnApiRunner"
+#: Local defaults: copies wait on registries and disks, not on the CPU, so several bundles
+#: in threads keep a 2-core machine busy (measured: 8 beat 4 and 16 on the benchmark).
+DEFAULT_LOCAL_MODE = "multi_threading"
+DEFAULT_LOCAL_WORKERS = 8
 
 
 def _has_flag(args: list[str], name: str) -> bool:
@@ -20,6 +24,11 @@ def beam_argv(extra: list[str]) -> list[str]:
     args = list(extra)
     if not _has_flag(args, "runner"):
         args.append(f"--runner={DEFAULT_RUNNER}")
+    if runner_name_of(args) in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"):
+        if not _has_flag(args, "direct_running_mode"):
+            args.append(f"--direct_running_mode={DEFAULT_LOCAL_MODE}")
+        if not _has_flag(args, "direct_num_workers"):
+            args.append(f"--direct_num_workers={DEFAULT_LOCAL_WORKERS}")
     return args
 
 
@@ -30,7 +39,10 @@ def pipeline_options(extra: list[str]):
 
 
 def runner_name(extra: list[str]) -> str:
-    args = beam_argv(extra)
+    return runner_name_of(beam_argv(extra))
+
+
+def runner_name_of(args: list[str]) -> str:
     for i, a in enumerate(args):
         if a.startswith("--runner="):
             return a.split("=", 1)[1]
