@@ -557,3 +557,28 @@ def test_tls_verification_and_ca_bundle(tmp_path: Path) -> None:
             assert insecure.client.base_url() == f"https://{reg.host}"  # TLS kept, only unverified
     finally:
         reg.stop()
+
+
+def test_known_size_blob_streams_in_one_put_after_its_post(registry: Registry, options: StoreOptions) -> None:
+    """The cheapest upload for a registry: POST, then the whole body in the final PUT."""
+    dest = RegistryDestination(f"{registry.host}/monolithic/put", options)
+    layer = os.urandom(3 << 20)
+    desc = Descriptor(mt.DOCKER_LAYER_GZIP, sha256(layer), len(layer))
+    calls: list[str] = []
+    client = dest.client
+    request, send_stream = client.request, client.send_stream
+    client.request = lambda method, *a, **k: calls.append(method) or request(method, *a, **k)  # type: ignore[method-assign]
+    client.send_stream = lambda method, *a, **k: calls.append(f"stream {method}") or send_stream(method, *a, **k)  # type: ignore[method-assign]
+    _write_in_pieces(dest, desc, layer, 1 << 20)
+    assert calls == ["POST", "stream PUT"]
+    assert dest.has_blob(desc.digest)
+
+
+def test_more_bytes_than_announced_fail_without_a_hang(registry: Registry, options: StoreOptions) -> None:
+    dest = RegistryDestination(f"{registry.host}/monolithic/long", options)
+    layer = os.urandom(2 << 20)
+    sink = dest.blob_sink(Descriptor(mt.DOCKER_LAYER_GZIP, sha256(layer), len(layer) - 10))
+    with pytest.raises(StoreError, match="more than its"):
+        sink.write(layer)
+    sink.abort()
+    assert not dest.has_blob(sha256(layer))

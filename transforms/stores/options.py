@@ -19,7 +19,8 @@ class StoreOptions:
     ca_bundle: str | None = None
     #: Concurrent requests per registry host from one worker.
     registry_concurrency: int = 8
-    #: Blobs at or below this size are uploaded in one PUT; larger ones in chunked PATCHes.
-    monolithic_upload_limit: int = 64 << 20
+    #: Blobs of known size up to this are streamed in one PUT (the cheapest upload for a
+    #: registry: no chunk state to save); larger or unsized ones go in chunked PATCHes.
+    monolithic_upload_limit: int = 4 << 30
     #: Size of each PATCH when a blob is uploaded in chunks.
-    upload_chunk_size: int = 64 << 20
+    upload_chunk_size: int = 128 << 20

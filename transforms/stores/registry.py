@@ -430,27 +430,38 @@ class _UploadAborted(Exception):
 
 
 class _Patch:
-    """One PATCH request running in a helper thread while ``write`` feeds its body."""
+    """One streamed upload request (a PATCH chunk, or a whole-blob PUT) in a helper thread
+    while ``write`` feeds its body."""
 
-    def __init__(self, sink: "RegistryBlobSink", start: int, length: int | None, capacity: int) -> None:
-        self.capacity = capacity  # bytes this PATCH may carry
+    def __init__(
+        self, sink: "RegistryBlobSink", start: int, length: int | None, capacity: int, *, monolithic: bool = False
+    ) -> None:
+        self.capacity = capacity  # bytes this request may carry
         self.sent = 0
         self.body = _PipeBody(length)
         self.reply: Reply | None = None
         self.error: BaseException | None = None
         headers = {"Content-Type": "application/octet-stream"}
-        if length is not None:
-            headers["Content-Range"] = f"{start}-{start + length - 1}"
+        assert sink._location is not None
+        if monolithic:
+            # The whole blob in the final PUT: the registry hashes it as it arrives and
+            # links it only if it matches the digest, with no chunk state to save.
+            request = ("PUT", _with_query(sink._location, digest=sink.descriptor.digest), (201, 204))
+        else:
+            request = ("PATCH", sink._location, (202,))
+            if length is not None:
+                headers["Content-Range"] = f"{start}-{start + length - 1}"
         self._thread = threading.Thread(
-            target=self._run, args=(sink, sink._location, headers), name="imagepush-upload", daemon=True
+            target=self._run, args=(sink, request, headers), name="imagepush-upload", daemon=True
         )
         self._thread.start()
 
-    def _run(self, sink: "RegistryBlobSink", location: str, headers: dict[str, str]) -> None:
+    def _run(self, sink: "RegistryBlobSink", request: tuple[str, str, tuple[int, ...]], headers: dict[str, str]) -> None:
+        method, url, ok = request
         try:
             self.reply = sink._client.send_stream(
-                "PATCH", location, self.body, scopes=sink._scopes, where=sink._where,
-                what=f"upload of blob {sink.descriptor.digest}", ok=(202,), headers=headers,
+                method, url, self.body, scopes=sink._scopes, where=sink._where,
+                what=f"upload of blob {sink.descriptor.digest}", ok=ok, headers=headers,
             )
         except BaseException as exc:  # handed to the writer thread, which raises it
             self.error = exc
@@ -515,8 +526,9 @@ class RegistryBlobSink(BlobSink):
         self._size = size
         limit = int(options.monolithic_upload_limit)
         self._small = size is not None and size <= min(limit, SMALL_BLOB_LIMIT)
-        #: Blobs up to the monolithic limit go in one PATCH; larger ones in chunk-sized PATCHes.
-        self._patch_size = size if size is not None and size <= limit and size > 0 else self._chunk
+        #: Known sizes up to the monolithic limit stream in one PUT; others in chunk-sized PATCHes.
+        self._monolithic = size is not None and 0 < size <= limit and not self._small
+        self._patch_size = size if self._monolithic else self._chunk
         self._buffer = bytearray()
         self._location: str | None = None
         self._offset = 0
@@ -563,11 +575,15 @@ class RegistryBlobSink(BlobSink):
             if self._patch is None:
                 self._begin_patch()
             assert self._patch is not None
+            if self._patch.room == 0:  # only a whole-blob PUT stays open when full
+                raise StoreError(
+                    f"{self._where}: blob {self.descriptor.digest} has more than its {self._size} bytes"
+                )
             piece = view[: self._patch.room]
             self._patch.put(bytes(piece))
             self._patch.sent += len(piece)
             view = view[len(piece) :]
-            if self._patch.room == 0:
+            if self._patch.room == 0 and not self._monolithic:
                 self._end_patch()
 
     def _begin_patch(self) -> None:
@@ -581,7 +597,14 @@ class RegistryBlobSink(BlobSink):
             capacity = length
         else:
             length, capacity = None, self._chunk  # unknown size: chunked encoding, no range
-        self._patch = _Patch(self, self._offset, length, capacity)
+        self._patch = _Patch(self, self._offset, length, capacity, monolithic=self._monolithic)
+
+    def _finish_monolithic(self) -> Reply:
+        """End the whole-blob PUT; its answer is the commit."""
+        patch, self._patch = self._patch, None
+        if patch is None or patch.sent != self._size:
+            raise StoreError(f"{self._where}: blob {self.descriptor.digest} ended before its {self._size} bytes")
+        return patch.finish()
 
     def _end_patch(self) -> None:
         patch, self._patch = self._patch, None
@@ -606,20 +629,25 @@ class RegistryBlobSink(BlobSink):
             return
         digest = self.descriptor.digest
         try:
-            if self._small or self._location is None:
-                body = bytes(self._buffer)
-                self._start_session()
-            else:
-                if self._patch is not None:
-                    self._end_patch()
-                body = b""
+            monolithic = self._monolithic and self._location is not None
+            if not monolithic:
+                if self._small or self._location is None:
+                    body = bytes(self._buffer)
+                    self._start_session()
+                else:
+                    if self._patch is not None:
+                        self._end_patch()
+                    body = b""
             assert self._location is not None
             try:
-                reply = self._client.request(
-                    "PUT", _with_query(self._location, digest=digest), scopes=self._scopes, where=self._where,
-                    what=f"upload of blob {digest}", ok=(201, 204), body=body,
-                    headers={"Content-Type": "application/octet-stream"},
-                )
+                if monolithic:
+                    reply = self._finish_monolithic()
+                else:
+                    reply = self._client.request(
+                        "PUT", _with_query(self._location, digest=digest), scopes=self._scopes, where=self._where,
+                        what=f"upload of blob {digest}", ok=(201, 204), body=body,
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
             except RegistryError as exc:
                 # The PUT may have succeeded with its answer lost, and a retry then finds
                 # the session gone: the blob being there is what counts.
