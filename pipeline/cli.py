@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import logging
 import sys
-import time
 import uuid
 from typing import Sequence
 

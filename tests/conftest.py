@@ -48,3 +48,17 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
     return proc
+
+
+FIXTURES = fixtures_root()
+
+
+def fixture(name: str) -> bytes:
+    """The bytes of one public fixture file, by its path below the fixture root."""
+    return (FIXTURES / name).read_bytes()
+
+
+def sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-from pathlib import Path
 
 import orjson
 import pytest
@@ -25,22 +23,8 @@ from transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifes
 from transforms.formats.schema1 import parse_schema1
 
 
-def fixtures_dir() -> Path:
-    env = os.environ.get("IMAGEPUSH_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "public"
+from tests.conftest import fixture, sha256  # noqa: E402
 
-
-FIXTURES = fixtures_dir()
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 DOCKER_CONFIG = "conversion/ci__schema2-config.json"

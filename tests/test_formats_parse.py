@@ -6,10 +6,7 @@ containers/image, skopeo and go-containerregistry) and their README.txt.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-from pathlib import Path
 
 import orjson
 import pytest
@@ -29,22 +26,8 @@ from transforms.formats.manifest import (
 from transforms.formats.schema1 import Schema1Manifest
 
 
-def fixtures_dir() -> Path:
-    env = os.environ.get("IMAGEPUSH_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "public"
+from tests.conftest import FIXTURES, fixture, sha256  # noqa: E402
 
-
-FIXTURES = fixtures_dir()
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # --------------------------------------------------------------------------- jsonio

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-from pathlib import Path
 
 import orjson
 import pytest
@@ -16,18 +14,7 @@ from transforms.formats.manifest import manifest_digest, parse_manifest
 from transforms.formats.schema1 import parse_schema1, payload_of
 
 
-def fixtures_dir() -> Path:
-    env = os.environ.get("IMAGEPUSH_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "public"
-
-
-FIXTURES = fixtures_dir()
-
-
-def fixture(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
+from tests.conftest import fixture  # noqa: E402
 
 
 SIGNED = "docker-schema1/ci__v2s1.manifest.json"
