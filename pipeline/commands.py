@@ -71,8 +71,10 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
     source = _source(args.source, options)
     dests = _destinations(args.destinations)
     platforms = tuple(args.platform)
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
     spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args,
-                   options=options)
+                   options=options, parallel=args.parallel)
     if args.format == "v2s2" and args.compression == "zstd":
         raise UsageError("--compression zstd needs OCI manifests; it cannot be combined with --format v2s2")
     outputs = [Output(str(d), args.format, args.compression) for d in dests]

@@ -22,6 +22,8 @@ class RunSpec:
     syncs: list = field(default_factory=list)
     beam_args: list[str] = field(default_factory=list)
     options: StoreOptions = field(default_factory=StoreOptions)
+    #: Images and blobs handled at once by each I/O step of each worker.
+    parallel: int = 8
 
 
 def run(spec: RunSpec) -> None:
@@ -45,4 +47,4 @@ def run(spec: RunSpec) -> None:
             parts.append(expanded.jobs)
             extra_rows = expanded[ExpandSyncFn.FAILED]
         jobs = parts[0] if len(parts) == 1 else (parts | "AllJobs" >> beam.Flatten())
-        _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, spec.options, extra_rows)
+        _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, spec.options, extra_rows, spec.parallel)

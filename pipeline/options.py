@@ -4,15 +4,15 @@ Beam 2.77's ``DirectRunner`` first tries to download the Prism runner binary; wi
 internet that costs a timeout and a logged error before it falls back. Unless the user
 names a runner, we use the FnApiRunner directly, which runs in-process and honours
 ``--direct_num_workers`` and ``--direct_running_mode``.
+
+Parallelism does not come from Beam's local modes by default: each I/O step runs its
+elements on a bounded thread pool of its own (``--parallel``), which on two cores costs
+far less CPU than the gRPC plumbing of ``multi_threading`` bundles.
 """
 
 from __future__ import annotations
 
 DEFAULT_RUNNER = "FnApiRunner"
-#: Local defaults: copies wait on registries and disks, not on the CPU, so several bundles
-#: in threads keep a 2-core machine busy (measured: 8 beat 4 and 16 on the benchmark).
-DEFAULT_LOCAL_MODE = "multi_threading"
-DEFAULT_LOCAL_WORKERS = 8
 
 
 def _has_flag(args: list[str], name: str) -> bool:
@@ -24,11 +24,6 @@ def beam_argv(extra: list[str]) -> list[str]:
     args = list(extra)
     if not _has_flag(args, "runner"):
         args.append(f"--runner={DEFAULT_RUNNER}")
-    if runner_name_of(args) in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"):
-        if not _has_flag(args, "direct_running_mode"):
-            args.append(f"--direct_running_mode={DEFAULT_LOCAL_MODE}")
-        if not _has_flag(args, "direct_num_workers"):
-            args.append(f"--direct_num_workers={DEFAULT_LOCAL_WORKERS}")
     return args
 
 

@@ -139,3 +139,21 @@ def test_recompression_refuses_a_source_that_does_not_match_its_digest():
 
     with pytest.raises(BlobVerificationError):
         recompress(io.BytesIO(PAYLOAD), sha(PAYLOAD + b"!"), None, "gzip", io.BytesIO())
+
+
+class VerifyingSink(RecordingSink):
+    verifies_digest = True
+
+
+def test_hashing_is_left_to_receivers_that_verify_the_digest_themselves():
+    sinks = [VerifyingSink(), VerifyingSink()]
+    outcome = stream_blob(io.BytesIO(PAYLOAD + b"x"), sha(PAYLOAD), None, sinks)
+    # The registry's final PUT would refuse this content; no local check stands in its way.
+    assert outcome.sink_errors == {} and all(s.committed for s in sinks)
+
+
+def test_one_non_verifying_sink_keeps_the_local_check():
+    sinks = [VerifyingSink(), RecordingSink()]
+    with pytest.raises(BlobVerificationError):
+        stream_blob(io.BytesIO(PAYLOAD + b"x"), sha(PAYLOAD), None, sinks)
+    assert all(s.aborted and not s.committed for s in sinks)

@@ -29,6 +29,7 @@ from pipeline.samples import tar_layer, write_oci_samples
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.formats.schema1 import payload_of
+from transforms.stores.base import BlobSink as BlobSinkBase
 from transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from transforms.stores.options import StoreOptions
 from transforms.stores.reference import parse_reference
@@ -524,14 +525,33 @@ def test_copy_engine_registry_to_registry(registry: Registry) -> None:
             outcome = stream_blob(reader, d.digest, d.size, [x.blob_sink(d) for x in dests], want_diff_id=True)
         assert outcome.sink_errors == {} and outcome.size == d.size
         assert all(x.has_blob(d.digest) for x in dests)
-    # A source whose bytes do not match: every sink is aborted, nothing becomes visible.
+    # A source whose bytes do not match: the registries check the digest themselves at
+    # the final PUT and refuse it; nothing becomes visible under that digest.
     big = os.urandom(700_000)
     fake = Descriptor(mt.OCI_LAYER_GZIP, sha256(b"not these bytes"), len(big))
     import io
 
-    with pytest.raises(BlobVerificationError):
-        stream_blob(io.BytesIO(big), fake.digest, fake.size, [x.blob_sink(fake) for x in dests], chunk_size=100_000)
+    outcome = stream_blob(io.BytesIO(big), fake.digest, fake.size, [x.blob_sink(fake) for x in dests],
+                          chunk_size=100_000)
+    assert sorted(outcome.sink_errors) == [0, 1]
+    assert all("DIGEST_INVALID" in e for e in outcome.sink_errors.values()), outcome.sink_errors
     assert not any(x.has_blob(fake.digest) for x in dests)
+    # A store that does not verify by itself among them: checked here, all aborted.
+    with pytest.raises(BlobVerificationError):
+        stream_blob(io.BytesIO(big), fake.digest, fake.size, [dests[0].blob_sink(fake), _Unverified()],
+                    chunk_size=100_000)
+    assert not dests[0].has_blob(fake.digest)
+
+
+class _Unverified(BlobSinkBase):
+    def write(self, chunk: bytes) -> None:
+        pass
+
+    def commit(self) -> None:
+        raise AssertionError("must not be committed")
+
+    def abort(self) -> None:
+        pass
 
 
 def test_tls_verification_and_ca_bundle(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import tempfile
 import time
 from typing import Iterable, Iterator
 
-import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import errors
@@ -23,7 +22,7 @@ from transforms.blobio import DEFAULT_CHUNK, recompress, stream_blob
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
-from transforms.storecache import StoreCache
+from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
 from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
@@ -51,11 +50,15 @@ def registry_host(store: str) -> str | None:
     return store[len("docker://") :].split("/", 1)[0]
 
 
-class CopyBlobsFn(beam.DoFn):
+class CopyBlobsFn(StoreDoFn):
     """(source blob key, requests) -> (target key, BlobResult) for every request."""
 
-    def __init__(self, options: StoreOptions | None = None, chunk_size: int = DEFAULT_CHUNK) -> None:
-        self._options = options
+    pool_name = "copy"
+
+    def __init__(
+        self, options: StoreOptions | None = None, parallel: int = DEFAULT_PARALLEL, chunk_size: int = DEFAULT_CHUNK
+    ) -> None:
+        super().__init__(options, parallel)
         self._chunk = chunk_size
         self._copied = Metrics.counter("imagepush", "blobs_copied")
         self._present = Metrics.counter("imagepush", "blobs_present")
@@ -63,8 +66,19 @@ class CopyBlobsFn(beam.DoFn):
         self._failed = Metrics.counter("imagepush", "blobs_failed")
 
     def setup(self) -> None:
-        self._stores = StoreCache(self._options)
+        super().setup()
         self._progress = _Progress()
+
+    def observe(self, output: tuple[str, BlobResult]) -> None:
+        result = output[1]
+        if result.status == COPIED:
+            self._copied.inc()
+            self._bytes.inc(result.bytes_copied)
+            self._progress.add(result.bytes_copied)
+        elif result.status in (PRESENT, MOUNTED):
+            self._present.inc()
+        elif result.status == FAILED:
+            self._failed.inc()
 
     def _has(self, store: str, digest: str) -> tuple[str, str | None] | None:
         try:
@@ -183,7 +197,7 @@ class CopyBlobsFn(beam.DoFn):
             status, written, _, _ = self._deliver(new, reread, result.size, stores, False, [])
         return status, written, size, result.diff_id, (compression, result.digest, result.size)
 
-    def process(self, element: tuple[str, Iterable[BlobRequest]]) -> Iterator[tuple[str, BlobResult]]:
+    def work(self, element: tuple[str, Iterable[BlobRequest]]) -> Iterator[tuple[str, BlobResult]]:
         _, requests = element
         requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
         first = requests[0]
@@ -208,14 +222,6 @@ class CopyBlobsFn(beam.DoFn):
         digest = requests[0].descriptor.digest
         for store in stores:
             state, error = status.get(store, (FAILED, "blob was not copied"))
-            if state == COPIED:
-                self._copied.inc()
-                self._bytes.inc(written)
-                self._progress.add(written)
-            elif state in (PRESENT, MOUNTED):
-                self._present.inc()
-            else:
-                self._failed.inc()
             attributed = False
             for r in requests:
                 if r.dest_store != store:
@@ -232,6 +238,3 @@ class CopyBlobsFn(beam.DoFn):
                     recompressed=recompressed,
                 )
                 attributed = attributed or state == COPIED
-
-    def teardown(self) -> None:
-        self._stores.close()

@@ -19,6 +19,7 @@ from typing import Iterator
 import apache_beam as beam
 
 from transforms import audit, errors
+from transforms.concurrency import DEFAULT_PARALLEL
 from transforms.copyblobs import CopyBlobsFn
 from transforms.naming import sync_job
 from transforms.plan import CopyJob, Output
@@ -113,27 +114,29 @@ class MigrateImages(beam.PTransform):
         audit_url: str,
         options: StoreOptions | None = None,
         extra_rows: beam.PCollection | None = None,
+        parallel: int = DEFAULT_PARALLEL,
     ) -> None:
         super().__init__()
         self._options = options
+        self._parallel = parallel
         self._run_id = run_id
         self._audit_url = audit_url
         self._extra_rows = extra_rows
 
     def expand(self, jobs: beam.PCollection) -> beam.PCollection:
-        plans = jobs | "SpreadJobs" >> beam.Reshuffle() | "Resolve" >> beam.ParDo(ResolveImageFn(self._options))
-        planned = plans | "PlanTargets" >> beam.ParDo(PlanTargetsFn(self._options)).with_outputs(BLOBS, main="targets")
+        plans = jobs | "SpreadJobs" >> beam.Reshuffle() | "Resolve" >> beam.ParDo(ResolveImageFn(self._options, self._parallel))
+        planned = plans | "PlanTargets" >> beam.ParDo(PlanTargetsFn(self._options, self._parallel)).with_outputs(BLOBS, main="targets")
         blob_results = (
             planned[BLOBS]
             | "GroupBySourceBlob" >> beam.GroupByKey()
-            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(self._options))
+            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(self._options, self._parallel))
         )
         rows = (
             {"plan": planned.targets, "blobs": blob_results}
             | "JoinBlobsToTargets" >> beam.CoGroupByKey()
-            | "WriteManifests" >> beam.ParDo(FinalizeFn(self._run_id, self._options))
+            | "WriteManifests" >> beam.ParDo(FinalizeFn(self._run_id, self._options, self._parallel))
             | "GroupByStore" >> beam.GroupByKey()
-            | "PublishNames" >> beam.ParDo(PublishFn(self._options))
+            | "PublishNames" >> beam.ParDo(PublishFn(self._options, self._parallel))
         )
         if self._extra_rows is not None:
             rows = (rows, self._extra_rows) | "AllRows" >> beam.Flatten()

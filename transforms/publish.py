@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import errors
@@ -21,7 +20,7 @@ from transforms.formats.manifest import ImageIndex, blobs_of
 from transforms.plan import COPIED, FAILED as BLOB_FAILED, BlobResult, ManifestNode, TargetPlan
 from transforms.render import render_tree
 from transforms.stores.base import Destination, ManifestBlob, Publication
-from transforms.storecache import StoreCache
+from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
 from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
@@ -147,17 +146,16 @@ def _count_blobs(
     return copied, skipped, nbytes
 
 
-class FinalizeFn(beam.DoFn):
+class FinalizeFn(StoreDoFn):
     """(target key, {plan, blobs}) -> (store, Finalized): manifests written, name pending."""
 
-    def __init__(self, run_id: str, options: StoreOptions | None = None) -> None:
+    pool_name = "manifests"
+
+    def __init__(self, run_id: str, options: StoreOptions | None = None, parallel: int = DEFAULT_PARALLEL) -> None:
+        super().__init__(options, parallel)
         self._run_id = run_id
-        self._options = options
 
-    def setup(self) -> None:
-        self._stores = StoreCache(self._options)
-
-    def process(self, element) -> Iterator[tuple[str, Finalized]]:
+    def work(self, element) -> Iterator[tuple[str, Finalized]]:
         _, grouped = element
         results = list(grouped["blobs"])
         # Identical jobs share a key; each is finalized (idempotently) and audited.
@@ -181,22 +179,22 @@ class FinalizeFn(beam.DoFn):
             return store, Finalized(None, _rows_failed(tp, self._run_id, errors.one_line(exc)))
         return store, finalized
 
-    def teardown(self) -> None:
-        self._stores.close()
 
-
-class PublishFn(beam.DoFn):
+class PublishFn(StoreDoFn):
     """(store, [Finalized]) -> audit rows, after publishing every name in one store call."""
 
-    def __init__(self, options: StoreOptions | None = None) -> None:
-        self._options = options
+    pool_name = "publish"
+
+    def __init__(self, options: StoreOptions | None = None, parallel: int = DEFAULT_PARALLEL) -> None:
+        super().__init__(options, parallel)
         self._ok = Metrics.counter("imagepush", "images_ok")
         self._failed = Metrics.counter("imagepush", "images_failed")
 
-    def setup(self) -> None:
-        self._stores = StoreCache(self._options)
+    def observe(self, row: AuditRow) -> None:
+        if row.role != "child":
+            (self._ok if row.status == OK else self._failed).inc()
 
-    def process(self, element: tuple[str, Iterable[Finalized]]) -> Iterator[AuditRow]:
+    def work(self, element: tuple[str, Iterable[Finalized]]) -> Iterator[AuditRow]:
         store, finals = element
         finals = list(finals)
         publications = [f.publication for f in finals if f.publication is not None]
@@ -213,10 +211,6 @@ class PublishFn(beam.DoFn):
                 if error and row.status == OK:
                     row = row.failed(error, finished)
                 if row.role != "child":
-                    (self._ok if row.status == OK else self._failed).inc()
                     log.info("%s -> %s: %s", row.source, row.destination, row.status if row.status == OK
                              else f"failed: {row.error}")
                 yield row
-
-    def teardown(self) -> None:
-        self._stores.close()

@@ -25,9 +25,9 @@ from transforms.plan import (
     blob_needs,
     choose_format,
 )
-from transforms.storecache import StoreCache, blob_domain
+from transforms.concurrency import StoreDoFn
+from transforms.storecache import blob_domain
 from transforms.stores.base import Destination, Source, StoreError
-from transforms.stores.options import StoreOptions
 from transforms.tree import load_config, resolve_tree
 
 log = logging.getLogger(__name__)
@@ -41,16 +41,12 @@ def job_key(job: CopyJob) -> str:
     return f"{job.source}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-class ResolveImageFn(beam.DoFn):
+class ResolveImageFn(StoreDoFn):
     """CopyJob -> ImagePlan (with the manifest tree, or the error that stopped it)."""
 
-    def __init__(self, options: StoreOptions | None = None) -> None:
-        self._options = options
+    pool_name = "resolve"
 
-    def setup(self) -> None:
-        self._stores = StoreCache(self._options)
-
-    def process(self, job: CopyJob) -> Iterator[ImagePlan]:
+    def work(self, job: CopyJob) -> Iterator[ImagePlan]:
         key = job_key(job)
         plan = ImagePlan(key=key, job=job, started_at=now())
         try:
@@ -59,9 +55,6 @@ class ResolveImageFn(beam.DoFn):
             plan.error = errors.one_line(exc)
             log.warning("%s: %s", job.source, plan.error)
         yield plan
-
-    def teardown(self) -> None:
-        self._stores.close()
 
 
 def plan_target(plan: ImagePlan, index: int, destination: Destination, source: Source | None = None) -> TargetPlan:
@@ -152,20 +145,16 @@ def _written_type(node: ManifestNode, fmt: str | None) -> str:
     return mt.OCI_MANIFEST if fmt == "oci" else mt.DOCKER_SCHEMA2
 
 
-class PlanTargetsFn(beam.DoFn):
+class PlanTargetsFn(StoreDoFn):
     """ImagePlan -> (key, TargetPlan) per target, and blob requests on the ``blobs`` output.
 
     Blob requests are keyed by source store and digest, so that one read of a source
     blob serves every destination and every image that needs it.
     """
 
-    def __init__(self, options: StoreOptions | None = None) -> None:
-        self._options = options
+    pool_name = "plan"
 
-    def setup(self) -> None:
-        self._stores = StoreCache(self._options)
-
-    def process(self, plan: ImagePlan):
+    def work(self, plan: ImagePlan):
         for index, target in enumerate(plan.job.targets):
             try:
                 destination = self._stores.destination(target.store)
@@ -193,6 +182,3 @@ class PlanTargetsFn(beam.DoFn):
                         ),
                     ),
                 )
-
-    def teardown(self) -> None:
-        self._stores.close()

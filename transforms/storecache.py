@@ -6,6 +6,8 @@ first time it needs it and reuses it (and its connection pools) across bundles.
 
 from __future__ import annotations
 
+import threading
+
 from transforms.stores.base import Destination, Source
 from transforms.stores.options import StoreOptions
 from transforms.stores.registry_client import ClientPool
@@ -35,16 +37,22 @@ class StoreCache:
         self._clients = ClientPool(self._options)
         self._sources: dict[str, Source] = {}
         self._destinations: dict[str, Destination] = {}
+        #: DoFns use the cache from their I/O threads.
+        self._lock = threading.Lock()
 
     def source(self, store: str) -> Source:
-        if store not in self._sources:
-            self._sources[store] = open_source(parse_reference(store), self._options, clients=self._clients)
-        return self._sources[store]
+        with self._lock:
+            if store not in self._sources:
+                self._sources[store] = open_source(parse_reference(store), self._options, clients=self._clients)
+            return self._sources[store]
 
     def destination(self, store: str) -> Destination:
-        if store not in self._destinations:
-            self._destinations[store] = open_destination(parse_reference(store), self._options, clients=self._clients)
-        return self._destinations[store]
+        with self._lock:
+            if store not in self._destinations:
+                self._destinations[store] = open_destination(
+                    parse_reference(store), self._options, clients=self._clients
+                )
+            return self._destinations[store]
 
     def close(self) -> None:
         for store in [*self._sources.values(), *self._destinations.values()]:

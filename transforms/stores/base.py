@@ -97,6 +97,10 @@ class Source(abc.ABC):
 class BlobSink(abc.ABC):
     """A blob being written; nothing is visible under its digest before :meth:`commit`."""
 
+    #: True when the receiving end checks the content against the digest itself and
+    #: refuses a mismatch (a registry's final ``PUT ?digest=``): the copier need not hash.
+    verifies_digest: bool = False
+
     @abc.abstractmethod
     def write(self, chunk: bytes) -> None: ...
 

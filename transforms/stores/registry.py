@@ -510,9 +510,14 @@ class _Patch:
 class RegistryBlobSink(BlobSink):
     """Uploads one blob; the registry makes it visible only at the final PUT in :meth:`commit`.
 
+    The final ``PUT ?digest=`` makes the registry hash what it received and refuse a
+    mismatch (``DIGEST_INVALID``), so this sink :attr:`verifies_digest` itself.
+
     Failures of the streamed part are :class:`RetriableUploadError`: the bytes are gone,
     and the caller must copy again from a fresh source read.
     """
+
+    verifies_digest = True
 
     def __init__(self, destination: "RegistryDestination", descriptor: Descriptor) -> None:
         self.descriptor = descriptor
