@@ -22,7 +22,7 @@ from transforms.blobio import DEFAULT_CHUNK, recompress, stream_blob
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
-from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
+from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn, in_global_window
 from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
@@ -68,6 +68,27 @@ class CopyBlobsFn(StoreDoFn):
     def setup(self) -> None:
         super().setup()
         self._progress = _Progress()
+
+    def start_bundle(self) -> None:
+        self._queued: list[tuple[str, list[BlobRequest]]] = []
+
+    def process(self, element: tuple[str, Iterable[BlobRequest]]) -> Iterator[tuple[str, BlobResult]]:
+        """Hold the bundle's requests (small descriptors) to start the largest blobs first.
+
+        With many small blobs and a few big ones, a big blob started last would copy
+        alone at the end; largest-first keeps every thread busy until the end.
+        """
+        key, requests = element
+        self._queued.append((key, list(requests)))
+        return iter(())
+
+    def finish_bundle(self) -> Iterator:
+        queued, self._queued = self._queued, []
+        queued.sort(key=lambda item: -max(r.descriptor.size for r in item[1]))
+        for item in queued:
+            for output in self._pool.submit(self.work, item):
+                yield in_global_window(output)
+        yield from self._pool.drain()
 
     def observe(self, output: tuple[str, BlobResult]) -> None:
         result = output[1]
