@@ -11,7 +11,7 @@ import orjson
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
 from pipeline.graph import RunSpec, run
-from pipeline.options import is_multiprocess
+from pipeline.options import UnknownBeamOption, is_multiprocess, pipeline_options
 from transforms import audit
 from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
 from transforms.stores.transports import open_destination, open_source
@@ -111,6 +111,10 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
+    try:
+        pipeline_options(spec.beam_args)
+    except UnknownBeamOption as exc:
+        raise UsageError(str(exc)) from None
     prepare_destinations(spec)
     started = time.monotonic()
     try:

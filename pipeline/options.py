@@ -12,6 +12,8 @@ far less CPU than the gRPC plumbing of ``multi_threading`` bundles.
 
 from __future__ import annotations
 
+import logging
+
 DEFAULT_RUNNER = "FnApiRunner"
 
 
@@ -27,23 +29,40 @@ def beam_argv(extra: list[str]) -> list[str]:
     return args
 
 
+class UnknownBeamOption(ValueError):
+    """An option neither imagepush nor Beam knows (a typo Beam would silently drop)."""
+
+
+class _Discarded(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "unparseable args" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
 def pipeline_options(extra: list[str]):
+    """Beam's options for this run; an option Beam does not know is an error, not a warning."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    return PipelineOptions(beam_argv(extra))
-
-
-def runner_name(extra: list[str]) -> str:
-    return runner_name_of(beam_argv(extra))
-
-
-def runner_name_of(args: list[str]) -> str:
-    for i, a in enumerate(args):
-        if a.startswith("--runner="):
-            return a.split("=", 1)[1]
-        if a == "--runner" and i + 1 < len(args):
-            return args[i + 1]
-    return DEFAULT_RUNNER
+    options = PipelineOptions(beam_argv(extra))
+    handler = _Discarded()
+    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
+    saved = beam_log.level, beam_log.propagate
+    beam_log.addHandler(handler)
+    beam_log.setLevel(logging.WARNING)  # heard here, not printed (the CLI quiets Beam)
+    beam_log.propagate = False
+    try:
+        options.get_all_options()
+    finally:
+        beam_log.removeHandler(handler)
+        beam_log.setLevel(saved[0])
+        beam_log.propagate = saved[1]
+    if handler.messages:
+        raise UnknownBeamOption(handler.messages[0].replace("Discarding unparseable args", "unknown options"))
+    return options
 
 
 def is_multiprocess(extra: list[str]) -> bool:

@@ -123,3 +123,14 @@ def test_inspect_as_oci_converts_a_schema1_config_with_measured_diff_ids(capsys,
                 for d in reversed(kept)]
     assert config["rootfs"] == {"type": "layers", "diff_ids": expected}
     assert [h["created_by"] for h in config["history"]][0] == "/bin/sh -c #(nop) ADD file:base in /"
+
+
+def test_a_misspelt_beam_option_is_a_usage_error_not_ignored(capsys, tmp_path):
+    from pipeline.samples import write_oci_samples
+
+    write_oci_samples(str(tmp_path / "s"))
+    code, out, err = run_cli(capsys, "copy", f"oci:{tmp_path}/s:demo/app:1.0", f"oci:{tmp_path}/o",
+                             "--direct_num_worker", "2")
+    assert code == EXIT_USAGE
+    assert err.strip() == "imagepush: unknown options: ['--direct_num_worker', '2']"
+    assert not (tmp_path / "o").exists()

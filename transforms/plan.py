@@ -18,7 +18,6 @@ from transforms.formats.schema1 import Schema1Manifest
 from transforms.stores.base import ManifestBlob
 
 PRESERVE, OCI, V2S2 = "preserve", "oci", "v2s2"
-FORMATS = (PRESERVE, OCI, V2S2)
 
 Parsed = ImageManifest | ImageIndex | Schema1Manifest
 
