@@ -62,3 +62,13 @@ def sha256(data: bytes) -> str:
     import hashlib
 
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def layout(tmp_path_factory) -> Path:
+    """An OCI layout of the project's sample images (demo/app:1.0, demo/multi:1.0)."""
+    from pipeline.samples import write_oci_samples
+
+    path = tmp_path_factory.mktemp("samples") / "layout"
+    write_oci_samples(str(path))
+    return path

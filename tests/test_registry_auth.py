@@ -24,7 +24,7 @@ except ImportError:  # tests/ is not a package
     from conftest import require_tool, run  # type: ignore[no-redef]
     from registry_server import Registry, TokenServer, start_registry  # type: ignore[no-redef]
 
-from pipeline.samples import write_oci_samples
+
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.stores.authfile import find_credentials
@@ -55,13 +55,6 @@ def secrets_absent(text: str, *secrets: str) -> None:
     for secret in secrets:  # "user:password" in base64, as sent in Basic headers
         for user in ("alice", "bob"):
             assert base64.b64encode(f"{user}:{secret}".encode()).decode() not in text
-
-
-@pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("samples") / "layout"
-    write_oci_samples(str(path))
-    return path
 
 
 # -- Basic (htpasswd) -------------------------------------------------------------------

@@ -25,7 +25,7 @@ except ImportError:  # tests/ is not a package
     from conftest import require_tool, run  # type: ignore[no-redef]
     from registry_server import Registry, start_registry  # type: ignore[no-redef]
 
-from pipeline.samples import tar_layer, write_oci_samples
+from pipeline.samples import tar_layer
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
 from transforms.formats.schema1 import payload_of
@@ -48,13 +48,6 @@ def skopeo(*args: str) -> subprocess.CompletedProcess:
 
 def skopeo_raw(host: str, image: str) -> bytes:
     return skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{host}/{image}").stdout
-
-
-@pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("samples") / "layout"
-    write_oci_samples(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
