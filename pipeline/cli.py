@@ -191,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)
+    except BrokenPipeError:
+        # The reader went away (`imagepush ls … | head`): not an error worth a message.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (UsageError, ReferenceError) as exc:
         print(f"imagepush: {exc}", file=sys.stderr)
         return EXIT_USAGE

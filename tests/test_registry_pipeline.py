@@ -166,3 +166,17 @@ def test_wrong_password_fails_with_an_authentication_error_and_never_shows_it(so
         assert main(["copy", f"docker://{source.host}/team/app:1", f"docker://{locked.host}/team/app:1",
                      *insecure(source, locked), "--authfile", str(authfile),
                      "--audit", str(tmp_path / "ok.parquet")]) == 0
+
+
+def test_sync_from_a_registry_storage_tree_keeps_names_and_digests(source, tmp_path):
+    """The storage tree of a registry is read directly, no registry process involved."""
+    assert main(["sync", f"registry-storage:{source.storage}", f"oci:{tmp_path}/export",
+                 "--audit", str(tmp_path / "a.parquet")]) == 0
+    audit = [r for r in rows(tmp_path / "a.parquet") if r["role"] != "child"]
+    oci_kept = {r["source"].rsplit(":", 2)[-2] + ":" + r["source"].rsplit(":", 1)[-1]: r for r in audit}
+    # schema1 cannot live in an OCI layout: converted; the others keep their digests.
+    for (repo, tag) in IMAGES:
+        row = oci_kept[f"{repo}:{tag}"]
+        assert row["status"] == "ok"
+        if repo != "legacy/s1" and tag != "v2s2":
+            assert row["destination_digest"] == row["source_digest"] == digest_of(source.host, f"{repo}:{tag}")
