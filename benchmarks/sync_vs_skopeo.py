@@ -1,0 +1,277 @@
+"""imagepush sync against skopeo sync, registry to registry, on real Docker Distribution.
+
+Run by hand (not in CI); it needs docker-registry, skopeo, umoci and /usr/bin/time:
+
+    .venv/bin/python benchmarks/sync_vs_skopeo.py                  # all workloads, 3 runs each
+    .venv/bin/python benchmarks/sync_vs_skopeo.py --workload b --runs 1
+
+Workloads are built once with umoci from real files on this machine and pushed with
+skopeo into a source registry kept under --work:
+
+  a  60 repositories x 3 tags over 4 shared base layers (>= 1 GB compressed)
+  b  400 tiny images in 200 repositories
+  c  workload a into two destination registries in one imagepush run
+  d  one image with a single multi-GB layer (memory check)
+
+Each run starts fresh destination registries (empty storage). skopeo is run as its users
+run it, ``skopeo sync --src docker --dest docker`` once per repository; imagepush runs one
+``imagepush sync`` over the whole source. Runs alternate which tool goes first and the
+medians of --runs are reported, with imagepush's peak RSS from ``/usr/bin/time -v`` and,
+for workload a, the time of a rerun onto the finished destination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.registry_server import Registry, start_registry  # noqa: E402
+
+IMAGEPUSH = [str(Path(sys.executable).with_name("imagepush"))]
+
+
+def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def pick_dirs(target_bytes: int, count: int, exclude: set[Path]) -> list[list[Path]]:
+    """Directories of real files near ``target_bytes`` each, for base layers."""
+    candidates = []
+    for root in (Path("/usr/lib"), Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/share"), Path(sys.prefix) / "lib"):
+        if not root.is_dir():
+            continue
+        for child in root.iterdir():
+            if child.is_dir() and not child.is_symlink() and child not in exclude:
+                candidates.append(child)
+    sized = sorted(((dir_size(c), c) for c in candidates), reverse=True)
+    chosen: list[list[Path]] = [[] for _ in range(count)]
+    totals = [0] * count
+    for size, path in sized:
+        i = min(range(count), key=lambda k: totals[k])
+        if totals[i] >= target_bytes:
+            break
+        if size > target_bytes * 1.5:
+            continue
+        chosen[i].append(path)
+        totals[i] += size
+    return chosen
+
+
+@dataclass
+class Workload:
+    name: str
+    images: list[tuple[str, str]] = field(default_factory=list)  # (repo, tag)
+
+    @property
+    def repos(self) -> list[str]:
+        return sorted({r for r, _ in self.images})
+
+
+def _app_files(seed: int, nbytes: int, out: Path) -> None:
+    """Copy real files from /usr/bin (chosen by seed) plus one unique file into ``out``."""
+    out.mkdir(parents=True)
+    files = sorted(p for p in Path("/usr/bin").iterdir() if p.is_file() and not p.is_symlink())
+    total, i = 0, seed * 7
+    while total < nbytes:
+        src = files[i % len(files)]
+        shutil.copyfile(src, out / f"{i}-{src.name}")
+        total += src.stat().st_size
+        i += 1
+    (out / "build-id").write_text(f"image {seed}\n")
+
+
+def build_layout(work: Path, name: str) -> Path:
+    layout = work / f"layout-{name}"
+    if (layout / "index.json").exists():
+        return layout
+    tmp = work / f"build-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(layout, ignore_errors=True)
+    sh(["umoci", "init", "--layout", str(layout)])
+    if name == "a":
+        groups = pick_dirs(500 << 20, 4, set())
+        for k, dirs in enumerate(groups):
+            sh(["umoci", "new", "--image", f"{layout}:base{k}"])
+            for d in dirs:
+                sh(["umoci", "insert", "--rootless", "--image", f"{layout}:base{k}", str(d), f"/base/{d.name}"])
+            for repo in range(k, 60, 4):
+                for tag in range(3):
+                    app = tmp / f"app-{repo}-{tag}"
+                    _app_files(repo * 3 + tag, 1_500_000, app)
+                    sh(["umoci", "insert", "--rootless", "--image", f"{layout}:base{k}",
+                        "--tag", f"repo{repo:02d}-t{tag}", str(app), "/app"])
+    elif name == "b":
+        base = tmp / "base"
+        _app_files(9999, 200_000, base)
+        sh(["umoci", "new", "--image", f"{layout}:base"])
+        sh(["umoci", "insert", "--rootless", "--image", f"{layout}:base", str(base), "/base"])
+        for repo in range(200):
+            for tag in range(2):
+                app = tmp / f"app-{repo}-{tag}"
+                app.mkdir(parents=True)
+                (app / "id").write_text(f"tiny {repo} {tag}\n")
+                sh(["umoci", "insert", "--rootless", "--image", f"{layout}:base",
+                    "--tag", f"repo{repo:03d}-t{tag}", str(app), "/app"])
+    elif name == "d":
+        big = pick_dirs(2 << 30, 1, set())[0]
+        sh(["umoci", "new", "--image", f"{layout}:big"])
+        stage = tmp / "big"
+        stage.mkdir(parents=True)
+        for d in big:
+            sh(["cp", "-a", str(d), str(stage / d.name)])
+        sh(["umoci", "insert", "--rootless", "--image", f"{layout}:big", str(stage), "/big"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    return layout
+
+
+def workload_images(layout: Path, name: str) -> Workload:
+    tags = sh(["umoci", "ls", "--layout", str(layout)]).stdout.split()
+    w = Workload(name)
+    for tag in tags:
+        m = re.match(r"^(repo\d+)-(t\d+)$", tag)
+        if m:
+            w.images.append((m.group(1), m.group(2)))
+        elif name == "d" and tag == "big":
+            w.images.append(("big", "latest"))
+    return w
+
+
+def populate_source(work: Path, name: str) -> tuple[Registry, Workload]:
+    """A source registry holding the workload; its storage is kept between benchmark runs."""
+    root = work / f"source-{name}"
+    done = root / "populated"
+    layout = build_layout(work, name)
+    w = workload_images(layout, name)
+    reg = start_registry(root)
+    if not done.exists():
+        for repo, tag in w.images:
+            src_tag = "big" if name == "d" else f"{repo}-{tag}"
+            sh(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false",
+                f"oci:{layout}:{src_tag}", f"docker://{reg.host}/bench/{repo}:{tag}"])
+        done.write_text("ok\n")
+    return reg, w
+
+
+@dataclass
+class Timed:
+    seconds: float
+    rss_mb: float
+
+
+def timed(cmd: list[str], env: dict | None = None) -> Timed:
+    start = time.monotonic()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])}… failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return Timed(elapsed, int(rss.group(1)) / 1024 if rss else float("nan"))
+
+
+def skopeo_sync(src: Registry, dst: Registry, w: Workload) -> Timed:
+    total, peak = 0.0, 0.0
+    for repo in w.repos:
+        t = timed(["skopeo", "--insecure-policy", "sync", "--src", "docker", "--dest", "docker",
+                   "--src-tls-verify=false", "--dest-tls-verify=false",
+                   f"{src.host}/bench/{repo}", f"{dst.host}/mirror"])
+        total += t.seconds
+        peak = max(peak, t.rss_mb)
+    return Timed(total, peak)
+
+
+def imagepush_sync(src: Registry, dsts: list[Registry], work: Path, extra: list[str]) -> Timed:
+    cmd = [*IMAGEPUSH, "sync", f"docker://{src.host}/bench", *(f"docker://{d.host}/mirror" for d in dsts),
+           "--insecure-registry", src.host, *(a for d in dsts for a in ("--insecure-registry", d.host)),
+           "--audit", str(work / f"audit-{time.time_ns()}.parquet"), *extra]
+    return timed(cmd)
+
+
+def fresh_registry(work: Path) -> Registry:
+    return start_registry(Path(tempfile.mkdtemp(prefix="dst-", dir=work)))
+
+
+def stop(reg: Registry) -> None:
+    reg.stop()
+    shutil.rmtree(reg.root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/imagepush-bench"))
+    parser.add_argument("--skip-skopeo", action="store_true", help="time imagepush only")
+    parser.add_argument("imagepush_args", nargs="*", help="extra imagepush options (after --)")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for tool in ("docker-registry", "skopeo", "umoci", "/usr/bin/time"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is needed: apt-get install docker-registry skopeo umoci time")
+
+    print(f"imagepush benchmark on {os.cpu_count()} cores; command: {' '.join(sys.argv)}")
+    results: dict[str, dict] = {}
+    for name in args.workload:
+        base = "a" if name == "c" else name
+        src, w = populate_source(args.work, base)
+        try:
+            ours, theirs, rerun = [], [], []
+            for run in range(args.runs):
+                order = ("imagepush", "skopeo") if run % 2 else ("skopeo", "imagepush")
+                for tool in order:
+                    if tool == "skopeo" and (name == "c" or args.skip_skopeo):
+                        continue
+                    dsts = [fresh_registry(args.work) for _ in range(2 if name == "c" else 1)]
+                    try:
+                        if tool == "skopeo":
+                            theirs.append(skopeo_sync(src, dsts[0], w))
+                        else:
+                            ours.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
+                            if name == "a" and run == 0:
+                                rerun.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
+                    finally:
+                        for d in dsts:
+                            stop(d)
+            results[name] = {"images": len(w.images), "ours": ours, "theirs": theirs, "rerun": rerun}
+            report(name, results[name], results)
+        finally:
+            src.stop()
+
+
+def report(name: str, r: dict, results: dict) -> None:
+    ours = statistics.median(t.seconds for t in r["ours"])
+    rss = max(t.rss_mb for t in r["ours"])
+    line = f"[{name}] {r['images']} images: imagepush {ours:.1f}s ({1000 * ours / r['images']:.0f} ms/image, " \
+           f"peak RSS {rss:.0f} MB)"
+    if r["theirs"]:
+        theirs = statistics.median(t.seconds for t in r["theirs"])
+        line += f"; skopeo {theirs:.1f}s ({1000 * theirs / r['images']:.0f} ms/image); ratio {ours / theirs:.2f}"
+    if name == "c" and "a" in results:
+        one = statistics.median(t.seconds for t in results["a"]["ours"])
+        line += f"; vs one destination {ours / one:.2f}x"
+    if r["rerun"]:
+        again = r["rerun"][0].seconds
+        line += f"; rerun {again:.1f}s = {100 * again / r['ours'][0].seconds:.0f}% of the first run"
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
