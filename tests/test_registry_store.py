@@ -595,3 +595,25 @@ def test_more_bytes_than_announced_fail_without_a_hang(registry: Registry, optio
         sink.write(layer)
     sink.abort()
     assert not dest.has_blob(sha256(layer))
+
+
+def test_a_new_repository_is_asked_once_not_per_blob(registry: Registry, options: StoreOptions) -> None:
+    """A first migration into an empty repository skips a HEAD per blob and per tag."""
+    dest = RegistryDestination(f"{registry.host}/fresh/repo", options)
+    calls: list[str] = []
+    client = dest.client
+    request = client.request
+    client.request = lambda method, path, **k: calls.append(f"{method} {path.split('/v2/')[-1]}") or request(method, path, **k)  # type: ignore[method-assign]
+    digests = [sha256(f"blob {i}".encode()) for i in range(3)]
+    assert [dest.has_blob(d) for d in digests] == [False, False, False]
+    assert dest.current_digest("v1") is None
+    assert calls == ["GET fresh/repo/tags/list"]
+    layer = b"fresh layer"
+    _write_in_pieces(dest, Descriptor(mt.DOCKER_LAYER_GZIP, sha256(layer), len(layer)), layer, 4)
+    assert dest.has_blob(sha256(layer))  # what this store wrote is known present
+    # Blobs without any tag leave the repository unknown to the registry's tag list: another
+    # store object uploads again (idempotent) rather than trust an absent repository.
+    assert RegistryDestination(f"{registry.host}/fresh/repo", options).has_blob(sha256(layer)) is False
+    # Once the repository has a tag, every question goes to the registry as before.
+    _, layer_desc = _push_tiny_image(RegistryDestination(f"{registry.host}/fresh/tagged", options), b"t", tag="v1")
+    assert RegistryDestination(f"{registry.host}/fresh/tagged", options).has_blob(layer_desc.digest) is True

@@ -521,6 +521,7 @@ class RegistryBlobSink(BlobSink):
 
     def __init__(self, destination: "RegistryDestination", descriptor: Descriptor) -> None:
         self.descriptor = descriptor
+        self._destination = destination
         self._client = destination.client
         self._repository = destination.repository
         self._where = destination.where()
@@ -659,6 +660,7 @@ class RegistryBlobSink(BlobSink):
                 if _blob_exists(self._client, self._repository, digest, self._where):
                     log.debug("%s: blob %s present after a failed final PUT (%s)", self._where, digest, exc)
                     self._finished = True
+                    self._destination._note_present(digest)
                     return
                 if isinstance(exc, RetriableUploadError):
                     raise
@@ -667,6 +669,7 @@ class RegistryBlobSink(BlobSink):
             if announced and announced != digest:
                 raise StoreError(f"{self._where}: the registry stored blob {digest} as {announced}")
             self._finished = True
+            self._destination._note_present(digest)
         except BaseException:
             self.abort()
             raise
@@ -711,9 +714,36 @@ class RegistryDestination(_RegistryStore, Destination):
             raise StoreError(f"docker://{self.host}: a destination needs a repository (docker://{self.host}/REPO)")
         #: Serialises manifest writes to this repository (Distribution 2.8 races on tags).
         self._manifest_lock = threading.Lock()
+        self._new_lock = threading.Lock()
+        self._new: bool | None = None
+        #: Blobs this store object put into a repository it found new.
+        self._present: set[str] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["location"], state["options"])  # type: ignore[misc]
+
+    def _is_new_repository(self) -> bool:
+        """Whether the repository did not exist when this store first looked (one request).
+
+        A repository the registry does not know holds no blob links and no tags, so the
+        per-blob HEAD and per-tag HEAD of a first migration would all answer 404: asking
+        once saves a request per blob and per image. Asked once per store object, so
+        what this run uploads meanwhile is never mistaken for absent twice (each blob is
+        copied once per repository per run). Wrong only towards uploading again, which is
+        idempotent.
+        """
+        with self._new_lock:
+            if self._new is None:
+                reply = self.client.request(
+                    "GET", f"/v2/{self.repository}/tags/list", params={"n": "1"},
+                    scopes=[push_scope(self.repository)], where=self.where(), what="tag list", ok=(200, 404),
+                )
+                self._new = reply.status == 404
+            return self._new
+
+    def _note_present(self, digest: str) -> None:
+        with self._new_lock:
+            self._present.add(digest)
 
     def prepare(self) -> None:
         """Fail early, on the launcher, when the registry cannot be reached or refuses us."""
@@ -724,6 +754,9 @@ class RegistryDestination(_RegistryStore, Destination):
         return media_type in mt.MANIFEST_TYPES
 
     def has_blob(self, digest: str) -> bool:
+        if self._is_new_repository():
+            with self._new_lock:
+                return digest in self._present
         return _blob_exists(self.client, self.repository, digest, self.where())
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
@@ -755,6 +788,7 @@ class RegistryDestination(_RegistryStore, Destination):
             return False
         if reply.status == 201:
             log.debug("%s: mounted %s from %s", self.where(), descriptor.digest, source_repo)
+            self._note_present(descriptor.digest)
             return True
         location = reply.location()  # 202: an ordinary upload session we do not want
         if location:
@@ -768,7 +802,7 @@ class RegistryDestination(_RegistryStore, Destination):
         return False
 
     def current_digest(self, name: str) -> str | None:
-        if name.startswith(("sha256:", "sha512:")) or not _TAG_RE.match(name):
+        if name.startswith(("sha256:", "sha512:")) or not _TAG_RE.match(name) or self._is_new_repository():
             return None
         reply = self._head_manifest(self.repository, name)
         return reply.headers.get("Docker-Content-Digest") if reply is not None else None
@@ -849,4 +883,6 @@ class RegistryDestination(_RegistryStore, Destination):
             raise StoreError(f"{self.where()}: {ref!r} is not a valid tag")
         data, media_type = self._publication_bytes(pub)
         self._put_manifest(data, media_type, ref, digest)
+        with self._new_lock:
+            self._new = False  # it has a tag now; later questions go to the registry
         log.debug("%s:%s -> %s", self.where(), ref, digest)
