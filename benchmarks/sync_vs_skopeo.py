@@ -184,6 +184,8 @@ def timed(cmd: list[str], env: dict | None = None) -> Timed:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}… failed ({proc.returncode}): {proc.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    u = re.search(r"User time \(seconds\): ([\d.]+)", proc.stderr); s = re.search(r"System time \(seconds\): ([\d.]+)", proc.stderr)
+    if os.environ.get("SHOWCPU"): print(f"   cpu user {u.group(1)} sys {s.group(1)}", file=sys.stderr)
     return Timed(elapsed, int(rss.group(1)) / 1024 if rss else float("nan"))
 
 

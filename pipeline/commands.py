@@ -84,7 +84,7 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
         for d in dests:
             if d.transport in SINGLE_IMAGE:
                 raise UsageError(f"{d}: a dir: holds one image; sync into oci:, docker-archive: or docker://")
-        from transforms.migrate import SyncSpec
+        from transforms.plan import SyncSpec
 
         spec.syncs.append(SyncSpec(str(source), tuple(outputs), platforms))
     return spec

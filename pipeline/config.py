@@ -131,7 +131,7 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
             registry_concurrency=cfg.registries.concurrency,
         ),
     )
-    from transforms.migrate import SyncSpec
+    from transforms.plan import SyncSpec
 
     try:
         for n, job in enumerate(cfg.jobs):

@@ -12,8 +12,6 @@ makes every name at a store visible in one last write, after all its manifests.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from typing import Iterator
 
 import apache_beam as beam
@@ -21,35 +19,14 @@ import apache_beam as beam
 from transforms import audit, errors
 from transforms.concurrency import DEFAULT_PARALLEL
 from transforms.copyblobs import CopyBlobsFn
-from transforms.naming import sync_job
-from transforms.plan import CopyJob, Output
+from transforms.naming import sync_jobs
+from transforms.plan import CopyJob, SyncSpec
 from transforms.publish import FinalizeFn, PublishFn
 from transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
-from transforms.stores.base import ImageEntry
-from transforms.stores.reference import parse_reference
-from transforms.storecache import StoreCache, store_id
+from transforms.storecache import StoreCache
 from transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
-
-
-@dataclass(frozen=True)
-class SyncSpec:
-    """Copy every image a source store holds to every destination (name-mapped)."""
-
-    source: str
-    destinations: tuple[Output, ...]
-    platforms: tuple[str, ...] = ()
-    #: Regular expressions over ``repository:tag``; an image is kept if it matches
-    #: any include (or there is none) and no exclude.
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    def wants(self, entry: ImageEntry) -> bool:
-        name = f"{entry.repository}:{entry.tag or ''}" if entry.repository else (entry.tag or entry.ref)
-        if self.include and not any(re.search(p, name) for p in self.include):
-            return False
-        return not any(re.search(p, name) for p in self.exclude)
 
 
 class ExpandSyncFn(beam.DoFn):
@@ -68,13 +45,9 @@ class ExpandSyncFn(beam.DoFn):
         self._stores = StoreCache(self._options)
 
     def process(self, spec: SyncSpec) -> Iterator[CopyJob]:
-        source = parse_reference(spec.source)
         started = audit.now()
         try:
-            entries: Iterator[ImageEntry] = self._stores.source(store_id(source)).list_images(details=False)
-            for entry in entries:
-                if spec.wants(entry):
-                    yield sync_job(source, entry, list(spec.destinations), spec.platforms)
+            yield from sync_jobs(spec, self._stores)
         except Exception as exc:
             message = f"listing {spec.source} failed: {errors.one_line(exc)}"
             log.warning(message)

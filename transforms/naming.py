@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from transforms.plan import CopyJob, Output, Target
+from typing import Iterator
+
+from transforms.plan import CopyJob, Output, SyncSpec, Target
 from transforms.stores.base import ImageEntry, StoreError
 from transforms.stores.reference import ImageReference, parse_reference
-from transforms.storecache import store_id
+from transforms.storecache import StoreCache, store_id
 
 
 def copy_target(out: Output) -> Target:
@@ -90,3 +92,11 @@ def sync_job(
         targets=tuple(sync_target(out, entry) for out in outputs),
         platforms=platforms,
     )
+
+
+def sync_jobs(spec: SyncSpec, stores: StoreCache) -> Iterator[CopyJob]:
+    """One job per image the sync's source lists and its filters keep, lazily (catalogs can be huge)."""
+    source = parse_reference(spec.source)
+    for entry in stores.source(store_id(source)).list_images(details=False):
+        if spec.wants(entry):
+            yield sync_job(source, entry, list(spec.destinations), spec.platforms)

@@ -9,13 +9,14 @@ and is tested without Beam.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor, Platform
 from transforms.formats.manifest import ImageIndex, ImageManifest, blobs_of
 from transforms.formats.schema1 import Schema1Manifest
-from transforms.stores.base import ManifestBlob
+from transforms.stores.base import ImageEntry, ManifestBlob
 
 PRESERVE, OCI, V2S2 = "preserve", "oci", "v2s2"
 
@@ -44,6 +45,25 @@ class Output:
     ref: str
     format: str = PRESERVE
     compression: str = PRESERVE
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """Copy every image a source store holds to every destination (name-mapped)."""
+
+    source: str
+    destinations: tuple[Output, ...]
+    platforms: tuple[str, ...] = ()
+    #: Regular expressions over ``repository:tag``; an image is kept if it matches
+    #: any include (or there is none) and no exclude.
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def wants(self, entry: ImageEntry) -> bool:
+        name = f"{entry.repository}:{entry.tag or ''}" if entry.repository else (entry.tag or entry.ref)
+        if self.include and not any(re.search(p, name) for p in self.include):
+            return False
+        return not any(re.search(p, name) for p in self.exclude)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ and which blobs must be present before anything is published.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Iterator
 
@@ -14,31 +13,17 @@ import apache_beam as beam
 
 from transforms import errors
 from transforms.audit import now
-from transforms.formats import mediatypes as mt
-from transforms.plan import (
-    BlobNeed,
-    BlobRequest,
-    CopyJob,
-    ImagePlan,
-    ManifestNode,
-    TargetPlan,
-    blob_needs,
-    choose_format,
-)
 from transforms.concurrency import StoreDoFn
+from transforms.plan import BlobRequest, CopyJob, ImagePlan, TargetPlan
 from transforms.storecache import blob_domain
-from transforms.stores.base import Destination, Source, StoreError
-from transforms.tree import load_config, resolve_tree
+from transforms.targets import job_key, plan_target
+from transforms.tree import resolve_tree
+
+__all__ = ["BLOBS", "PlanTargetsFn", "ResolveImageFn", "job_key", "plan_target"]
 
 log = logging.getLogger(__name__)
 
 BLOBS = "blobs"
-
-
-def job_key(job: CopyJob) -> str:
-    """A key unique to the job: the same image may be copied by several jobs of one run."""
-    text = repr((job.source_store, job.source, job.image, job.digest, job.targets, job.platforms))
-    return f"{job.source}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 class ResolveImageFn(StoreDoFn):
@@ -55,94 +40,6 @@ class ResolveImageFn(StoreDoFn):
             plan.error = errors.one_line(exc)
             log.warning("%s: %s", job.source, plan.error)
         yield plan
-
-
-def plan_target(plan: ImagePlan, index: int, destination: Destination, source: Source | None = None) -> TargetPlan:
-    """Decide formats and blobs for one target; ``source`` reads configs conversions need."""
-    target = plan.job.targets[index]
-    tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root, error=plan.error)
-    if tp.error:
-        return tp
-    root = plan.root
-    holds_indexes = destination.accepts_manifest(mt.OCI_INDEX) or destination.accepts_manifest(mt.DOCKER_LIST)
-    if root.is_index and not holds_indexes:
-        # Stores that hold single images (docker-archive) take an index narrowed to one image.
-        if len(root.children) != 1:
-            tp.error = (
-                f"{target.destination} holds single images and {plan.job.source} is an index of "
-                f"{len(root.children)}; choose one with --platform"
-            )
-            return tp
-        root = tp.root = root.children[0]
-    compression = target.compression
-    if destination.fixed_layer_compression is not None:
-        compression = "preserve"
-    try:
-        needs: dict[str, BlobNeed] = {}
-        for node in root.walk():
-            fmt = choose_format(
-                node.manifest.media_type, target.format, destination.accepts_manifest, destination.preferred_format
-            )
-            if node.is_index:
-                fmt = _index_format(node, fmt, tp.formats)
-            elif compression != "preserve":
-                fmt = _format_for_compression(node, fmt, compression, target, destination)
-            written_type = _written_type(node, fmt)
-            if not destination.accepts_manifest(written_type):
-                raise StoreError(f"{target.destination} cannot store {written_type} manifests")
-            if fmt is not None and not node.is_index and source is not None:
-                load_config(source, node)
-            tp.formats[node.manifest.digest] = fmt
-            for need in blob_needs(node, fmt):
-                if compression != "preserve":
-                    need = _recompressed(need, compression)
-                old = needs.get(need.descriptor.digest)
-                if old is None or (need.need_diff_id and not old.need_diff_id):
-                    needs[need.descriptor.digest] = need
-        tp.blobs = list(needs.values())
-        if target.name and compression == "preserve" and all(f is None for f in tp.formats.values()) \
-                and destination.current_digest(target.name) == root.manifest.digest:
-            tp.up_to_date, tp.blobs = True, []
-    except Exception as exc:
-        tp.error = errors.one_line(exc)
-    return tp
-
-
-def _recompressed(need: BlobNeed, compression: str) -> BlobNeed:
-    """Mark a layer for rewriting when its compression differs from the one asked for."""
-    current = mt.layer_compression(need.descriptor.media_type)
-    if current == "unknown" or current == compression or need.descriptor.urls:
-        return need
-    return BlobNeed(need.descriptor, need_diff_id=need.need_diff_id, recompress=compression)
-
-
-def _format_for_compression(node: ManifestNode, fmt, compression: str, target, destination: Destination):
-    """Recompressed layers change the manifest: schema1 cannot be edited and Docker has no zstd."""
-    if fmt is None and node.manifest.media_type in mt.SCHEMA1_TYPES:
-        fmt = "oci" if compression == "zstd" else destination.preferred_format
-    if compression == "zstd" and _written_type(node, fmt) != mt.OCI_MANIFEST:
-        if target.format == "v2s2":
-            raise StoreError("zstd layers need OCI manifests: use --format oci (or preserve)")
-        fmt = "oci"
-    return fmt
-
-
-def _index_format(node: ManifestNode, fmt, formats: dict[str, str | None]):
-    """A Docker manifest list cannot list OCI manifests: follow children converted to OCI."""
-    if _written_type(node, fmt) != mt.DOCKER_LIST:
-        return fmt
-    for child in node.children:
-        if _written_type(child, formats[child.manifest.digest]) in (mt.OCI_MANIFEST, mt.OCI_INDEX):
-            return "oci"
-    return fmt
-
-
-def _written_type(node: ManifestNode, fmt: str | None) -> str:
-    if fmt is None:
-        return node.manifest.media_type
-    if node.is_index:
-        return mt.OCI_INDEX if fmt == "oci" else mt.DOCKER_LIST
-    return mt.OCI_MANIFEST if fmt == "oci" else mt.DOCKER_SCHEMA2
 
 
 class PlanTargetsFn(StoreDoFn):
