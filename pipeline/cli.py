@@ -61,6 +61,10 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         p.add_argument("--compression", choices=("preserve", "gzip", "zstd", "none"), default="preserve",
                        help="layer compression written (default: preserve, layers copied as they are); "
                             "zstd needs OCI manifests; docker-archive always stores layers uncompressed")
+        p.add_argument("--no-preflight", dest="preflight", action="store_false",
+                       help="skip the launcher's check for images already current at their destinations "
+                            "(by default a rerun with nothing to do starts no pipeline); the workers "
+                            "then list and check everything, as for a very large catalog on Dataflow")
         p.add_argument("--audit", metavar="URL",
                        help="where the Parquet audit goes (any fsspec URL; default "
                             "./imagepush-audit/<run-id>.parquet)")

@@ -74,7 +74,7 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args,
-                   options=options, parallel=args.parallel)
+                   options=options, parallel=args.parallel, preflight=args.preflight)
     if args.format == "v2s2" and args.compression == "zstd":
         raise UsageError("--compression zstd needs OCI manifests; it cannot be combined with --format v2s2")
     outputs = [Output(str(d), args.format, args.compression) for d in dests]
@@ -111,12 +111,21 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
-    try:
-        pipeline_options(spec.beam_args)
-    except UnknownBeamOption as exc:
-        raise UsageError(str(exc)) from None
+    if spec.beam_args:  # nothing to check (and Beam not to import) without them
+        try:
+            pipeline_options(spec.beam_args)
+        except UnknownBeamOption as exc:
+            raise UsageError(str(exc)) from None
     prepare_destinations(spec)
     started = time.monotonic()
+    if spec.preflight:
+        from transforms.preflight import preflight
+
+        settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel)
+        spec.jobs, spec.syncs, spec.rows = settled.jobs, settled.syncs, spec.rows + settled.rows
+        if not settled.pipeline_needed:  # every image already current: no pipeline to start
+            audit.write(spec.rows, spec.audit_url)
+            return summarize(spec.audit_url, time.monotonic() - started)
     try:
         run(spec)
     except Exception as exc:  # a bug or a runner failure, not a per-image error

@@ -93,6 +93,8 @@ class JobConfig(_Strict):
 class RunConfig(_Strict):
     audit: str | None = None
     parallel: int = Field(default=8, ge=1)
+    #: Check destinations on the launcher first (see ``--no-preflight``).
+    preflight: bool = True
     runner: dict[str, Any] = Field(default_factory=dict)
     defaults: Defaults = Field(default_factory=Defaults)
     registries: RegistryConfig = Field(default_factory=RegistryConfig)
@@ -124,6 +126,7 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
         audit_url=cfg.audit or default_audit,
         beam_args=_beam_flags(cfg.runner) + list(extra_beam_args),
         parallel=cfg.parallel,
+        preflight=cfg.preflight,
         options=StoreOptions(
             insecure_registries=tuple(cfg.registries.insecure),
             authfile=cfg.registries.authfile,

@@ -24,6 +24,10 @@ class RunSpec:
     options: StoreOptions = field(default_factory=StoreOptions)
     #: Images and blobs handled at once by each I/O step of each worker.
     parallel: int = 8
+    #: Settle images already current at their destinations on the launcher, before Beam.
+    preflight: bool = True
+    #: Audit rows settled before the pipeline (by the preflight); written with the others.
+    rows: list = field(default_factory=list)
 
 
 def run(spec: RunSpec) -> None:
@@ -35,7 +39,9 @@ def run(spec: RunSpec) -> None:
 
     with beam.Pipeline(options=pipeline_options(spec.beam_args)) as p:
         parts = []
-        extra_rows = None
+        extra = []
+        if spec.rows:
+            extra.append(p | "SettledRows" >> beam.Create(spec.rows))
         if spec.jobs:
             parts.append(p | "CopyJobs" >> beam.Create(spec.jobs))
         if spec.syncs:
@@ -45,6 +51,9 @@ def run(spec: RunSpec) -> None:
                 | "ListSources" >> beam.ParDo(ExpandSyncFn(spec.run_id, spec.options)).with_outputs(ExpandSyncFn.FAILED, main="jobs")
             )
             parts.append(expanded.jobs)
-            extra_rows = expanded[ExpandSyncFn.FAILED]
+            extra.append(expanded[ExpandSyncFn.FAILED])
         jobs = parts[0] if len(parts) == 1 else (parts | "AllJobs" >> beam.Flatten())
+        extra_rows = None
+        if extra:
+            extra_rows = extra[0] if len(extra) == 1 else (extra | "ExtraRows" >> beam.Flatten())
         _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, spec.options, extra_rows, spec.parallel)

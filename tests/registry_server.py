@@ -297,6 +297,8 @@ def start_registry(
             "log": {"level": "warn", "accesslog": {"disabled": True}},
             "storage": {
                 "filesystem": {"rootdirectory": str(root / "storage")},
+                # As in the configuration the Debian package ships.
+                "cache": {"blobdescriptor": "inmemory"},
                 "delete": {"enabled": True},
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },

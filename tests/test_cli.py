@@ -83,6 +83,16 @@ def test_run_config_gives_each_destination_its_own_format():
     assert spec.syncs[0].include == ("^app",)
 
 
+def test_preflight_is_on_unless_the_config_or_the_command_line_turns_it_off():
+    jobs = "jobs:\n  - copy: oci:/a:app:1\n    to: [oci:/b:app:1]\n"
+    assert parse_run_config(jobs, "r", "/tmp/a", []).preflight is True
+    assert parse_run_config("preflight: false\n" + jobs, "r", "/tmp/a", []).preflight is False
+    from pipeline.cli import build_parser
+
+    assert build_parser().parse_args(["sync", "oci:/a", "oci:/b"]).preflight is True
+    assert build_parser().parse_args(["sync", "oci:/a", "oci:/b", "--no-preflight"]).preflight is False
+
+
 def test_inspect_of_a_missing_layout_fails_with_exit_1_in_one_line(capsys, tmp_path):
     code, out, err = run_cli(capsys, "inspect", f"oci:{tmp_path}/none:tag")
     assert code == 1

@@ -33,7 +33,7 @@ from transforms.stores.base import BlobSink as BlobSinkBase
 from transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from transforms.stores.options import StoreOptions
 from transforms.stores.reference import parse_reference
-from transforms.stores.registry import RegistryDestination, RegistrySource
+from transforms.stores.registry import LISTING_AHEAD, RegistryDestination, RegistrySource
 from transforms.stores.registry_client import RegistryError
 from transforms.stores.transports import open_destination, open_source
 
@@ -219,10 +219,12 @@ def test_catalog_pagination(tmp_path: Path, layout: Path) -> None:
         assert len(seen_urls) >= 4  # 8 repositories, 2 per page
         prefixed = entries(RegistrySource(f"{reg.host}/many", opts, page_size=2))
         assert [repo for _, repo, _ in prefixed] == [f"r{i:02d}" for i in range(7)]
-        # list_images is a generator: the first entry comes before the catalog is exhausted
+        # list_images is a generator: the first entry comes before the catalog is exhausted,
+        # with tags of at most LISTING_AHEAD more repositories (three pages of two) fetched ahead.
         seen_urls.clear()
         first = next(iter(src.list_images(page_size=2)))
-        assert first.ref == "many/r00:t" and len(seen_urls) == 1
+        assert LISTING_AHEAD == 4
+        assert first.ref == "many/r00:t" and len(seen_urls) == 3
     finally:
         reg.stop()
 

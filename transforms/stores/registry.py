@@ -32,6 +32,8 @@ import queue
 import re
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -72,6 +74,8 @@ SMALL_BLOB_LIMIT = 1 << 20
 PIPE_DEPTH = 4
 #: A PATCH body waiting this long for the next ``write`` gives up (the writer died).
 PIPE_IDLE_TIMEOUT = 600.0
+#: Repositories whose first tag page is fetched ahead while a registry is listed.
+LISTING_AHEAD = 4
 ACCEPT = ", ".join(mt.ACCEPT_MANIFESTS)
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST_REF_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
@@ -352,8 +356,7 @@ class RegistrySource(_RegistryStore, Source):
                             yield entry
                     return
         prefix = self.repository
-        for repository in self._repositories(page_size):
-            tags = self._tags(repository, page_size)
+        for repository, tags in self._tags_ahead(self._repositories(page_size), page_size):
             if tags is None:
                 continue
             if repository == prefix:
@@ -366,6 +369,32 @@ class RegistrySource(_RegistryStore, Source):
                 entry = self._entry(repository, tag, relative, details)
                 if entry is not None:
                     yield entry
+
+
+    def _tags_ahead(
+        self, repositories: Iterator[str], page_size: int | None
+    ) -> Iterator[tuple[str, Iterator[str] | None]]:
+        """Each repository with its tags, in catalog order, first tag pages fetched ahead.
+
+        One tag-list request per repository, made one after another, is most of the
+        time of listing a registry of many small repositories (and of a rerun that finds
+        everything current). A few are kept in flight, within the client's per-registry
+        limit; the look-ahead is bounded, so a huge catalog is still listed lazily.
+        """
+        workers = max(1, min(LISTING_AHEAD, self.options.registry_concurrency))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="imagepush-tags")
+        pending: deque[tuple[str, Future]] = deque()
+        try:
+            for repository in repositories:
+                pending.append((repository, pool.submit(self._tags, repository, page_size)))
+                if len(pending) > workers:
+                    name, future = pending.popleft()
+                    yield name, future.result()
+            while pending:
+                name, future = pending.popleft()
+                yield name, future.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:

@@ -1,0 +1,160 @@
+"""Settling, before any pipeline starts, the images whose destinations are already current.
+
+A rerun of a finished sync should cost a listing and a digest check per image, not a
+pipeline run: on Dataflow a job with nothing to do still takes minutes to start, and on
+one machine the runner's start-up is most of a rerun. The launcher therefore asks each
+destination what its names point at; only where a name exists does it read the source
+manifest and let :func:`plan_target` (the planning step's own rule) decide. A target is
+settled here only when it is current, and then gets the audit rows the pipeline would
+have written. Everything else — errors, conversions, images to copy, a listing that
+fails — is handed to the pipeline unchanged, which reports it as before.
+
+Beam-free and I/O-bound: a bounded thread pool, with the per-registry request limits
+of the stores' clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from transforms import errors
+from transforms.audit import AuditRow, now
+from transforms.finalize import write_manifests
+from transforms.naming import sync_jobs
+from transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
+from transforms.storecache import StoreCache
+from transforms.stores.options import StoreOptions
+from transforms.targets import job_key, plan_target
+from transforms.tree import resolve_tree
+
+log = logging.getLogger("imagepush.progress")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Preflight:
+    """What is left for the pipeline, and the audit rows of what is already done."""
+
+    jobs: list[CopyJob] = field(default_factory=list)
+    #: Syncs whose source could not be listed here: the pipeline lists them (and reports).
+    syncs: list[SyncSpec] = field(default_factory=list)
+    rows: list[AuditRow] = field(default_factory=list)
+    #: (image, destination) pairs found current.
+    current: int = 0
+
+    @property
+    def pipeline_needed(self) -> bool:
+        return bool(self.jobs or self.syncs)
+
+
+def preflight(
+    jobs: Iterable[CopyJob],
+    syncs: Iterable[SyncSpec],
+    run_id: str,
+    options: StoreOptions | None = None,
+    parallel: int = 8,
+) -> Preflight:
+    """Check every job (and every image the syncs list) against its destinations."""
+    result = Preflight()
+    stores = StoreCache(options)
+    # Mostly waiting on registries: as many checks in flight as one registry accepts.
+    workers = max(1, parallel, (options or StoreOptions()).registry_concurrency)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-preflight") as pool:
+            for job, (left, rows) in _bounded_map(pool, 2 * workers, lambda j: _check(j, stores, run_id), jobs):
+                _take(result, job, left, rows)
+            for spec in syncs:
+                taken: list[tuple[CopyJob, CopyJob | None, list[AuditRow]]] = []
+                try:
+                    for job, (left, rows) in _bounded_map(
+                        pool, 2 * workers, lambda j: _check(j, stores, run_id), sync_jobs(spec, stores)
+                    ):
+                        taken.append((job, left, rows))
+                except Exception as exc:  # listing failed: the pipeline lists again and reports it
+                    log.debug("preflight: listing %s failed, left to the pipeline: %s", spec.source,
+                              errors.one_line(exc))
+                    result.syncs.append(spec)
+                    continue
+                for job, left, rows in taken:
+                    _take(result, job, left, rows)
+    finally:
+        stores.close()
+    return result
+
+
+def _take(result: Preflight, job: CopyJob, left: CopyJob | None, rows: list[AuditRow]) -> None:
+    if left is not None:
+        result.jobs.append(left)
+    result.rows.extend(rows)
+    for row in rows:
+        if row.role != "child":
+            result.current += 1
+            log.info("%s -> %s: ok (already current)", row.source, row.destination)
+
+
+def _check(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | None, list[AuditRow]]:
+    """(the job with only its unsettled targets, or None; rows of the current targets)."""
+    try:
+        return _settle(job, stores, run_id)
+    except Exception as exc:  # anything unexpected: the pipeline does the job and reports
+        log.debug("preflight: %s left to the pipeline: %s", job.source, errors.one_line(exc))
+        return job, []
+
+
+def _settle(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | None, list[AuditRow]]:
+    # Only a name can be current, and only verbatim layers can be known current without reading them.
+    current: list[str | None] = [
+        stores.destination(t.store).current_digest(t.name) if t.name and t.compression == PRESERVE else None
+        for t in job.targets
+    ]
+    if not any(current):
+        return job, []
+    plan = ImagePlan(key=job_key(job), job=job, started_at=now())
+    plan.root = resolve_tree(stores.source(job.source_store), job, configs=False)
+    left, rows = [], []
+    for index, target in enumerate(job.targets):
+        if current[index] is None or current[index] != plan.root.manifest.digest:
+            left.append(target)
+            continue
+        destination = stores.destination(target.store)
+        tp = plan_target(plan, index, destination, None, current=current[index])
+        if tp.error or not tp.up_to_date:
+            left.append(target)
+            continue
+        rows.extend(write_manifests(tp, {}, destination, run_id).rows)
+    if not left:
+        return None, rows
+    return (job if len(left) == len(job.targets) else replace(job, targets=tuple(left))), rows
+
+
+def _bounded_map(
+    pool: ThreadPoolExecutor, limit: int, fn: Callable[[T], R], items: Iterable[T]
+) -> Iterator[tuple[T, R]]:
+    """(item, fn(item)) as they finish, with at most ``limit`` in flight: ``items`` may be a
+    lazy listing of a huge catalog."""
+    pending: deque[tuple[T, Future]] = deque()
+
+    def drain(block: bool) -> Iterator[tuple[T, R]]:
+        nonlocal pending
+        if block and pending:
+            wait([f for _, f in pending], return_when=FIRST_COMPLETED)
+        still: deque[tuple[T, Future]] = deque()
+        for item, future in pending:
+            if future.done():
+                yield item, future.result()
+            else:
+                still.append((item, future))
+        pending = still
+
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= limit:
+            yield from drain(block=True)
+    while pending:
+        yield from drain(block=True)
