@@ -58,6 +58,19 @@ def test_help_explains_references_and_exit_status():
         assert text in proc.stdout
 
 
+def test_the_program_exits_with_main_s_status_and_all_of_its_output(tmp_path):
+    from pipeline.samples import write_oci_samples
+
+    write_oci_samples(str(tmp_path / "oci"))
+    listed = subprocess.run([sys.executable, "-m", "pipeline", "ls", f"oci:{tmp_path}/oci"],
+                            capture_output=True, text=True)
+    assert (listed.returncode, len(listed.stdout.splitlines())) == (0, 2)
+    missing = subprocess.run([sys.executable, "-m", "pipeline", "ls", f"oci:{tmp_path}/none"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr == f"imagepush: oci:{tmp_path}/none: index.json not found\n"
+
+
 def test_run_config_rejects_unknown_keys_in_one_line():
     from pipeline.cli import UsageError
 

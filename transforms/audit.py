@@ -93,4 +93,6 @@ def write(rows: Iterable[AuditRow], url: str) -> None:
 def read(url: str) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as f:
-        return pq.read_table(f)
+        # ParquetFile, not read_table: one file needs no pyarrow.dataset (an import that
+        # costs a noticeable share of a run that has nothing to do).
+        return pq.ParquetFile(f).read()

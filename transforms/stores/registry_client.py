@@ -35,6 +35,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -400,6 +401,22 @@ class BlobStream(io.RawIOBase):
         super().close()
 
 
+class _UnverifiedTLSAdapter(HTTPAdapter):
+    """TLS without verification for an ``--insecure-registry`` host, from one context.
+
+    Given no context, urllib3 loads the system CA store for every new TLS connection,
+    even one it will not verify: tens of milliseconds of CPU per connection, and every
+    worker's first request to an insecure host makes one to learn whether it speaks TLS.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        kwargs["ssl_context"] = context
+        super().init_poolmanager(*args, **kwargs)
+
+
 class RegistryClient:
     """Requests to one registry host on behalf of one store object.
 
@@ -439,6 +456,10 @@ class RegistryClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency + 2, max_retries=0)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
+        if self.insecure:  # only this host: redirects elsewhere (blob storage) stay verified
+            unverified = _UnverifiedTLSAdapter(pool_connections=1, pool_maxsize=concurrency + 2, max_retries=0)
+            for name in {host, ENDPOINT_ALIASES.get(host, host)}:
+                self._session.mount(f"https://{name}/", unverified)
         self._session.headers.update({"User-Agent": "imagepush", "Accept-Encoding": "identity"})
         self._lock = threading.Lock()
         self._token_lock = threading.Lock()
