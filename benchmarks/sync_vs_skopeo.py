@@ -17,7 +17,7 @@ Each run starts fresh destination registries (empty storage). skopeo is run as i
 run it, ``skopeo sync --src docker --dest docker`` once per repository; imagepush runs one
 ``imagepush sync`` over the whole source. Runs alternate which tool goes first and the
 medians of --runs are reported, with imagepush's peak RSS from ``/usr/bin/time -v`` and,
-for workload a, the time of a rerun onto the finished destination.
+for workload a, the time of a rerun onto each finished destination.
 """
 
 from __future__ import annotations
@@ -175,6 +175,8 @@ def populate_source(work: Path, name: str) -> tuple[Registry, Workload]:
 class Timed:
     seconds: float
     rss_mb: float
+    #: user + system CPU seconds of the timed process
+    cpu: float = 0.0
 
 
 def timed(cmd: list[str], env: dict | None = None) -> Timed:
@@ -184,20 +186,20 @@ def timed(cmd: list[str], env: dict | None = None) -> Timed:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}… failed ({proc.returncode}): {proc.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    u = re.search(r"User time \(seconds\): ([\d.]+)", proc.stderr); s = re.search(r"System time \(seconds\): ([\d.]+)", proc.stderr)
-    if os.environ.get("SHOWCPU"): print(f"   cpu user {u.group(1)} sys {s.group(1)}", file=sys.stderr)
-    return Timed(elapsed, int(rss.group(1)) / 1024 if rss else float("nan"))
+    cpu = sum(float(m.group(1)) for m in re.finditer(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
+    return Timed(elapsed, int(rss.group(1)) / 1024 if rss else float("nan"), cpu)
 
 
 def skopeo_sync(src: Registry, dst: Registry, w: Workload) -> Timed:
-    total, peak = 0.0, 0.0
+    total, peak, cpu = 0.0, 0.0, 0.0
     for repo in w.repos:
         t = timed(["skopeo", "--insecure-policy", "sync", "--src", "docker", "--dest", "docker",
                    "--src-tls-verify=false", "--dest-tls-verify=false",
                    f"{src.host}/bench/{repo}", f"{dst.host}/mirror"])
         total += t.seconds
         peak = max(peak, t.rss_mb)
-    return Timed(total, peak)
+        cpu += t.cpu
+    return Timed(total, peak, cpu)
 
 
 def imagepush_sync(src: Registry, dsts: list[Registry], work: Path, extra: list[str]) -> Timed:
@@ -247,7 +249,7 @@ def main() -> None:
                             theirs.append(skopeo_sync(src, dsts[0], w))
                         else:
                             ours.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
-                            if name == "a" and run == 0:
+                            if name == "a":
                                 rerun.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
                     finally:
                         for d in dsts:
@@ -261,18 +263,27 @@ def main() -> None:
 def report(name: str, r: dict, results: dict) -> None:
     ours = statistics.median(t.seconds for t in r["ours"])
     rss = max(t.rss_mb for t in r["ours"])
+    cpu = statistics.median(t.cpu for t in r["ours"])
     line = f"[{name}] {r['images']} images: imagepush {ours:.1f}s ({1000 * ours / r['images']:.0f} ms/image, " \
-           f"peak RSS {rss:.0f} MB)"
+           f"{cpu:.1f} CPU-s, peak RSS {rss:.0f} MB)"
     if r["theirs"]:
         theirs = statistics.median(t.seconds for t in r["theirs"])
-        line += f"; skopeo {theirs:.1f}s ({1000 * theirs / r['images']:.0f} ms/image); ratio {ours / theirs:.2f}"
+        their_cpu = statistics.median(t.cpu for t in r["theirs"])
+        line += f"; skopeo {theirs:.1f}s ({1000 * theirs / r['images']:.0f} ms/image, {their_cpu:.1f} CPU-s); " \
+                f"ratio {ours / theirs:.2f}"
     if name == "c" and "a" in results:
         one = statistics.median(t.seconds for t in results["a"]["ours"])
         line += f"; vs one destination {ours / one:.2f}x"
     if r["rerun"]:
-        again = r["rerun"][0].seconds
-        line += f"; rerun {again:.1f}s = {100 * again / r['ours'][0].seconds:.0f}% of the first run"
+        again = statistics.median(t.seconds for t in r["rerun"])
+        line += f"; rerun {again:.2f}s = {100 * again / ours:.0f}% of the first run"
     print(line, flush=True)
+    print(f"    runs: imagepush {_list(r['ours'])}" + (f"; skopeo {_list(r['theirs'])}" if r["theirs"] else "")
+          + (f"; reruns {_list(r['rerun'])}" if r["rerun"] else ""), flush=True)
+
+
+def _list(times: list[Timed]) -> str:
+    return " ".join(f"{t.seconds:.2f}" for t in times)
 
 
 if __name__ == "__main__":

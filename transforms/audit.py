@@ -90,9 +90,9 @@ def write(rows: Iterable[AuditRow], url: str) -> None:
     fs.mv(tmp, path)
 
 
-def read(url: str) -> pa.Table:
+def read(url: str, columns: list[str] | None = None) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as f:
         # ParquetFile, not read_table: one file needs no pyarrow.dataset (an import that
         # costs a noticeable share of a run that has nothing to do).
-        return pq.ParquetFile(f).read()
+        return pq.ParquetFile(f).read(columns=columns)
