@@ -222,6 +222,9 @@ def entry() -> None:
     ``terminate called without an active exception`` after its work was done), and
     saves the teardown time of a short run.
     """
+    # numpy (under pyarrow) starts an OpenBLAS thread per core that spins for a while;
+    # nothing here does linear algebra, and on two cores that is CPU a registry needs.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     code = main()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

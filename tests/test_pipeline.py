@@ -162,6 +162,22 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
     assert sorted(e.ref for e in OCILayoutSource(f"{tmp_path}/mp").list_images()) == ["demo/app:1.0", "demo/multi:1.0"]
     assert all(r["status"] == "ok" for r in audit_rows(audit))
 
+    # Again, plus a new destination: the launcher settles the finished one, and its rows
+    # travel through the workers into the audit with those of the new copies.
+    again = tmp_path / "again.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mp", f"oci:{tmp_path}/mp2",
+         "--audit", str(again), "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 images ok, 0 failed" in proc.stdout
+    copied = {}
+    for r in audit_rows(again):
+        key = r["destination"].split(":")[1]
+        copied[key] = copied.get(key, 0) + r["blobs_copied"]
+    assert copied == {f"{tmp_path}/mp": 0, f"{tmp_path}/mp2": 7}
+
 
 def test_run_config_with_overlapping_jobs_audits_every_image_and_destination(samples, tmp_path):
     config = tmp_path / "job.yaml"
