@@ -122,7 +122,8 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         from transforms.preflight import preflight
 
         settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel)
-        spec.jobs, spec.syncs, spec.rows = settled.jobs, settled.syncs, spec.rows + settled.rows
+        # Every sync was listed there: the pipeline gets its images as jobs.
+        spec.jobs, spec.syncs, spec.rows = settled.jobs, [], spec.rows + settled.rows
         if not settled.pipeline_needed:  # every image already current: no pipeline to start
             audit.write(spec.rows, spec.audit_url)
             return summarize(spec.audit_url, time.monotonic() - started)

@@ -65,7 +65,7 @@ def test_only_targets_that_are_not_current_go_to_the_pipeline(samples, mirror, t
     missing = Output(f"oci:{tmp_path}/new:demo/app:1.0")
     job = copy_job(parse_reference(f"oci:{samples}:demo/app:1.0"), [current, missing], ())
     result = preflight([job], [], "run-1")
-    assert result.current == 1 and not result.syncs
+    assert result.current == 1
     (left,) = result.jobs
     assert [t.destination for t in left.targets] == [missing.ref]
     (row,) = result.rows
@@ -85,10 +85,25 @@ def test_conversions_and_unreadable_images_are_left_to_the_pipeline(samples, mir
     assert sorted(result.jobs, key=repr) == sorted([convert, recompress, gone], key=repr)
 
 
-def test_a_sync_whose_source_cannot_be_listed_is_left_to_the_pipeline(tmp_path):
-    spec = SyncSpec(f"oci:{tmp_path}/no-such-layout", (Output(f"oci:{tmp_path}/out"),))
+def test_a_sync_whose_source_cannot_be_listed_is_reported_by_the_launcher(tmp_path):
+    spec = SyncSpec(f"oci:{tmp_path}/no-such-layout", (Output(f"oci:{tmp_path}/a"), Output(f"oci:{tmp_path}/b")))
     result = preflight([], [spec], "run-1")
-    assert (result.syncs, result.jobs, result.rows) == ([spec], [], [])
+    assert (result.jobs, result.current, result.pipeline_needed) == ([], 0, False)
+    assert [(r.destination, r.status, r.error) for r in result.rows] == [
+        (f"oci:{tmp_path}/{d}", "failed", f"listing {spec.source} failed: oci:{tmp_path}/no-such-layout: "
+         "index.json not found")
+        for d in ("a", "b")
+    ]
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-preflight"]], ids=["preflight", "workers-list"])
+def test_sync_of_an_unlistable_source_exits_1_with_the_same_audit_row(tmp_path, capsys, flags):
+    audit = tmp_path / "audit.parquet"
+    assert main(["sync", f"oci:{tmp_path}/none", f"oci:{tmp_path}/out", "--audit", str(audit), *flags]) == 1
+    (row,) = rows(audit)
+    assert (row["source"], row["destination"], row["status"]) == (f"oci:{tmp_path}/none", f"oci:{tmp_path}/out", "failed")
+    assert row["error"] == f"listing oci:{tmp_path}/none failed: oci:{tmp_path}/none: index.json not found"
+    assert f"imagepush: FAILED oci:{tmp_path}/none -> oci:{tmp_path}/out: listing" in capsys.readouterr().err
 
 
 def test_a_new_tag_in_the_source_is_the_only_job_left(samples, mirror, tmp_path):

@@ -6,12 +6,13 @@ pipeline would write.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from transforms.audit import FAILED, OK, AuditRow, now
 from transforms.formats.convert import LayerInfo
 from transforms.formats.manifest import ImageIndex, blobs_of
-from transforms.plan import COPIED, BlobResult, ManifestNode, TargetPlan
+from transforms.plan import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan
 from transforms.render import render_tree
 from transforms.stores.base import Destination, ManifestBlob, Publication
 
@@ -134,3 +135,16 @@ def _count_blobs(
         else:
             skipped += 1
     return copied, skipped, nbytes
+
+
+def listing_failed(spec: SyncSpec, run_id: str, error: str, started: dt.datetime) -> list[AuditRow]:
+    """One failed row per destination of a sync whose source could not be listed."""
+    finished = now()
+    return [
+        AuditRow(
+            run_id=run_id, source=spec.source, destination=out.ref, source_digest=None, destination_digest=None,
+            media_type=None, status=FAILED, error=error, blobs_copied=0, blobs_skipped=0, bytes_copied=0,
+            started_at=started, finished_at=finished,
+        )
+        for out in spec.destinations
+    ]

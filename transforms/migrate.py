@@ -19,6 +19,7 @@ import apache_beam as beam
 from transforms import audit, errors
 from transforms.concurrency import DEFAULT_PARALLEL
 from transforms.copyblobs import CopyBlobsFn
+from transforms.finalize import listing_failed
 from transforms.naming import sync_jobs
 from transforms.plan import CopyJob, SyncSpec
 from transforms.publish import FinalizeFn, PublishFn
@@ -51,16 +52,8 @@ class ExpandSyncFn(beam.DoFn):
         except Exception as exc:
             message = f"listing {spec.source} failed: {errors.one_line(exc)}"
             log.warning(message)
-            for out in spec.destinations:
-                yield beam.pvalue.TaggedOutput(
-                    self.FAILED,
-                    audit.AuditRow(
-                        run_id=self._run_id, source=spec.source, destination=out.ref, source_digest=None,
-                        destination_digest=None, media_type=None, status=audit.FAILED, error=message,
-                        blobs_copied=0, blobs_skipped=0, bytes_copied=0, started_at=started,
-                        finished_at=audit.now(),
-                    ),
-                )
+            for row in listing_failed(spec, self._run_id, message, started):
+                yield beam.pvalue.TaggedOutput(self.FAILED, row)
 
     def teardown(self) -> None:
         self._stores.close()

@@ -6,8 +6,9 @@ one machine the runner's start-up is most of a rerun. The launcher therefore ask
 destination what its names point at; only where a name exists does it read the source
 manifest and let :func:`plan_target` (the planning step's own rule) decide. A target is
 settled here only when it is current, and then gets the audit rows the pipeline would
-have written. Everything else — errors, conversions, images to copy, a listing that
-fails — is handed to the pipeline unchanged, which reports it as before.
+have written. Everything else — errors, conversions, images to copy — is handed to the
+pipeline unchanged, which reports it as before; a source that cannot be listed is
+reported here, with the rows the pipeline's listing step would write.
 
 Beam-free and I/O-bound: a bounded thread pool, with the per-registry request limits
 of the stores' clients.
@@ -23,7 +24,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from transforms import errors
 from transforms.audit import AuditRow, now
-from transforms.finalize import write_manifests
+from transforms.finalize import listing_failed, write_manifests
 from transforms.naming import sync_jobs
 from transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
 from transforms.storecache import StoreCache
@@ -42,15 +43,13 @@ class Preflight:
     """What is left for the pipeline, and the audit rows of what is already done."""
 
     jobs: list[CopyJob] = field(default_factory=list)
-    #: Syncs whose source could not be listed here: the pipeline lists them (and reports).
-    syncs: list[SyncSpec] = field(default_factory=list)
     rows: list[AuditRow] = field(default_factory=list)
     #: (image, destination) pairs found current.
     current: int = 0
 
     @property
     def pipeline_needed(self) -> bool:
-        return bool(self.jobs or self.syncs)
+        return bool(self.jobs)
 
 
 def preflight(
@@ -70,19 +69,19 @@ def preflight(
             for job, (left, rows) in _bounded_map(pool, 2 * workers, lambda j: _check(j, stores, run_id), jobs):
                 _take(result, job, left, rows)
             for spec in syncs:
-                taken: list[tuple[CopyJob, CopyJob | None, list[AuditRow]]] = []
+                started = now()
                 try:
                     for job, (left, rows) in _bounded_map(
                         pool, 2 * workers, lambda j: _check(j, stores, run_id), sync_jobs(spec, stores)
                     ):
-                        taken.append((job, left, rows))
-                except Exception as exc:  # listing failed: the pipeline lists again and reports it
-                    log.debug("preflight: listing %s failed, left to the pipeline: %s", spec.source,
-                              errors.one_line(exc))
-                    result.syncs.append(spec)
-                    continue
-                for job, left, rows in taken:
-                    _take(result, job, left, rows)
+                        _take(result, job, left, rows)
+                except Exception as exc:
+                    # Reported here, as the pipeline's listing step would: listing it there
+                    # again would only repeat the client's retries. Images listed before
+                    # the failure are still copied.
+                    message = f"listing {spec.source} failed: {errors.one_line(exc)}"
+                    log.warning(message)
+                    result.rows.extend(listing_failed(spec, run_id, message, started))
     finally:
         stores.close()
     return result
