@@ -11,7 +11,7 @@ import orjson
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
 from pipeline.graph import RunSpec, run
-from pipeline.options import UnknownBeamOption, is_multiprocess, pipeline_options
+from pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
 from transforms import audit
 from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
 from transforms.stores.transports import open_destination, open_source
@@ -19,6 +19,11 @@ from transforms.naming import copy_job
 from transforms.plan import Output
 from transforms.storecache import store_id
 from transforms.stores.options import StoreOptions
+
+
+#: Most jobs the launcher hands a distributed runner in its job graph (a few hundred
+#: bytes each; Dataflow refuses job graphs over 10 MB).
+MAX_LAUNCHER_JOBS = 10_000
 
 
 def store_options(args: argparse.Namespace) -> StoreOptions:
@@ -121,18 +126,26 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     if spec.preflight:
         from transforms.preflight import preflight
 
-        settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel)
-        # Every sync was listed there: the pipeline gets its images as jobs.
-        spec.jobs, spec.syncs, spec.rows = settled.jobs, [], spec.rows + settled.rows
+        # A distributed runner receives the jobs inside its job graph: past a bound, a
+        # sync's listing is left to its workers instead.
+        limit = None if is_local(spec.beam_args) else MAX_LAUNCHER_JOBS
+        settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel, max_jobs=limit)
+        spec.jobs, spec.syncs = settled.jobs, settled.syncs
         if not settled.pipeline_needed:  # every image already current: no pipeline to start
-            audit.write(spec.rows, spec.audit_url)
+            audit.write(settled.rows, spec.audit_url)
             return summarize(spec.audit_url, time.monotonic() - started)
+        if settled.rows:
+            spec.settled_url = f"{spec.audit_url}.settled.parquet"
+            audit.write(settled.rows, spec.settled_url)
     try:
         run(spec)
     except Exception as exc:  # a bug or a runner failure, not a per-image error
         print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if spec.settled_url:
+            audit.remove(spec.settled_url)
     return summarize(spec.audit_url, time.monotonic() - started)
 
 

@@ -26,8 +26,8 @@ class RunSpec:
     parallel: int = 8
     #: Settle images already current at their destinations on the launcher, before Beam.
     preflight: bool = True
-    #: Audit rows settled before the pipeline (by the preflight); written with the others.
-    rows: list = field(default_factory=list)
+    #: A report of the rows settled before the pipeline (by the preflight), merged into the audit.
+    settled_url: str | None = None
 
 
 def run(spec: RunSpec) -> None:
@@ -40,8 +40,6 @@ def run(spec: RunSpec) -> None:
     with beam.Pipeline(options=pipeline_options(spec.beam_args)) as p:
         parts = []
         extra = []
-        if spec.rows:
-            extra.append(p | "SettledRows" >> beam.Create(spec.rows))
         if spec.jobs:
             parts.append(p | "CopyJobs" >> beam.Create(spec.jobs))
         if spec.syncs:
@@ -56,4 +54,6 @@ def run(spec: RunSpec) -> None:
         extra_rows = None
         if extra:
             extra_rows = extra[0] if len(extra) == 1 else (extra | "ExtraRows" >> beam.Flatten())
-        _ = jobs | "Migrate" >> MigrateImages(spec.run_id, spec.audit_url, spec.options, extra_rows, spec.parallel)
+        _ = jobs | "Migrate" >> MigrateImages(
+            spec.run_id, spec.audit_url, spec.options, extra_rows, spec.parallel, spec.settled_url
+        )

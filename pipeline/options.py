@@ -68,3 +68,22 @@ def pipeline_options(extra: list[str]):
 def is_multiprocess(extra: list[str]) -> bool:
     args = beam_argv(extra)
     return "multi_processing" in args or "--direct_running_mode=multi_processing" in args
+
+
+#: Runners that run the pipeline on this machine, in this process or its children.
+LOCAL_RUNNERS = frozenset({"fnapirunner", "directrunner", "bundlebaseddirectrunner", "switchingdirectrunner", "prismrunner"})
+
+
+def runner_name(extra: list[str]) -> str:
+    """The runner the Beam flags name (the last one wins, as in Beam), or our default."""
+    name = DEFAULT_RUNNER
+    for i, arg in enumerate(extra):
+        if arg.startswith("--runner="):
+            name = arg.split("=", 1)[1]
+        elif arg == "--runner" and i + 1 < len(extra):
+            name = extra[i + 1]
+    return name
+
+
+def is_local(extra: list[str]) -> bool:
+    return runner_name(extra).rsplit(".", 1)[-1].lower() in LOCAL_RUNNERS

@@ -71,6 +71,15 @@ def test_the_program_exits_with_main_s_status_and_all_of_its_output(tmp_path):
     assert missing.stderr == f"imagepush: oci:{tmp_path}/none: index.json not found\n"
 
 
+def test_only_runners_that_run_here_count_as_local():
+    from pipeline.options import is_local
+
+    assert is_local([]) and is_local(["--direct_num_workers", "2"])
+    assert is_local(["--runner=DirectRunner"]) and is_local(["--runner", "apache_beam.runners.direct.DirectRunner"])
+    assert not is_local(["--runner", "DataflowRunner", "--project", "p"])
+    assert not is_local(["--runner=FlinkRunner"])
+
+
 def test_run_config_rejects_unknown_keys_in_one_line():
     from pipeline.cli import UsageError
 

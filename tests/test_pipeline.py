@@ -177,6 +177,7 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
         key = r["destination"].split(":")[1]
         copied[key] = copied.get(key, 0) + r["blobs_copied"]
     assert copied == {f"{tmp_path}/mp": 0, f"{tmp_path}/mp2": 7}
+    assert not Path(f"{again}.settled.parquet").exists()
 
 
 def test_run_config_with_overlapping_jobs_audits_every_image_and_destination(samples, tmp_path):

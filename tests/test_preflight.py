@@ -114,3 +114,20 @@ def test_a_new_tag_in_the_source_is_the_only_job_left(samples, mirror, tmp_path)
     result = preflight([], [SyncSpec(f"oci:{grown}", (Output(f"oci:{mirror}"),))], "run-1")
     assert [j.source for j in result.jobs] == [f"oci:{grown}:demo/app:2.0"]
     assert sorted({r.source for r in result.rows}) == [f"oci:{grown}:demo/app:1.0", f"oci:{grown}:demo/multi:1.0"]
+
+
+def test_rows_settled_before_a_pipeline_reach_its_audit(samples, mirror, tmp_path):
+    audit = tmp_path / "both.parquet"
+    assert main(["sync", f"oci:{samples}", f"oci:{mirror}", f"oci:{tmp_path}/new", "--audit", str(audit)]) == 0
+    copied = {}
+    for r in rows(audit):
+        copied[r["destination"].rsplit(":", 2)[0]] = copied.get(r["destination"].rsplit(":", 2)[0], 0) + r["blobs_copied"]
+    assert copied == {f"oci:{mirror}": 0, f"oci:{tmp_path}/new": 7}
+    assert not Path(f"{audit}.settled.parquet").exists()
+
+
+def test_a_sync_with_more_images_than_a_distributed_runner_takes_is_left_to_its_workers(samples, tmp_path):
+    spec = SyncSpec(f"oci:{samples}", (Output(f"oci:{tmp_path}/empty"),))
+    assert preflight([], [spec], "run-1", max_jobs=2).jobs != []
+    result = preflight([], [spec], "run-1", max_jobs=1)
+    assert (result.syncs, result.jobs, result.rows, result.pipeline_needed) == ([spec], [], [], True)

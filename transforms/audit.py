@@ -96,3 +96,15 @@ def read(url: str, columns: list[str] | None = None) -> pa.Table:
         # ParquetFile, not read_table: one file needs no pyarrow.dataset (an import that
         # costs a noticeable share of a run that has nothing to do).
         return pq.ParquetFile(f).read(columns=columns)
+
+
+def read_rows(url: str) -> list[AuditRow]:
+    """The rows of a report, as records (for merging one report into another)."""
+    return [AuditRow(**row) for row in read(url).to_pylist()]
+
+
+def remove(url: str) -> None:
+    """Delete a report if it is there."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path):
+        fs.rm(path)

@@ -60,13 +60,20 @@ class ExpandSyncFn(beam.DoFn):
 
 
 class WriteAuditFn(beam.DoFn):
-    """Writes all rows of the run as one Parquet file (rows arrive as a side input)."""
+    """Writes all rows of the run as one Parquet file (rows arrive as a side input).
 
-    def __init__(self, url: str) -> None:
+    Rows the launcher settled before the pipeline come from a report file of their own
+    (``settled_url``) rather than through the job graph, which a large rerun would bloat.
+    """
+
+    def __init__(self, url: str, settled_url: str | None = None) -> None:
         self._url = url
+        self._settled_url = settled_url
 
     def process(self, _unused, rows) -> Iterator[int]:
         rows = list(rows)
+        if self._settled_url:
+            rows += audit.read_rows(self._settled_url)
         audit.write(rows, self._url)
         yield len(rows)
 
@@ -81,8 +88,10 @@ class MigrateImages(beam.PTransform):
         options: StoreOptions | None = None,
         extra_rows: beam.PCollection | None = None,
         parallel: int = DEFAULT_PARALLEL,
+        settled_url: str | None = None,
     ) -> None:
         super().__init__()
+        self._settled_url = settled_url
         self._options = options
         self._parallel = parallel
         self._run_id = run_id
@@ -109,6 +118,6 @@ class MigrateImages(beam.PTransform):
         _ = (
             jobs.pipeline
             | "AuditTrigger" >> beam.Create([None])
-            | "WriteAudit" >> beam.ParDo(WriteAuditFn(self._audit_url), beam.pvalue.AsList(rows))
+            | "WriteAudit" >> beam.ParDo(WriteAuditFn(self._audit_url, self._settled_url), beam.pvalue.AsList(rows))
         )
         return rows

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from transforms import errors
-from transforms.audit import AuditRow, now
+from transforms.audit import OK, AuditRow, now
 from transforms.finalize import listing_failed, write_manifests
 from transforms.naming import sync_jobs
 from transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
@@ -43,13 +43,15 @@ class Preflight:
     """What is left for the pipeline, and the audit rows of what is already done."""
 
     jobs: list[CopyJob] = field(default_factory=list)
+    #: Syncs whose images were too many to hand over as jobs: their workers list them.
+    syncs: list[SyncSpec] = field(default_factory=list)
     rows: list[AuditRow] = field(default_factory=list)
     #: (image, destination) pairs found current.
     current: int = 0
 
     @property
     def pipeline_needed(self) -> bool:
-        return bool(self.jobs)
+        return bool(self.jobs or self.syncs)
 
 
 def preflight(
@@ -58,29 +60,45 @@ def preflight(
     run_id: str,
     options: StoreOptions | None = None,
     parallel: int = 8,
+    max_jobs: int | None = None,
 ) -> Preflight:
-    """Check every job (and every image the syncs list) against its destinations."""
+    """Check every job (and every image the syncs list) against its destinations.
+
+    ``max_jobs``: a sync that would leave more jobs than this (with those already left)
+    is handed back whole, its listing stopped, for the pipeline's workers to list.
+    """
     result = Preflight()
     stores = StoreCache(options)
     # Mostly waiting on registries: as many checks in flight as one registry accepts.
     workers = max(1, parallel, (options or StoreOptions()).registry_concurrency)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-preflight") as pool:
+            copies = Preflight()
             for job, (left, rows) in _bounded_map(pool, 2 * workers, lambda j: _check(j, stores, run_id), jobs):
-                _take(result, job, left, rows)
+                _take(copies, job, left, rows)
+            _commit(result, copies)
             for spec in syncs:
                 started = now()
+                mine = Preflight()
+                listing = _bounded_map(pool, 2 * workers, lambda j: _check(j, stores, run_id), sync_jobs(spec, stores))
                 try:
-                    for job, (left, rows) in _bounded_map(
-                        pool, 2 * workers, lambda j: _check(j, stores, run_id), sync_jobs(spec, stores)
-                    ):
-                        _take(result, job, left, rows)
+                    for job, (left, rows) in listing:
+                        _take(mine, job, left, rows)
+                        if max_jobs is not None and len(result.jobs) + len(mine.jobs) > max_jobs:
+                            log.info("%s: more than %d images to copy; its listing is left to the workers",
+                                     spec.source, max_jobs)
+                            listing.close()
+                            result.syncs.append(spec)
+                            break
+                    else:
+                        _commit(result, mine)
                 except Exception as exc:
                     # Reported here, as the pipeline's listing step would: listing it there
                     # again would only repeat the client's retries. Images listed before
                     # the failure are still copied.
                     message = f"listing {spec.source} failed: {errors.one_line(exc)}"
                     log.warning(message)
+                    _commit(result, mine)
                     result.rows.extend(listing_failed(spec, run_id, message, started))
     finally:
         stores.close()
@@ -91,9 +109,16 @@ def _take(result: Preflight, job: CopyJob, left: CopyJob | None, rows: list[Audi
     if left is not None:
         result.jobs.append(left)
     result.rows.extend(rows)
-    for row in rows:
-        if row.role != "child":
-            result.current += 1
+    result.current += sum(1 for row in rows if row.role != "child")
+
+
+def _commit(result: Preflight, part: Preflight) -> None:
+    """Add what one sync settled to the run's result, and say so."""
+    result.jobs.extend(part.jobs)
+    result.rows.extend(part.rows)
+    result.current += part.current
+    for row in part.rows:
+        if row.role != "child" and row.status == OK:
             log.info("%s -> %s: ok (already current)", row.source, row.destination)
 
 
