@@ -218,6 +218,16 @@ def stop(reg: Registry) -> None:
     shutil.rmtree(reg.root, ignore_errors=True)
 
 
+def settle() -> None:
+    """Let the disk finish the previous run's writes and deletions before timing the next.
+
+    Removing a destination's gigabytes leaves the kernel work (journal, freed blocks)
+    that otherwise lands on whichever run comes next, the same for either tool.
+    """
+    os.sync()
+    time.sleep(1.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
@@ -244,6 +254,7 @@ def main() -> None:
                     if tool == "skopeo" and (name == "c" or args.skip_skopeo):
                         continue
                     dsts = [fresh_registry(args.work) for _ in range(2 if name == "c" else 1)]
+                    settle()
                     try:
                         if tool == "skopeo":
                             theirs.append(skopeo_sync(src, dsts[0], w))
