@@ -38,7 +38,8 @@ class ResolveImageFn(StoreDoFn):
             plan.root = resolve_tree(self._stores.source(job.source_store), job, configs=False)
         except Exception as exc:
             plan.error = errors.one_line(exc)
-            log.warning("%s: %s", job.source, plan.error)
+            # Reported once, with its destinations, when the image is finalized.
+            log.debug("%s: %s", job.source, plan.error)
         yield plan
 
 
