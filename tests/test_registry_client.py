@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from transforms.stores.options import StoreOptions
-from transforms.stores.registry import RegistryDestination
+from transforms.stores.registry import RegistryDestination, RegistrySource
 from transforms.formats.descriptor import Descriptor
 from transforms.stores.registry_client import (
+    MAX_RESUMES,
     AccessDenied,
     Challenge,
     RegistryClient,
@@ -32,6 +33,10 @@ from transforms.stores.registry_client import (
     registry_error_detail,
     retry_after_seconds,
 )
+
+
+#: A stub answer header (never sent) that drops the connection after that many body bytes.
+CUT_AFTER = "X-Stub-Cut-After"
 
 
 @dataclass
@@ -77,13 +82,18 @@ class Stub:
                 seen = Seen(self.command, self.path, dict(self.headers.items()), body)
                 stub.seen.append(seen)
                 status, headers, payload = stub.handler(seen)
+                headers = dict(headers)
+                cut = headers.pop(CUT_AFTER, None)  # announce the whole body, send only part of it
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    self.wfile.write(payload if cut is None else payload[: int(cut)])
+                if cut is not None:
+                    self.wfile.flush()
+                    self.close_connection = True
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _any
 
@@ -418,7 +428,7 @@ def test_manifest_answers_are_checked(stubs) -> None:
 def test_manifest_put_retried_on_500(stubs) -> None:
     """Distribution 2.8 answers 500 to racing tag writes; the PUT is simply sent again."""
     from transforms.stores.base import ManifestBlob, Publication
-    from transforms.stores.registry import RegistryDestination
+    from transforms.stores.registry import RegistryDestination, RegistrySource
 
     body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     answers = iter([(500, {}, ERR("UNKNOWN", "unknown error")), (500, {}, b"")])
@@ -460,3 +470,75 @@ def test_failed_patch_asks_for_a_fresh_upload(stubs) -> None:
     sink.abort()
     assert [s.method for s in stub.seen].count("PATCH") == 1  # a streamed body is never replayed
     assert stub.seen[-1].method == "DELETE"  # the session is cancelled
+
+
+# -- broken blob downloads ---------------------------------------------------------------
+
+BLOB = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit, not a multiple of the read size
+BLOB_DIGEST = "sha256:" + __import__("hashlib").sha256(BLOB).hexdigest()
+
+
+def _read_blob(host: str) -> bytes:
+    opts = StoreOptions(insecure_registries=(host,))
+    with RegistrySource(f"{host}/lib/app", opts).open_blob(BLOB_DIGEST) as stream:
+        return b"".join(iter(lambda: stream.read(1 << 16), b""))
+
+
+def _range_start(seen: Seen) -> int | None:
+    header = seen.headers.get("Range")
+    return None if header is None else int(header.removeprefix("bytes=").rstrip("-"))
+
+
+def test_broken_blob_download_resumes_where_it_stopped(stubs) -> None:
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        start = _range_start(seen)
+        if start is None:
+            return 200, {CUT_AFTER: str(1 << 20)}, BLOB
+        return 206, {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}, BLOB[start:]
+
+    stub = stubs(registry)
+    assert _read_blob(stub.host) == BLOB
+    gets = [seen for seen in stub.seen if seen.path.endswith(BLOB_DIGEST)]
+    assert [_range_start(seen) for seen in gets] == [None, 1 << 20]
+
+
+def test_registry_that_ignores_range_is_read_again_from_the_start(stubs) -> None:
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        first = len([s for s in stub.seen if s.path.endswith(BLOB_DIGEST)]) == 1
+        return 200, ({CUT_AFTER: str(2 << 20)} if first else {}), BLOB
+
+    stub = stubs(registry)
+    assert _read_blob(stub.host) == BLOB
+    assert [_range_start(s) for s in stub.seen if s.path.endswith(BLOB_DIGEST)] == [None, 2 << 20]
+
+
+def test_blob_resumes_are_bounded(stubs) -> None:
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        start = _range_start(seen) or 0
+        body = BLOB[start:]
+        return (206 if start else 200), {CUT_AFTER: "0",
+                                         "Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}, body
+
+    stub = stubs(registry)
+    with pytest.raises(RegistryUnavailable, match="connection lost while reading"):
+        _read_blob(stub.host)
+    assert len([s for s in stub.seen if s.path.endswith(BLOB_DIGEST)]) == 1 + MAX_RESUMES
+
+
+def test_resume_at_the_wrong_offset_is_refused(stubs) -> None:
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        if _range_start(seen) is None:
+            return 200, {CUT_AFTER: str(1 << 20)}, BLOB
+        return 206, {"Content-Range": f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}"}, BLOB
+
+    stub = stubs(registry)
+    with pytest.raises(RegistryError, match=r"asked to resume at byte 1048576, the registry answered Content-Range 'bytes 0-"):
+        _read_blob(stub.host)

@@ -4,7 +4,8 @@ Source
     ``get_root``/``get_manifest`` GET manifests with an ``Accept`` of every manifest type,
     keep the exact bytes, and check the canonical digest (the payload digest for signed
     schema1, which Distribution re-signs on every GET) against ``Docker-Content-Digest``
-    and against the digest asked for. ``open_blob`` streams. ``list_images`` lists the
+    and against the digest asked for. ``open_blob`` streams (a body that breaks off is
+    continued with ``Range``). ``list_images`` lists the
     tags of the repository, or — when the location is a prefix or a bare host — walks
     ``/v2/_catalog`` page by page (a generator: a catalog can be huge).
 
@@ -59,6 +60,7 @@ from transforms.stores.registry_client import (
     RegistryNotFound,
     Reply,
     BlobStream,
+    StreamedResponse,
     RetriableUploadError,
     pull_scope,
     push_scope,
@@ -264,11 +266,17 @@ class RegistrySource(_RegistryStore, Source):
             digestlib.validate(digest)
         except digestlib.DigestError as exc:
             raise StoreError(f"{self.where()}: {exc}") from None
-        response = self.client.open(
-            "GET", f"/v2/{repository}/blobs/{digest}", scopes=[pull_scope(repository)],
-            where=self.where(), what=f"blob {digest}", follow_redirects=True,
-        )
-        return BlobStream(response)  # type: ignore[return-value]  # a RawIOBase is a binary file
+        where, path, scopes = self.where(), f"/v2/{repository}/blobs/{digest}", [pull_scope(repository)]
+
+        def open_at(offset: int) -> StreamedResponse:
+            return self.client.open(
+                "GET", path, scopes=scopes, where=where, what=f"blob {digest} from byte {offset}",
+                headers={"Range": f"bytes={offset}-"}, ok=(200, 206), follow_redirects=True,
+            )
+
+        response = self.client.open("GET", path, scopes=scopes, where=where, what=f"blob {digest}",
+                                    follow_redirects=True)
+        return BlobStream(response, open_at, where)  # type: ignore[return-value]  # a RawIOBase is a binary file
 
     # -- listing --------------------------------------------------------------------
 

@@ -375,26 +375,90 @@ class StreamedResponse:
         self.close()
 
 
-class BlobStream(io.RawIOBase):
-    """A blob body as a read-only binary file; closing it releases the connection slot."""
+#: A blob body that breaks off is continued from the byte it stopped at (``Range``) up to
+#: this many times: a connection reset near the end of a multi-GB layer should not cost
+#: the whole layer again, nor fail the images that share it.
+MAX_RESUMES = 5
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
-    def __init__(self, streamed: StreamedResponse) -> None:
+
+class BlobStream(io.RawIOBase):
+    """A blob body as a read-only binary file; closing it releases the connection slot.
+
+    Given ``open_at`` (a GET of the same blob from a byte offset), a connection lost
+    mid-body is resumed where the bytes handed out so far end, so the caller sees one
+    unbroken stream; its digest check is still the judge of the result. A registry that
+    ignores ``Range`` answers 200 with the whole blob, and the part already read is
+    skipped.
+    """
+
+    def __init__(
+        self,
+        streamed: StreamedResponse,
+        open_at: Callable[[int], StreamedResponse] | None = None,
+        where: str = "",
+    ) -> None:
         super().__init__()
         self._streamed = streamed
+        self._open_at = open_at
+        self._where = where
+        self._offset = 0
+        self.resumes = 0
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        return self._streamed.read(size)
+        while True:
+            try:
+                data = self._streamed.read(size)
+            except RegistryUnavailable as exc:
+                self._resume(exc)
+                continue
+            self._offset += len(data)
+            return data
 
     def readall(self) -> bytes:
-        return self._streamed.read(-1)
+        return self.read(-1)
 
     def readinto(self, buffer: Any) -> int:
-        data = self._streamed.read(len(buffer))
+        data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def _resume(self, lost: RegistryUnavailable) -> None:
+        """Replace the broken response by one that continues at ``self._offset``."""
+        while True:
+            if self._open_at is None or self.resumes >= MAX_RESUMES:
+                raise lost
+            self.resumes += 1
+            self._streamed.close()
+            log.info("%s; resuming at byte %d (%d of %d)", lost, self._offset, self.resumes, MAX_RESUMES)
+            try:
+                self._streamed = self._continue_at(self._offset)
+                return
+            except RegistryUnavailable as again:
+                lost = again
+
+    def _continue_at(self, offset: int) -> StreamedResponse:
+        streamed = self._open_at(offset)  # type: ignore[misc]  # checked by the caller
+        if streamed.status_code == 206:
+            match = _CONTENT_RANGE.fullmatch((streamed.headers.get("Content-Range") or "").strip())
+            if match is None or int(match.group(1)) != offset:
+                streamed.close()
+                raise RegistryError(
+                    f"{self._where}: asked to resume at byte {offset}, the registry answered "
+                    f"Content-Range {streamed.headers.get('Content-Range')!r}"
+                )
+            return streamed
+        remaining = offset  # a 200: the whole blob again
+        while remaining:
+            skipped = streamed.read(min(remaining, 1 << 20))
+            if not skipped:
+                streamed.close()
+                raise RegistryUnavailable(f"{self._where}: the blob ended before byte {offset} when read again")
+            remaining -= len(skipped)
+        return streamed
 
     def close(self) -> None:
         self._streamed.close()
