@@ -4,10 +4,10 @@ Source
     ``get_root``/``get_manifest`` GET manifests with an ``Accept`` of every manifest type,
     keep the exact bytes, and check the canonical digest (the payload digest for signed
     schema1, which Distribution re-signs on every GET) against ``Docker-Content-Digest``
-    and against the digest asked for. ``open_blob`` streams (a body that breaks off is
-    continued with ``Range``). ``list_images`` lists the
-    tags of the repository, or — when the location is a prefix or a bare host — walks
-    ``/v2/_catalog`` page by page (a generator: a catalog can be huge).
+    and against the digest asked for. ``open_blob`` streams, and continues a body that
+    breaks off with ``Range``. ``list_images`` lists the tags of the repository, or —
+    when the location is a prefix or a bare host — walks ``/v2/_catalog`` page by page
+    (a generator: a catalog can be huge).
 
 Destination
     Blobs go up through :class:`RegistryBlobSink`: small ones (known size ≤ 1 MiB and
