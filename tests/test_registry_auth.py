@@ -31,11 +31,12 @@ from transforms.stores.authfile import find_credentials
 from transforms.stores.base import ManifestBlob, Publication, StoreError
 from transforms.stores.options import StoreOptions
 from transforms.stores.registry import RegistryDestination, RegistrySource
-from transforms.stores.registry_client import AuthenticationError, RegistryClient
+from transforms.stores.registry_client import AuthenticationError, ClientPool, RegistryClient
 
 PASSWORD = "s3cret-Pa55word!"
 TOKEN_PASSWORD = "t0ken-Pa55word?"
 REFRESH_TOKEN = "refresh-7f1c2b9e"
+CAROL_PASSWORD = "c4rol-Pa55word#"
 
 
 def sha256(data: bytes) -> str:
@@ -148,7 +149,8 @@ def test_basic_auth_through_credential_helper(
 
 @pytest.fixture(scope="module")
 def token_server() -> Iterator[TokenServer]:
-    server = TokenServer(users={"bob": TOKEN_PASSWORD}, public=("public/app",), refresh_tokens={"bob": REFRESH_TOKEN})
+    server = TokenServer(users={"bob": TOKEN_PASSWORD, "carol": CAROL_PASSWORD}, public=("public/app",),
+                         refresh_tokens={"bob": REFRESH_TOKEN})
     server.start()
     try:
         yield server
@@ -257,6 +259,33 @@ def test_token_auth_with_identity_token(token_registry: Registry, token_server: 
     posts = [r for r in token_server.requests if r.method == "POST"]
     assert posts and posts[-1].grant_type == "refresh_token" and posts[-1].user == "bob"
     assert posts[-1].scopes == ["repository:team/app:pull"]
+
+
+def test_namespace_credentials_are_used_for_their_repositories(
+    token_registry: Registry, token_server: TokenServer, tmp_path: Path
+) -> None:
+    """auth.json keyed ``HOST/team`` gives team/* its own account; the rest of the host keeps bob's."""
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps({"auths": {
+        token_registry.host: {"auth": base64.b64encode(f"bob:{TOKEN_PASSWORD}".encode()).decode()},
+        f"{token_registry.host}/team": {"auth": base64.b64encode(f"carol:{CAROL_PASSWORD}".encode()).decode()},
+    }}))
+    opts = StoreOptions(insecure_registries=(token_registry.host,), authfile=str(path))
+    token_server.requests.clear()
+    clients = ClientPool(opts)  # one client per host, as in a pipeline worker: credentials per repository
+    team = RegistrySource(f"{token_registry.host}/team/app", opts, clients=clients)
+    root = team.get_root("1.0")
+    public = RegistrySource(f"{token_registry.host}/public/app", opts, clients=clients)
+    assert public.get_root("1.0").digest == root.digest
+    dest = RegistryDestination(f"{token_registry.host}/team/carols", opts, clients=clients)
+    config = json.loads(root.data)["config"]
+    assert dest.mount_blob(Descriptor(mt.OCI_CONFIG, config["digest"], config["size"]),
+                           f"docker://{token_registry.host}/public/app")
+    users = {tuple(r.scopes): r.user for r in token_server.requests}
+    assert users[("repository:team/app:pull",)] == "carol"
+    assert users[("repository:public/app:pull",)] == "bob"
+    mount = next(scopes for scopes in users if "repository:team/carols:pull,push" in scopes)
+    assert "repository:public/app:pull" in mount and users[mount] == "carol"
 
 
 def test_authfile_default_search_finds_registry_credentials(

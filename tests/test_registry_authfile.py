@@ -13,11 +13,14 @@ import pytest
 
 from transforms.stores.authfile import (
     AuthFileError,
+    AuthFiles,
     Credentials,
     default_auth_files,
     find_credentials,
     normalize_key,
+    split_key,
 )
+from transforms.stores.registry_client import scope_repository
 
 
 def b64(text: str) -> str:
@@ -166,3 +169,47 @@ def test_default_search_order(tmp_path: Path) -> None:
     write(tmp_path / "env.json", {"auths": {"h": {"auth": b64("env:1")}}})
     assert find_credentials("h", env=env, home=home).username == "env"
     assert find_credentials("nowhere", env=env, home=home) is None
+
+
+def test_namespace_entries_most_specific_first(tmp_path: Path) -> None:
+    path = write(tmp_path / "auth.json", {"auths": {
+        "reg.example:5000": {"auth": b64("host:h")},
+        "reg.example:5000/org": {"auth": b64("org:o")},
+        "reg.example:5000/org/app": {"auth": b64("app:a")},
+        "reg.example:5000/empty": {},
+        "other.example/org": {"auth": b64("elsewhere:e")},
+    }})
+    files = AuthFiles(str(path))
+    assert files.find("reg.example:5000", "org/app").username == "app"
+    assert files.find("reg.example:5000", "org/app/sub").username == "app"
+    assert files.find("reg.example:5000", "org/tool").username == "org"
+    assert files.find("reg.example:5000", "organisation/app").username == "host"  # a prefix is not a namespace
+    assert files.find("reg.example:5000", "empty/app").username == "host"  # placeholder entry skipped
+    assert files.find("reg.example:5000").username == "host"  # the catalog: the host's account
+    assert files.find("other.example", "org/app").username == "elsewhere"
+    assert files.find("other.example", "team/app") is None
+
+
+def test_split_key_reads_url_paths_as_docker_host_entries() -> None:
+    assert split_key("reg.example:5000/org/app/") == ("reg.example:5000", "org/app")
+    assert split_key("https://index.docker.io/v1/") == ("index.docker.io", "")
+    assert split_key("Reg.Example") == ("reg.example", "")
+
+
+def test_namespace_entry_beats_creds_store_and_helpers_run_once_per_host(tmp_path: Path, path_with: Path) -> None:
+    calls = tmp_path / "calls"
+    helper(path_with, "desk", f"read host\necho \"$host\" >> {calls}\necho '{{\"Username\":\"du\",\"Secret\":\"ds\"}}'\n")
+    path = write(tmp_path / "config.json", {
+        "auths": {"a.example/org": {"auth": b64("org:o")}}, "credsStore": "desk",
+    })
+    files = AuthFiles(str(path))
+    assert files.find("a.example", "org/app").username == "org"
+    assert [files.find("a.example", f"team/app{i}").username for i in range(3)] == ["du"] * 3
+    assert calls.read_text().splitlines() == ["a.example"]
+
+
+def test_scope_repository_prefers_the_pushed_one() -> None:
+    assert scope_repository(["repository:src/app:pull", "repository:dst/app:pull,push"]) == "dst/app"
+    assert scope_repository(["repository:src/app:pull"]) == "src/app"
+    assert scope_repository(["registry:catalog:*"]) == ""
+    assert scope_repository([]) == ""

@@ -12,10 +12,15 @@ Both files share one shape::
      "credHelpers": {"HOST[:PORT]": "NAME"},     # run docker-credential-NAME for that host
      "credsStore": "NAME"}                        # docker only: helper for every other host
 
-For one host we look, in order, at ``credHelpers[host]``, then ``credsStore``, then
-``auths``; docker writes empty ``auths`` entries as placeholders when a helper holds the
-secret, so an entry without any credential is skipped. Without an explicit path the
-files are searched where podman/skopeo and docker keep them, first match wins.
+containers ``auth.json`` may also key ``auths`` by namespace (``HOST/ORG`` or
+``HOST/ORG/REPO``): the most specific key that contains the repository wins, so one run
+can read two organisations of one registry with two robot accounts. For one repository
+we look, in order, at ``credHelpers[host]``, a namespace entry of ``auths``, then
+``credsStore``, then the host's ``auths`` entry; docker writes empty ``auths`` entries as
+placeholders when a helper holds the secret, so an entry without any credential is
+skipped. Without an explicit path the files are searched where podman/skopeo and docker
+keep them, first match wins. :class:`AuthFiles` reads them once and runs each helper at
+most once per host, however many repositories a sync visits.
 
 Secrets never reach a log line, an exception message or a ``repr``: :class:`Credentials`
 masks them, and helper failures report only the helper's name and exit status.
@@ -31,7 +36,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from transforms.stores.base import StoreError
 
@@ -109,6 +114,25 @@ def normalize_key(key: str) -> str:
             key = key[len(prefix) :]
             break
     return key.split("/", 1)[0].lower()
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """An ``auths`` key as (host, namespace): ``reg:5000/org/app`` -> (``reg:5000``, ``org/app``).
+
+    URL-shaped keys (``https://index.docker.io/v1/``) are docker's host entries: their
+    path is an API version, not a namespace.
+    """
+    stripped = key.strip()
+    url_shaped = stripped.lower().startswith(("https://", "http://"))
+    host = normalize_key(stripped)
+    if url_shaped:
+        return host, ""
+    _, _, path = stripped.partition("/")
+    return host, path.strip("/")
+
+
+def _in_namespace(repository: str, namespace: str) -> bool:
+    return repository == namespace or repository.startswith(namespace + "/")
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -207,8 +231,14 @@ def run_helper(name: str, host: str) -> Credentials | None:
     return Credentials(username=username, password=secret, origin=origin)
 
 
-def credentials_from_config(data: Mapping[str, Any], host: str, where: str) -> Credentials | None:
-    """Credentials for ``host`` from one parsed file: credHelpers, then credsStore, then auths."""
+def credentials_from_config(
+    data: Mapping[str, Any],
+    host: str,
+    where: str,
+    repository: str = "",
+    helper: Callable[[str, str], Credentials | None] = run_helper,
+) -> Credentials | None:
+    """Credentials for ``repository`` on ``host`` from one parsed file (order: module docstring)."""
     wanted = normalize_key(host)
     hub = wanted in DOCKER_HUB_KEYS
     aliases = set(DOCKER_HUB_KEYS) if hub else {wanted}
@@ -219,54 +249,88 @@ def credentials_from_config(data: Mapping[str, Any], host: str, where: str) -> C
         raise AuthFileError(f"{where}: 'credHelpers' is not an object")
     for key, name in helpers.items():
         if normalize_key(key) in aliases and name:
-            return run_helper(str(name), server)
+            return helper(str(name), server)
     auths = data.get("auths") or {}
     if not isinstance(auths, dict):
         raise AuthFileError(f"{where}: 'auths' is not an object")
-    # An exact key beats a URL-shaped spelling of the same host.
-    keys = sorted((k for k in auths if normalize_key(k) in aliases), key=lambda k: k != host)
-    store = data.get("credsStore")
-    if store:
-        found = run_helper(str(store), server)
+    scoped: list[tuple[int, str]] = []
+    hosts: list[str] = []
+    for key in auths:
+        key_host, namespace = split_key(key)
+        if key_host not in aliases:
+            continue
+        if not namespace:
+            hosts.append(key)
+        elif repository and _in_namespace(repository, namespace):
+            scoped.append((-len(namespace), key))
+    for _, key in sorted(scoped):  # the longest namespace first
+        found = _decode_entry(auths[key], f"{where} auths[{key!r}]")
         if found is not None:
             return found
-    for key in keys:
+    store = data.get("credsStore")
+    if store:
+        found = helper(str(store), server)
+        if found is not None:
+            return found
+    # An exact key beats a URL-shaped spelling of the same host.
+    for key in sorted(hosts, key=lambda k: k != host):
         found = _decode_entry(auths[key], f"{where} auths[{key!r}]")
         if found is not None:
             return found
     return None
 
 
+class AuthFiles:
+    """The auth files of one run, read once; credentials looked up per repository.
+
+    With ``authfile`` only that file is read (it must exist, since the user named it);
+    otherwise :func:`default_auth_files` are tried in order and the first file that has
+    credentials wins. ``env``/``home`` replace the process environment and home
+    directory for locating files (tests); helpers always run in the real environment.
+    Not thread-safe: its owner serialises lookups.
+    """
+
+    def __init__(
+        self, authfile: str | None = None, *, env: Mapping[str, str] | None = None, home: Path | None = None
+    ) -> None:
+        self._files: list[tuple[Path, dict[str, Any]]] = []
+        if authfile:
+            path = Path(authfile).expanduser()
+            data = _load(path)
+            if data is None:
+                raise AuthFileError(f"auth file {path} does not exist")
+            self._files.append((path, data))
+        else:
+            for path in default_auth_files(env, home):
+                data = _load(path)
+                if data is not None:
+                    self._files.append((path, data))
+        self._helper_answers: dict[tuple[str, str], Credentials | None] = {}
+
+    def _helper(self, name: str, server: str) -> Credentials | None:
+        key = (name, server)
+        if key not in self._helper_answers:
+            self._helper_answers[key] = run_helper(name, server)
+        return self._helper_answers[key]
+
+    def find(self, host: str, repository: str = "") -> Credentials | None:
+        """Credentials for ``repository`` (``""``: the host itself) or None for anonymous access."""
+        for path, data in self._files:
+            found = credentials_from_config(data, host, str(path), repository, self._helper)
+            if found is not None:
+                log.debug("using credentials for %s from %s", "/".join(filter(None, (host, repository))), found.origin)
+                return found
+        log.debug("no credentials for %s; accessing it anonymously", "/".join(filter(None, (host, repository))))
+        return None
+
+
 def find_credentials(
     host: str,
     authfile: str | None = None,
     *,
+    repository: str = "",
     env: Mapping[str, str] | None = None,
     home: Path | None = None,
 ) -> Credentials | None:
-    """Credentials for ``host`` (``host[:port]``) or None for anonymous access.
-
-    With ``authfile`` only that file is read (it must exist, since the user named it);
-    otherwise :func:`default_auth_files` are tried in order and the first file that has
-    credentials for the host wins. ``env``/``home`` replace the process environment and
-    home directory for locating files (tests); helpers always run in the real environment.
-    """
-    if authfile:
-        path = Path(authfile).expanduser()
-        data = _load(path)
-        if data is None:
-            raise AuthFileError(f"auth file {path} does not exist")
-        candidates = [(path, data)]
-    else:
-        candidates = []
-        for path in default_auth_files(env, home):
-            data = _load(path)
-            if data is not None:
-                candidates.append((path, data))
-    for path, data in candidates:
-        found = credentials_from_config(data, host, str(path))
-        if found is not None:
-            log.debug("using credentials for %s from %s", host, found.origin)
-            return found
-    log.debug("no credentials for %s; accessing it anonymously", host)
-    return None
+    """Credentials for ``repository`` on ``host`` (``host[:port]``), or None: see :class:`AuthFiles`."""
+    return AuthFiles(authfile, env=env, home=home).find(host, repository)

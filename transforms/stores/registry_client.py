@@ -46,7 +46,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from transforms.stores.authfile import Credentials, find_credentials
+from transforms.stores.authfile import AuthFiles, Credentials
 from transforms.stores.base import NotFound, StoreError
 from transforms.stores.options import StoreOptions
 
@@ -243,6 +243,23 @@ def push_scope(repository: str) -> str:
 
 
 CATALOG_SCOPE = "registry:catalog:*"
+
+
+def scope_repository(scopes: Iterable[str]) -> str:
+    """The repository whose credentials a request with ``scopes`` uses; ``""`` for none.
+
+    A mount asks for push on the destination and pull on the source in one token: the
+    account that may push is the one to use.
+    """
+    repositories = []
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind == "repository" and name:
+            if "push" in actions.split(","):
+                return name
+            repositories.append(name)
+    return repositories[0] if repositories else ""
 
 #: Docker Hub is named ``docker.io`` in references but served from another host.
 ENDPOINT_ALIASES = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
@@ -530,8 +547,9 @@ class RegistryClient:
         self._base: str | None = None
         self._challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], _Token] = {}
-        self._credentials = credentials
-        self._credentials_loaded = credentials is not None
+        self._credentials = credentials  # given: used for every repository (tests, embedders)
+        self._auth_files: AuthFiles | None = None
+        self._repository_credentials: dict[str, Credentials | None] = {}
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r}, insecure={self.insecure})"
@@ -541,13 +559,21 @@ class RegistryClient:
     def close(self) -> None:
         self._session.close()
 
-    def credentials(self) -> Credentials | None:
-        """Credentials for this host from the auth files, read once on first need."""
-        with self._lock:
-            if not self._credentials_loaded:
-                self._credentials = find_credentials(self.host, self.options.authfile)
-                self._credentials_loaded = True
+    def credentials(self, scopes: Sequence[str] = ()) -> Credentials | None:
+        """Credentials for the repository ``scopes`` act on (or the host), from the auth files.
+
+        The files are read once per client and each repository looked up once: auth.json
+        may hold a different account per namespace of one registry.
+        """
+        if self._credentials is not None:
             return self._credentials
+        repository = scope_repository(scopes)
+        with self._lock:
+            if repository not in self._repository_credentials:
+                if self._auth_files is None:
+                    self._auth_files = AuthFiles(self.options.authfile)
+                self._repository_credentials[repository] = self._auth_files.find(self.host, repository)
+            return self._repository_credentials[repository]
 
     def _verify(self, url: str) -> bool | str:
         """TLS verification for ``url``: off only for this host when it is insecure."""
@@ -701,7 +727,7 @@ class RegistryClient:
         if challenge is None:
             return None
         if challenge.scheme == "basic":
-            creds = self.credentials()
+            creds = self.credentials(scopes)
             if creds is None or not creds.has_password:
                 return None
             return _basic(creds)
@@ -721,7 +747,7 @@ class RegistryClient:
         """Trade credentials (or nothing: anonymous) for a bearer token at the realm."""
         realm = challenge.params["realm"]
         service = challenge.params.get("service")
-        creds = self.credentials()
+        creds = self.credentials(scopes)
         realm_host = urlsplit(realm).netloc or realm
         started = time.monotonic()
         response: requests.Response | None = None
@@ -780,10 +806,10 @@ class RegistryClient:
         log.debug("%s: got a token for %s (valid %ds)", where, " ".join(scopes) or "no scope", lifetime)
         return _Token(value, started + lifetime)
 
-    def _authentication_failed(self, body: bytes, where: str) -> AuthenticationError:
+    def _authentication_failed(self, body: bytes, where: str, scopes: Sequence[str]) -> AuthenticationError:
         code, message = registry_error_detail(body)
         code = code or "UNAUTHORIZED"
-        creds = self.credentials()
+        creds = self.credentials(scopes)
         if creds is None:
             return AuthenticationError(
                 f"{where}: authentication required ({code}); no credentials for {self.host} in the auth files",
@@ -939,7 +965,7 @@ class RegistryClient:
                         status=401,
                     )
                 if authenticated_retry:
-                    raise self._authentication_failed(error_body, where)
+                    raise self._authentication_failed(error_body, where, scopes)
                 authenticated_retry = True
                 scopes = self._prepare_auth(response, scopes, error_body, where)
                 continue
@@ -968,9 +994,9 @@ class RegistryClient:
                 status=401, code=code,
             )
         if challenge.scheme == "basic":
-            creds = self.credentials()
+            creds = self.credentials(scopes)
             if creds is None or not creds.has_password:
-                raise self._authentication_failed(body, where)
+                raise self._authentication_failed(body, where, scopes)
             return scopes
         wider = sorted(set(scopes) | set(challenge.scopes))
         # A cached token was refused (expired early, or too narrow): fetch a fresh one.
