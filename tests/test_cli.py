@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -166,3 +172,83 @@ def test_a_misspelt_beam_option_is_a_usage_error_not_ignored(capsys, tmp_path):
     assert code == EXIT_USAGE
     assert err.strip() == "imagepush: unknown options: ['--direct_num_worker', '2']"
     assert not (tmp_path / "o").exists()
+
+
+def _slow_registry(layer: bytes) -> tuple[ThreadingHTTPServer, str, threading.Event]:
+    """A loopback registry with one image whose layer trickles out; the event says it started."""
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}).encode()
+    digest = lambda data: "sha256:" + hashlib.sha256(data).hexdigest()  # noqa: E731
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer),
+                    "size": len(layer)}],
+    }).encode()
+    bodies = {"/v2/": (b"{}", "application/json"),
+              "/v2/slow/app/manifests/1.0": (manifest, "application/vnd.oci.image.manifest.v1+json"),
+              f"/v2/slow/app/manifests/{digest(manifest)}": (manifest, "application/vnd.oci.image.manifest.v1+json"),
+              f"/v2/slow/app/blobs/{digest(config)}": (config, "application/octet-stream"),
+              f"/v2/slow/app/blobs/{digest(layer)}": (layer, "application/octet-stream")}
+    layer_started = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body, media_type = bodies.get(self.path, (None, ""))
+            if body is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", media_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Docker-Content-Digest", digest(body))
+            self.end_headers()
+            if body is not layer:
+                self.wfile.write(body)
+                return
+            layer_started.set()
+            try:
+                for i in range(0, len(body), 4096):
+                    self.wfile.write(body[i:i + 4096])
+                    time.sleep(0.05)
+            except OSError:  # the client went away
+                pass
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}", layer_started
+
+
+def test_ctrl_c_stops_at_once_with_one_line_and_exit_130(tmp_path):
+    layer = bytes(range(256)) * 4096  # 1 MiB at 80 KB/s: about 13 s if nobody stops it
+    server, host, layer_started = _slow_registry(layer)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "copy", f"docker://{host}/slow/app:1.0", f"dir:{tmp_path / 'out'}",
+             "--insecure-registry", host, "--audit", str(tmp_path / "audit.parquet")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            assert layer_started.wait(60), proc.communicate(timeout=60)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=5)
+        finally:
+            proc.kill()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 130
+    assert err.decode().splitlines()[-1] == "imagepush: interrupted"
+    assert "Traceback" not in err.decode()
+    assert not (tmp_path / "out" / ("sha256:" + hashlib.sha256(layer).hexdigest())[7:]).exists()
