@@ -17,12 +17,15 @@ Each run starts fresh destination registries (empty storage). skopeo is run as i
 run it, ``skopeo sync --src docker --dest docker`` once per repository; imagepush runs one
 ``imagepush sync`` over the whole source. Runs alternate which tool goes first and the
 medians of --runs are reported, with imagepush's peak RSS from ``/usr/bin/time -v`` and,
-for workload a, the time of a rerun onto each finished destination.
+for workload a, the time of a rerun onto each finished destination. After every run
+(untimed) each destination is read back over plain HTTP: every source tag must be there
+with its digest, for either tool.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,10 +207,50 @@ def skopeo_sync(src: Registry, dst: Registry, w: Workload) -> Timed:
 
 
 def imagepush_sync(src: Registry, dsts: list[Registry], work: Path, extra: list[str]) -> Timed:
+    audit = work / f"audit-{time.time_ns()}.parquet"
     cmd = [*IMAGEPUSH, "sync", f"docker://{src.host}/bench", *(f"docker://{d.host}/mirror" for d in dsts),
            "--insecure-registry", src.host, *(a for d in dsts for a in ("--insecure-registry", d.host)),
-           "--audit", str(work / f"audit-{time.time_ns()}.parquet"), *extra]
-    return timed(cmd)
+           "--audit", str(audit), *extra]
+    try:
+        return timed(cmd)  # exit 0: every image ok in the audit
+    finally:
+        audit.unlink(missing_ok=True)
+
+
+MANIFEST_ACCEPT = ", ".join((
+    "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))
+
+
+def tag_digests(reg: Registry, prefix: str) -> dict[str, str]:
+    """``repo-below-prefix:tag`` -> manifest digest, read with plain HTTP (not imagepush's client)."""
+    def get(path: str, method: str = "GET") -> tuple[dict, bytes]:
+        request = urllib.request.Request(f"http://{reg.host}{path}", method=method, headers={"Accept": MANIFEST_ACCEPT})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return dict(reply.headers), reply.read()
+
+    found, repos, page = {}, [], "/v2/_catalog?n=1000"
+    while page:
+        headers, body = get(page)
+        repos += json.loads(body)["repositories"] or []
+        link = re.match(r"<([^>]+)>", headers.get("Link", ""))
+        page = link.group(1) if link else ""
+    for repo in (r for r in repos if r.startswith(prefix + "/")):
+        for tag in json.loads(get(f"/v2/{repo}/tags/list")[1])["tags"] or []:
+            headers, _ = get(f"/v2/{repo}/manifests/{tag}", "HEAD")
+            found[f"{repo[len(prefix) + 1:]}:{tag}"] = headers["Docker-Content-Digest"]
+    return found
+
+
+def check_copy(tool: str, src: Registry, dst: Registry) -> None:
+    """Every source tag is at the destination with the same digest: timing a wrong copy is pointless."""
+    want, got = tag_digests(src, "bench"), tag_digests(dst, "mirror")
+    if want != got:
+        missing = sorted(set(want) - set(got))[:5]
+        differ = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])[:5]
+        raise SystemExit(f"{tool} did not copy the workload faithfully: missing {missing}, other digests {differ}")
 
 
 def fresh_registry(work: Path) -> Registry:
@@ -262,6 +306,8 @@ def main() -> None:
                             ours.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
                             if name == "a":
                                 rerun.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
+                        for d in dsts:  # untimed
+                            check_copy(tool, src, d)
                     finally:
                         for d in dsts:
                             stop(d)
