@@ -35,7 +35,8 @@ Any other --name value is passed to Apache Beam (--runner, --direct_num_workers,
 The default runner is the in-process FnApiRunner.
 
 exit status: 0 all images done; 1 some images failed (the audit names each);
-2 bad usage or configuration (nothing written).
+2 bad usage or configuration (nothing written); 130 interrupted (Ctrl-C stops at
+once; a rerun skips what was finished).
 """
 
 
@@ -84,14 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("copy", help="copy one image (or an index with its children) to every DST",
                        epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("source", metavar="SRC")
-    p.add_argument("destinations", metavar="DST", nargs="+")
+    p.add_argument("source", metavar="SRC", help="the image: a registry tag or digest, an oci: ref name, a dir:, "
+                   "a docker-archive: image")
+    p.add_argument("destinations", metavar="DST", nargs="+",
+                   help="where it goes, each with its own name (a tag, ref name or repo:tag)")
     _common(p, writes=True)
 
     p = sub.add_parser("sync", help="copy every image SRC holds (all repositories, all tags)",
                        epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("source", metavar="SRC")
-    p.add_argument("destinations", metavar="DST", nargs="+")
+    p.add_argument("source", metavar="SRC", help="a registry (docker://HOST), a repository prefix "
+                   "(docker://HOST/team) or repository, an OCI layout, a docker-archive, a registry-storage: tree")
+    p.add_argument("destinations", metavar="DST", nargs="+",
+                   help="a registry prefix (the repository path below SRC is appended, tags kept), "
+                   "an OCI layout (ref names REPO:TAG) or a docker-archive")
     _common(p, writes=True)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
@@ -100,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
 
     p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line")
-    p.add_argument("source", metavar="SRC")
+    p.add_argument("source", metavar="SRC", help="any source store or registry (prefix)")
     _common(p, writes=False)
 
     p = sub.add_parser("inspect", help="print the manifest (or config) of an image as JSON")
-    p.add_argument("source", metavar="SRC")
+    p.add_argument("source", metavar="SRC", help="one image, as for copy")
     p.add_argument("--config", action="store_true", help="print the image config instead")
     p.add_argument("--as", dest="as_format", choices=("oci", "v2s2"),
                    help="print it converted to this format")
