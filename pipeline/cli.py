@@ -55,6 +55,9 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--ca-bundle", metavar="PEM", help="extra CA certificates to trust for registries")
     p.add_argument("--registry-concurrency", type=int, default=8, metavar="N",
                    help="concurrent requests per registry from each worker (default: 8)")
+    p.add_argument("--retry-times", type=int, default=4, metavar="N",
+                   help="retries of a registry request after a connection error, 429 or 5xx, "
+                        "with exponential backoff (default: 4)")
     p.add_argument("--parallel", type=int, default=8, metavar="N",
                    help="images and blobs each worker handles at once in every step (default: 8)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -13,13 +14,17 @@ from pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
 from pipeline.graph import RunSpec, run
 from pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
 from transforms import audit
+from transforms.errors import one_line
 from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
-from transforms.stores.transports import open_destination, open_source
+from transforms.stores.transports import open_source
 from transforms.naming import copy_job
 from transforms.plan import Output
-from transforms.storecache import store_id
+from transforms.storecache import StoreCache, store_id
 from transforms.stores.options import StoreOptions
+from transforms.stores.registry_client import RegistryUnavailable
 
+
+log = logging.getLogger(__name__)
 
 #: Most jobs the launcher hands a distributed runner in its job graph (a few hundred
 #: bytes each; Dataflow refuses job graphs over 10 MB).
@@ -29,11 +34,14 @@ MAX_LAUNCHER_JOBS = 10_000
 def store_options(args: argparse.Namespace) -> StoreOptions:
     if args.registry_concurrency < 1:
         raise UsageError("--registry-concurrency must be at least 1")
+    if args.retry_times < 0:
+        raise UsageError("--retry-times must be 0 or more")
     return StoreOptions(
         insecure_registries=tuple(args.insecure_registry),
         authfile=args.authfile,
         ca_bundle=args.ca_bundle,
         registry_concurrency=args.registry_concurrency,
+        registry_retries=args.retry_times,
     )
 
 
@@ -95,18 +103,27 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
     return spec
 
 
-def prepare_destinations(spec: RunSpec) -> None:
-    stores: dict[str, ImageReference] = {}
+def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
+    """Check and initialise every destination store before anything is copied.
+
+    A destination that is wrong (not a layout, not a registry, …) stops the run with
+    exit 2. One that cannot be reached right now does not: its images fail, each with
+    an audit row, while the other destinations are written.
+    """
+    stores: dict[str, None] = {}
     for job in spec.jobs:
         for t in job.targets:
-            stores.setdefault(t.store, parse_reference(t.store))
+            stores.setdefault(t.store)
     for sync in spec.syncs:
         for out in sync.destinations:
             ref = parse_reference(out.ref)
             if ref.transport != "docker":  # registry repositories are named per image
-                stores.setdefault(store_id(ref), ref)
-    for ref in stores.values():
-        open_destination(ref, spec.options).prepare()
+                stores.setdefault(store_id(ref))
+    for store in stores:
+        try:
+            cache.destination(store).prepare()
+        except RegistryUnavailable as exc:
+            log.warning("%s; its images will fail", one_line(exc))
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
@@ -121,15 +138,23 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
             pipeline_options(spec.beam_args)
         except UnknownBeamOption as exc:
             raise UsageError(str(exc)) from None
-    prepare_destinations(spec)
-    started = time.monotonic()
-    if spec.preflight:
-        from transforms.preflight import preflight
+    # One set of store objects on the launcher: a registry is pinged (or found
+    # unreachable) once for the preparation and the preflight together.
+    cache = StoreCache(spec.options)
+    try:
+        prepare_destinations(spec, cache)
+        started = time.monotonic()
+        if spec.preflight:
+            from transforms.preflight import preflight
 
-        # A distributed runner receives the jobs inside its job graph: past a bound, a
-        # sync's listing is left to its workers instead.
-        limit = None if is_local(spec.beam_args) else MAX_LAUNCHER_JOBS
-        settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel, max_jobs=limit)
+            # A distributed runner receives the jobs inside its job graph: past a bound, a
+            # sync's listing is left to its workers instead.
+            limit = None if is_local(spec.beam_args) else MAX_LAUNCHER_JOBS
+            settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel, max_jobs=limit,
+                                stores=cache)
+    finally:
+        cache.close()
+    if spec.preflight:
         spec.jobs, spec.syncs = settled.jobs, settled.syncs
         if not settled.pipeline_needed:  # every image already current: no pipeline to start
             audit.write(settled.rows, spec.audit_url)

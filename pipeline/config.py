@@ -57,6 +57,7 @@ class RegistryConfig(_Strict):
     authfile: str | None = None
     ca_bundle: str | None = None
     concurrency: int = Field(default=8, ge=1)
+    retries: int = Field(default=4, ge=0)
 
 
 class JobConfig(_Strict):
@@ -132,6 +133,7 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
             authfile=cfg.registries.authfile,
             ca_bundle=cfg.registries.ca_bundle,
             registry_concurrency=cfg.registries.concurrency,
+            registry_retries=cfg.registries.retries,
         ),
     )
     from transforms.plan import SyncSpec

@@ -133,6 +133,27 @@ def test_missing_image_becomes_a_failed_audit_row(samples, tmp_path):
     assert row["status"] == "failed" and "no/such:tag" in row["error"]
 
 
+DOWN = "127.0.0.1:1"  # nothing listens on port 1: connection refused
+
+
+@pytest.mark.parametrize("command", ["copy", "sync"])
+def test_unreachable_registry_fails_its_images_and_the_other_destination_is_written(samples, tmp_path, command):
+    audit = tmp_path / "audit.parquet"
+    source = f"oci:{samples}/oci:demo/app:1.0" if command == "copy" else f"oci:{samples}/oci"
+    down = f"docker://{DOWN}/mirror/app:1.0" if command == "copy" else f"docker://{DOWN}/mirror"
+    assert imagepush(command, source, down, f"oci:{tmp_path}/out" + (":app" if command == "copy" else ""),
+                     "--insecure-registry", DOWN, "--retry-times", "0", "--audit", str(audit)) == 1
+    rows = [r for r in audit_rows(audit) if r["role"] != "child"]
+    failed = [r for r in rows if r["destination"].startswith(f"docker://{DOWN}/")]
+    written = [r for r in rows if r["destination"].startswith("oci:")]
+    assert len(failed) == len(written) == (1 if command == "copy" else 2)
+    assert all(r["status"] == "failed" and f"cannot reach {DOWN}" in r["error"] for r in failed)
+    assert all(r["status"] == "ok" for r in written)
+    names = {m["annotations"]["org.opencontainers.image.ref.name"]
+             for m in json.loads((tmp_path / "out" / "index.json").read_bytes())["manifests"]}
+    assert names == ({"app"} if command == "copy" else {"demo/app:1.0", "demo/multi:1.0"})
+
+
 def test_index_converted_to_v2s2_becomes_a_manifest_list(samples, tmp_path):
     assert imagepush("copy", "--format", "v2s2", f"oci:{samples}/oci:demo/multi:1.0", f"dir:{tmp_path}/d",
                      "--audit", str(tmp_path / "a.parquet")) == 0

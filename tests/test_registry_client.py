@@ -20,6 +20,7 @@ from transforms.stores.options import StoreOptions
 from transforms.stores.registry import RegistryDestination, RegistrySource
 from transforms.formats.descriptor import Descriptor
 from transforms.stores.registry_client import (
+    HOST_DOWN_SECONDS,
     MAX_RESUMES,
     AccessDenied,
     Challenge,
@@ -218,6 +219,39 @@ def test_retries_are_bounded(stubs) -> None:
     assert str(info.value) == "h/x: manifest t failed after 5 attempts (UNKNOWN: boom)"
     assert len([s for s in stub.seen if s.method == "PUT"]) == 5
     assert sleeps == sorted(sleeps) or len(sleeps) == 4  # growing delays with jitter
+
+
+def test_unreachable_host_fails_fast_until_its_cool_down() -> None:
+    now, sleeps = [0.0], []
+    host = "127.0.0.1:1"  # nothing listens on port 1: connection refused
+    c = RegistryClient(host, StoreOptions(insecure_registries=(host,)), sleep=sleeps.append,
+                       clock=lambda: now[0], max_attempts=3)
+    with pytest.raises(RegistryUnavailable, match=r"^127\.0\.0\.1:1: registry check failed: cannot reach 127\.0\.0\.1:1 "):
+        c.request("GET", "/v2/x/tags/list", scopes=[], where="h/x", what="tag list")
+    assert len(sleeps) == 2
+    with pytest.raises(RegistryUnavailable) as info:
+        c.request("GET", "/v2/y/tags/list", scopes=[], where="h/y", what="tag list")
+    assert str(info.value).startswith("h/y: tag list not attempted: cannot reach 127.0.0.1:1 (")
+    assert len(sleeps) == 2  # no new attempt, no waiting
+    now[0] = HOST_DOWN_SECONDS + 1
+    with pytest.raises(RegistryUnavailable, match="after 3 attempts"):
+        c.request("GET", "/v2/y/tags/list", scopes=[], where="h/y", what="tag list")
+    assert len(sleeps) == 4  # tried again once the cool-down was over
+
+
+def test_registry_that_goes_away_mid_run_fails_the_rest_fast(stubs) -> None:
+    stub = stubs(lambda s: ok_ping(s) or (200, {"Content-Type": "application/json"}, b'{"tags": []}'))
+    sleeps: list[float] = []
+    c = client(stub.host, sleeps)
+    c.request("GET", "/v2/x/tags/list", scopes=[], where="h/x", what="tag list")
+    stub.stop()
+    c.close()  # the server's end of the kept-alive connection lives on in its handler thread
+    with pytest.raises(RegistryUnavailable, match="after 5 attempts"):
+        c.request("GET", "/v2/x/tags/list", scopes=[], where="h/x", what="tag list")
+    assert len(sleeps) == 4
+    with pytest.raises(RegistryUnavailable, match="not attempted"):
+        c.request("GET", "/v2/z/tags/list", scopes=[], where="h/z", what="tag list")
+    assert len(sleeps) == 4
 
 
 def test_streamed_body_is_not_retried(stubs) -> None:

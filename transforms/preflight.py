@@ -61,14 +61,17 @@ def preflight(
     options: StoreOptions | None = None,
     parallel: int = 8,
     max_jobs: int | None = None,
+    stores: StoreCache | None = None,
 ) -> Preflight:
     """Check every job (and every image the syncs list) against its destinations.
 
     ``max_jobs``: a sync that would leave more jobs than this (with those already left)
     is handed back whole, its listing stopped, for the pipeline's workers to list.
+    ``stores``: the caller's store objects (and registry clients), left open.
     """
     result = Preflight()
-    stores = StoreCache(options)
+    owned = stores is None
+    stores = StoreCache(options) if stores is None else stores
     # Mostly waiting on registries: as many checks in flight as one registry accepts.
     workers = max(1, parallel, (options or StoreOptions()).registry_concurrency)
     try:
@@ -101,7 +104,8 @@ def preflight(
                     _commit(result, mine)
                     result.rows.extend(listing_failed(spec, run_id, message, started))
     finally:
-        stores.close()
+        if owned:
+            stores.close()
     return result
 
 

@@ -19,6 +19,8 @@ class StoreOptions:
     ca_bundle: str | None = None
     #: Concurrent requests per registry host from one worker.
     registry_concurrency: int = 8
+    #: Retries of a registry request after a connection error, 429 or 5xx (with backoff).
+    registry_retries: int = 4
     #: Blobs of known size up to this are streamed in one PUT (the cheapest upload for a
     #: registry: no chunk state to save); larger or unsized ones go in chunked PATCHes.
     monolithic_upload_limit: int = 4 << 30

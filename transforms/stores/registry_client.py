@@ -15,9 +15,11 @@ The rules come from formats.md §10 and from what Distribution 2.8 actually does
   until they expire, and once a host has challenged us the right credentials are sent
   up front, which saves a round trip on every later request.
 * **Retries.** Connection errors, 429 and 5xx are retried with exponential backoff and
-  jitter, honouring ``Retry-After``, at most :data:`MAX_ATTEMPTS` times. A request whose
-  body is a *stream* cannot be replayed; it fails with :class:`RetriableUploadError` so
-  the caller restarts the whole upload from a fresh read of the source.
+  jitter, honouring ``Retry-After``, ``registry_retries`` times (``--retry-times``). A
+  request whose body is a *stream* cannot be replayed; it fails with
+  :class:`RetriableUploadError` so the caller restarts the whole upload from a fresh
+  read of the source. A host that could not be reached at all is not asked again for
+  :data:`HOST_DOWN_SECONDS`: its other requests fail at once.
 * **Limits.** One :class:`threading.BoundedSemaphore` per client caps concurrent requests
   at ``registry_concurrency``; a streamed response holds its slot until it is closed, so
   the cap counts open connections, not just request starts.
@@ -52,8 +54,6 @@ from transforms.stores.options import StoreOptions
 
 log = logging.getLogger(__name__)
 
-#: Attempts per request (the first one included) before a transient failure is final.
-MAX_ATTEMPTS = 5
 #: First backoff delay and cap, in seconds; the delay doubles per attempt.
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 16.0
@@ -71,6 +71,10 @@ TOKEN_RESPONSE_LIMIT = 1 << 20
 #: Error bodies are read only this far; they are for a message, not for data.
 ERROR_BODY_LIMIT = 64 << 10
 MAX_REDIRECTS = 5
+#: After a request has used up its attempts without reaching the host, further requests
+#: to it fail at once for this long: with a registry down, thousands of images must not
+#: each wait out a full backoff before failing.
+HOST_DOWN_SECONDS = 30.0
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Sent as OAuth2 ``client_id`` when trading an identity token for an access token.
 CLIENT_ID = "imagepush"
@@ -512,22 +516,27 @@ class RegistryClient:
         host: str,
         options: StoreOptions | None = None,
         *,
-        max_attempts: int = MAX_ATTEMPTS,
+        max_attempts: int | None = None,
         backoff_base: float = BACKOFF_BASE,
         backoff_max: float = BACKOFF_MAX,
         sleep: Callable[[float], None] = time.sleep,
         credentials: Credentials | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not host or "/" in host:
             raise StoreError(f"{host!r} is not a registry host[:port]")
         self.host = host
         self.options = options or StoreOptions()
         self.insecure = host_matches(host, self.options.insecure_registries)
-        self._max_attempts = max(1, max_attempts)
+        # Attempts per request: the options' retries plus the first try, unless given.
+        self._max_attempts = max(1, max_attempts if max_attempts is not None else self.options.registry_retries + 1)
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._sleep = sleep
         self._rng = random.Random()
+        self._clock = clock
+        #: (until, reason): the host could not be reached; requests fail fast until then.
+        self._down: tuple[float, str] | None = None
         concurrency = max(1, int(self.options.registry_concurrency))
         self._semaphore = threading.BoundedSemaphore(concurrency)
         self._session = requests.Session()
@@ -590,6 +599,7 @@ class RegistryClient:
         with self._lock:
             if self._base is not None:
                 return self._base
+        self._fail_if_down(self.host, "registry check")
         endpoint = ENDPOINT_ALIASES.get(self.host, self.host)
         base = f"https://{endpoint}"
         response: requests.Response | None = None
@@ -603,10 +613,15 @@ class RegistryClient:
                 log.debug("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
         if response is None:
             url = f"{base}/v2/"
-            response = self._retrying(
-                lambda: self._send_raw("GET", url, {}, None, None, stream=False),
-                where=self.host, what="registry check",
-            )
+            try:
+                response = self._retrying(
+                    lambda: self._send_raw("GET", url, {}, None, None, stream=False),
+                    where=self.host, what="registry check",
+                )
+            except RegistryUnavailable as exc:
+                if exc.status is None:  # not reached at all
+                    self._mark_down(exc)
+                raise
         if response.status_code == 401:
             self._learn_challenge(response)
         elif response.status_code == 404:
@@ -621,6 +636,20 @@ class RegistryClient:
         if path_or_url.startswith(("http://", "https://")):
             return path_or_url
         return urljoin(self.base_url() + "/", path_or_url.lstrip("/"))
+
+    def _mark_down(self, error: RegistryUnavailable) -> None:
+        reason = str(error).split(": cannot reach ", 1)[-1]
+        with self._lock:
+            self._down = (self._clock() + HOST_DOWN_SECONDS, reason)
+
+    def _fail_if_down(self, where: str, what: str) -> None:
+        """Fail at once while the host is known to be unreachable (see HOST_DOWN_SECONDS)."""
+        with self._lock:
+            down = self._down
+            if down is not None and self._clock() >= down[0]:
+                self._down = down = None  # time to try again
+        if down is not None:
+            raise RegistryUnavailable(f"{where}: {what} not attempted: cannot reach {down[1]}")
 
     def _backoff(self, attempt: int, response: requests.Response | None) -> float:
         delay = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
@@ -917,6 +946,7 @@ class RegistryClient:
         attempts: int | None = None,
     ) -> StreamedResponse:
         max_attempts = min(attempts or self._max_attempts, self._max_attempts)
+        self._fail_if_down(where, what)
         url = self.url(path_or_url)
         scopes = list(scopes)
         attempt = 0
@@ -940,9 +970,12 @@ class RegistryClient:
                         f"{where}: {what} interrupted ({_exc_name(exc)}); the upload must start again"
                     ) from None
                 if attempt >= max_attempts:
-                    raise RegistryUnavailable(
+                    error = RegistryUnavailable(
                         f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) after {attempt} attempts"
-                    ) from None
+                    )
+                    if urlsplit(url).netloc == urlsplit(self.url("/")).netloc:  # not a redirect's host
+                        self._mark_down(error)
+                    raise error from None
                 delay = self._backoff(attempt, None)
                 log.info("%s: %s: %s; retrying in %.1fs", where, what, _exc_name(exc), delay)
                 self._sleep(delay)
