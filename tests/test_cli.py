@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.cli import EXIT_USAGE, main, split_beam_args
+from pipeline.cli import EXIT_USAGE, UsageError, main, split_beam_args
 from pipeline.config import parse_run_config
 
 
@@ -109,6 +109,18 @@ def test_run_config_gives_each_destination_its_own_format():
     assert [(t.destination, t.format) for t in spec.jobs[0].targets] == [("oci:/b:app:1", "v2s2"), ("dir:/c", "oci")]
     assert [(o.ref, o.format, o.compression) for o in spec.syncs[0].destinations] == [("oci:/m", "v2s2", "preserve")]
     assert spec.syncs[0].include == ("^app",)
+
+
+def test_registry_settings_of_a_run_config_reach_the_stores():
+    spec = parse_run_config(
+        "registries: {insecure: ['127.0.0.1:5000'], concurrency: 3, retries: 0}\n"
+        "jobs:\n  - copy: oci:/a:app:1\n    to: [oci:/b:app:1]\n",
+        "r", "/tmp/a", [],
+    )
+    assert (spec.options.insecure_registries, spec.options.registry_concurrency, spec.options.registry_retries) == (
+        ("127.0.0.1:5000",), 3, 0)
+    with pytest.raises(UsageError, match=r"^config: registries\.retries: Input should be greater than or equal to 0$"):
+        parse_run_config("registries: {retries: -1}\njobs:\n  - copy: oci:/a:b\n    to: [oci:/c]\n", "r", "/tmp/a", [])
 
 
 def test_preflight_is_on_unless_the_config_or_the_command_line_turns_it_off():
