@@ -91,7 +91,11 @@ class Stub:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(payload if cut is None else payload[: int(cut)])
+                    try:
+                        self.wfile.write(payload if cut is None else payload[: int(cut)])
+                    except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                        self.close_connection = True
+                        return
                 if cut is not None:
                     self.wfile.flush()
                     self.close_connection = True
