@@ -429,7 +429,6 @@ def _digest(data: bytes) -> str:
 
 def test_manifest_answers_are_checked(stubs) -> None:
     from transforms.stores.base import StoreError
-    from transforms.stores.registry import RegistrySource
 
     good = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     plain = b'{"schemaVersion":2,"manifests":[]}'
@@ -466,7 +465,7 @@ def test_manifest_answers_are_checked(stubs) -> None:
 def test_manifest_put_retried_on_500(stubs) -> None:
     """Distribution 2.8 answers 500 to racing tag writes; the PUT is simply sent again."""
     from transforms.stores.base import ManifestBlob, Publication
-    from transforms.stores.registry import RegistryDestination, RegistrySource
+    from transforms.stores.registry import RegistryDestination
 
     body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     answers = iter([(500, {}, ERR("UNKNOWN", "unknown error")), (500, {}, b"")])
