@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from transforms.stores.base import StoreError
 
-TRANSPORTS = ("docker", "oci", "dir", "docker-archive", "registry-storage")
+TRANSPORTS = ("docker", "oci", "oci-archive", "dir", "docker-archive", "registry-storage")
 #: Transports whose location holds one image at most.
 SINGLE_IMAGE = frozenset({"dir"})
 

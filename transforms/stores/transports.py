@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from transforms.stores.base import Destination, Source, StoreError
 from transforms.stores.dir import DirDestination, DirSource
 from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
+from transforms.stores.oci_archive import OCIArchiveSource
 from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
 from transforms.stores.reference import ImageReference
 from transforms.stores.registry import RegistryDestination, RegistrySource
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 _SOURCES: dict[str, type[Source]] = {
     "oci": OCILayoutSource,
+    "oci-archive": OCIArchiveSource,
     "dir": DirSource,
     "docker-archive": DockerArchiveSource,
     "docker": RegistrySource,

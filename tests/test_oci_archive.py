@@ -1,0 +1,73 @@
+"""oci-archive: sources, as skopeo, podman and buildah write them (and as `tar -C dir .` does)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.cli import EXIT_USAGE, main
+
+try:
+    from tests.conftest import require_tool, run, sha256
+except ImportError:  # tests/ is not a package
+    from conftest import require_tool, run, sha256  # type: ignore[no-redef]
+
+
+def blobs_match_their_names(layout: Path) -> None:
+    """Every blob of a written layout hashes to its file name."""
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+
+
+def test_archive_written_by_skopeo_is_copied_with_its_digest(layout: Path, tmp_path: Path) -> None:
+    require_tool("skopeo")
+    archive = tmp_path / "app.tar"
+    run(["skopeo", "copy", "-q", f"oci:{layout}:demo/app:1.0", f"oci-archive:{archive}:demo/app:1.0"], timeout=60)
+    raw = run(["skopeo", "inspect", "--raw", f"oci-archive:{archive}:demo/app:1.0"], timeout=60).stdout
+    audit = tmp_path / "audit.parquet"
+    assert main(["copy", f"oci-archive:{archive}:demo/app:1.0", f"oci:{tmp_path}/out:app", f"dir:{tmp_path}/dir",
+                 "--audit", str(audit)]) == 0
+    assert run(["skopeo", "inspect", "--raw", f"oci:{tmp_path}/out:app"], timeout=60).stdout == raw
+    assert (tmp_path / "dir" / "manifest.json").read_bytes() == raw
+    # skopeo reads every blob back through its own digest checks.
+    run(["skopeo", "copy", "-q", f"dir:{tmp_path}/dir", f"oci:{tmp_path}/check:app"], timeout=60)
+    assert {r["source_digest"] for r in pq.read_table(audit).to_pylist()} == {sha256(raw)}
+
+
+def test_archive_with_dot_slash_names_gives_an_index_and_all_its_children(layout: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "dot.tar"
+    with tarfile.open(archive, "w") as tar:  # names "./index.json", "./blobs/…", like `tar -C layout -cf x .`
+        tar.add(layout, arcname=".")
+    index = json.loads((layout / "index.json").read_bytes())
+    multi = next(m for m in index["manifests"]
+                 if m["annotations"]["org.opencontainers.image.ref.name"] == "demo/multi:1.0")
+    assert main(["copy", f"oci-archive:{archive}:demo/multi:1.0", f"oci:{tmp_path}/out:multi",
+                 "--audit", str(tmp_path / "audit.parquet")]) == 0
+    (written,) = json.loads((tmp_path / "out" / "index.json").read_bytes())["manifests"]
+    assert written["digest"] == multi["digest"]
+    def blob(digest: str) -> dict:
+        return json.loads((layout / "blobs" / "sha256" / digest[7:]).read_bytes())
+
+    wanted = {multi["digest"]}
+    for child in blob(multi["digest"])["manifests"]:
+        manifest = blob(child["digest"])
+        wanted |= {child["digest"], manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+    blobs_match_their_names(tmp_path / "out")
+    assert {f"sha256:{p.name}" for p in (tmp_path / "out" / "blobs" / "sha256").iterdir()} == wanted
+
+
+def test_missing_archive_is_a_failed_image_with_one_line(tmp_path: Path, capsys) -> None:
+    audit = tmp_path / "audit.parquet"
+    assert main(["copy", f"oci-archive:{tmp_path}/none.tar:x", f"oci:{tmp_path}/out", "--audit", str(audit)]) == 1
+    (row,) = pq.read_table(audit).to_pylist()
+    assert row["error"] == f"oci-archive:{tmp_path}/none.tar: {tmp_path}/none.tar not found"
+
+
+def test_oci_archive_is_a_source_only(layout: Path, tmp_path: Path, capsys) -> None:
+    assert main(["copy", f"oci:{layout}:demo/app:1.0", f"oci-archive:{tmp_path}/x.tar:app"]) == EXIT_USAGE
+    assert capsys.readouterr().err == f"imagepush: oci-archive:{tmp_path}/x.tar:app: oci-archive: is a source only\n"
+    assert not (tmp_path / "x.tar").exists()
