@@ -94,3 +94,18 @@ def test_copy_into_and_out_of_s3_keeps_digests_and_writes_audit_there(tmp_path, 
     # Nothing half-written is left behind: no temporary objects beside the blobs.
     assert not [p for p in fs.find(f"{bucket}/layout") if ".tmp" in p]
     assert json.loads(fs.cat(f"{bucket}/layout/index.json"))["manifests"][0]["digest"] == src.digest
+
+
+def test_oci_archive_is_read_from_s3_in_place(tmp_path, bucket):
+    import s3fs
+    import tarfile
+
+    write_oci_samples(str(tmp_path / "src"))
+    with tarfile.open(tmp_path / "images.tar", "w") as tar:
+        for name in ("oci-layout", "index.json", "blobs"):
+            tar.add(tmp_path / "src" / name, arcname=name)
+    s3fs.S3FileSystem().put(str(tmp_path / "images.tar"), f"{bucket}/images.tar")
+    assert main(["copy", f"oci-archive:s3://{bucket}/images.tar:demo/multi:1.0", f"oci:{tmp_path}/back:multi",
+                 "--audit", str(tmp_path / "a.parquet")]) == 0
+    src = OCILayoutSource(f"{tmp_path}/src").get_root("demo/multi:1.0")
+    assert OCILayoutSource(f"{tmp_path}/back").get_root("multi").data == src.data

@@ -63,8 +63,10 @@ class ArchiveMembers:
         self.url = url
         self._where = where
         self._members: dict[str, tuple[int, int]] = {}
+        self._fs, self._path = fsspec.core.url_to_fs(url)
         try:
-            with fsspec.open(url, "rb", block_size=INDEX_BLOCK_SIZE) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            with self._fs.open(self._path, "rb", block_size=INDEX_BLOCK_SIZE) as f, \
+                    tarfile.open(fileobj=f, mode="r:") as tar:
                 for info in tar:
                     if info.isfile():
                         self._members[_member(info.name)] = (info.offset_data, info.size)
@@ -85,7 +87,7 @@ class ArchiveMembers:
         if found is None:
             raise FileNotFoundError(path)
         offset, size = found
-        file = fsspec.open(self.url, "rb").open()
+        file = self._fs.open(self._path, "rb")
         try:
             file.seek(offset)
         except BaseException:
