@@ -41,7 +41,7 @@ from transforms.stores.base import (
     Source,
     StoreError,
 )
-from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, FsStore, copy_stream, join, write_atomic
+from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, FsStore, copy_stream, join, write_atomic
 
 STAGING_SUFFIX = ".imagepush-staging"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -150,39 +150,6 @@ class _Archive:
     blobs: dict[str, str] = field(default_factory=dict)
 
 
-class _BoundedReader(io.RawIOBase):
-    """Reads ``size`` bytes of a tar member from a stream positioned at its data."""
-
-    def __init__(self, stream: Any, size: int, closers: list[Any], what: str) -> None:
-        self._stream = stream
-        self._remaining = size
-        self._closers = closers
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._remaining <= 0:
-            return 0
-        want = min(len(buffer), self._remaining, CHUNK_SIZE)
-        data = self._stream.read(want)
-        if not data:
-            raise StoreError(f"{self._what} is truncated")
-        buffer[: len(data)] = data
-        self._remaining -= len(data)
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            for closer in reversed(self._closers):
-                try:
-                    closer.close()
-                except OSError:
-                    pass
-        super().close()
-
-
 class DockerArchiveSource(FsStore, Source):
     """Reads images from a ``docker save`` tarball, indexing it once per store object."""
 
@@ -228,7 +195,7 @@ class DockerArchiveSource(FsStore, Source):
                 closer.close()
             raise
         what = f"{self._where()}: member {member.name}"
-        return io.BufferedReader(_BoundedReader(stream, member.size, closers, what), CHUNK_SIZE)
+        return io.BufferedReader(BoundedReader(stream, member.size, closers, what), CHUNK_SIZE)
 
     def _member_bytes(self, member: _Member) -> bytes:
         if member.content is not None:

@@ -10,6 +10,7 @@ Beam bundle) never sees a half-written blob or index under its final name.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import threading
@@ -170,6 +171,44 @@ def copy_stream(src: BinaryIO, write: Any, limit: int | None = None) -> int:
         write(chunk)
         total += len(chunk)
     return total
+
+
+class BoundedReader(io.RawIOBase):
+    """Reads ``size`` bytes of an archive member from a stream positioned at its data.
+
+    ``closers`` (the stream and whatever it wraps) are closed with the reader; a stream
+    that ends early is a truncated archive, not a short file.
+    """
+
+    def __init__(self, stream: Any, size: int, closers: list[Any], what: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._remaining = size
+        self._closers = closers
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._remaining <= 0:
+            return 0
+        want = min(len(buffer), self._remaining, CHUNK_SIZE)
+        data = self._stream.read(want)
+        if not data:
+            raise StoreError(f"{self._what} is truncated")
+        buffer[: len(data)] = data
+        self._remaining -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            for closer in reversed(self._closers):
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        super().close()
 
 
 class FsStore:

@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 
 from transforms.stores.base import NotFound, StoreError
+from transforms.stores.fs import CHUNK_SIZE, BoundedReader
 from transforms.stores.oci_layout import OCILayoutSource
 
 #: Read size while indexing: a remote archive is read header by header, not in the
@@ -27,33 +28,6 @@ INDEX_BLOCK_SIZE = 64 << 10
 
 def _member(name: str) -> str:
     return posixpath.normpath(name).lstrip("/")
-
-
-class _Range(io.RawIOBase):
-    """``size`` bytes of an open file from its current position; closing closes the file."""
-
-    def __init__(self, file: Any, size: int) -> None:
-        super().__init__()
-        self._file = file
-        self._left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._left <= 0:
-            return 0
-        data = self._file.read(min(len(buffer), self._left))
-        if not data:
-            raise StoreError("the archive ends inside one of its files")
-        buffer[: len(data)] = data
-        self._left -= len(data)
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._file.close()
-        super().close()
 
 
 class ArchiveMembers:
@@ -93,7 +67,7 @@ class ArchiveMembers:
         except BaseException:
             file.close()
             raise
-        return io.BufferedReader(_Range(file, size))
+        return io.BufferedReader(BoundedReader(file, size, [file], f"{self._where}: {path}"), CHUNK_SIZE)
 
 
 class OCIArchiveSource(OCILayoutSource):
