@@ -25,7 +25,7 @@ EPILOG = """\
 references:
   docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (Distribution HTTP API)
   oci:URL[:REF]                             an OCI image layout (REF = ref name)
-  oci-archive:URL[:REF]                     source only: an OCI layout in a tar file
+  oci-archive:URL[:REF]                     an OCI layout in a tar file (replaced when written)
   dir:URL                                   a skopeo-style directory (one image)
   docker-archive:URL[:REPO:TAG]             a `docker save` tarball
   registry-storage:URL                      source only: a registry's storage tree

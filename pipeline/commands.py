@@ -55,8 +55,8 @@ def _destinations(texts: list[str]) -> list[ImageReference]:
     refs = []
     for text in texts:
         ref = parse_reference(text)
-        if ref.transport in ("registry-storage", "oci-archive"):
-            raise UsageError(f"{text}: {ref.transport}: is a source only")
+        if ref.transport == "registry-storage":
+            raise UsageError(f"{text}: registry-storage: is a source only")
         refs.append(ref)
     return refs
 

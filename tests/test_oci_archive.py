@@ -1,4 +1,4 @@
-"""oci-archive: sources, as skopeo, podman and buildah write them (and as `tar -C dir .` does)."""
+"""oci-archive: read as skopeo, podman and buildah write it (and as `tar -C dir .` does), and written for skopeo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline.cli import EXIT_USAGE, main
+from transforms.stores.oci_archive import OCIArchiveSource
 
 try:
     from tests.conftest import require_tool, run, sha256
@@ -67,7 +68,37 @@ def test_missing_archive_is_a_failed_image_with_one_line(tmp_path: Path, capsys)
     assert row["error"] == f"oci-archive:{tmp_path}/none.tar: {tmp_path}/none.tar not found"
 
 
-def test_oci_archive_is_a_source_only(layout: Path, tmp_path: Path, capsys) -> None:
-    assert main(["copy", f"oci:{layout}:demo/app:1.0", f"oci-archive:{tmp_path}/x.tar:app"]) == EXIT_USAGE
-    assert capsys.readouterr().err == f"imagepush: oci-archive:{tmp_path}/x.tar:app: oci-archive: is a source only\n"
-    assert not (tmp_path / "x.tar").exists()
+def test_written_archive_is_read_by_skopeo_with_the_same_digest(layout: Path, tmp_path: Path) -> None:
+    require_tool("skopeo")
+    archive = tmp_path / "out" / "app.tar"
+    assert main(["copy", f"oci:{layout}:demo/app:1.0", f"oci-archive:{archive}:app",
+                 "--audit", str(tmp_path / "audit.parquet")]) == 0
+    raw = run(["skopeo", "inspect", "--raw", f"oci:{layout}:demo/app:1.0"], timeout=60).stdout
+    assert run(["skopeo", "inspect", "--raw", f"oci-archive:{archive}:app"], timeout=60).stdout == raw
+    run(["skopeo", "copy", "-q", f"oci-archive:{archive}:app", f"oci:{tmp_path}/check:app"], timeout=60)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["app.tar"]  # no staging left
+
+
+def test_sync_into_an_archive_replaces_it_with_the_same_bytes(layout: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "all.tar"
+    archive.write_bytes(b"an older archive")
+    digests = []
+    for run_number in range(2):
+        assert main(["sync", f"oci:{layout}", f"oci-archive:{archive}",
+                     "--audit", str(tmp_path / f"audit{run_number}.parquet")]) == 0
+        digests.append(sha256(archive.read_bytes()))
+    assert digests[0] == digests[1]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert names[:4] == ["oci-layout", "index.json", "blobs", "blobs/sha256"]
+    index = json.loads((layout / "index.json").read_bytes())
+    written = OCIArchiveSource(str(archive))
+    assert sorted((e.ref, e.digest) for e in written.list_images()) == sorted(
+        (m["annotations"]["org.opencontainers.image.ref.name"], m["digest"]) for m in index["manifests"])
+    assert len(names) == 4 + len(list((layout / "blobs" / "sha256").iterdir()))
+
+
+def test_archive_destination_that_is_a_directory_is_refused(layout: Path, tmp_path: Path, capsys) -> None:
+    assert main(["copy", f"oci:{layout}:demo/app:1.0", f"oci-archive:{tmp_path}:app"]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"imagepush: oci-archive:{tmp_path}: {tmp_path} is a directory, not an archive file (use oci: for a layout)\n")

@@ -170,6 +170,22 @@ def test_oci_publish_five_images_in_one_call(tmp_path: Path) -> None:
     assert source.get_root("app:v3").data == images[3].manifest
 
 
+def test_oci_index_does_not_depend_on_the_order_publications_arrive_in(tmp_path: Path) -> None:
+    images = [tiny_image(text, oci=True) for text in (b"one\n", b"two\n", b"three\n")]
+    publications = [Publication(f"name-{i}", image.root_desc) for i, image in enumerate(images)]
+    publications.append(Publication(None, images[0].root_desc))
+    written = []
+    for order in (publications, publications[::-1]):
+        layout = tmp_path / f"layout-{len(written)}"
+        dest = OCILayoutDestination(str(layout))
+        dest.prepare()
+        for image in images:
+            dest.put_manifest(image.manifest_blob)
+        dest.publish(list(order))
+        written.append((layout / "index.json").read_bytes())
+    assert written[0] == written[1]
+
+
 def test_oci_publish_moves_names_and_replaces_unnamed(tmp_path: Path) -> None:
     """Like containers/image: a name moves to the new image, an unnamed same-digest entry is replaced."""
     layout = tmp_path / "layout"

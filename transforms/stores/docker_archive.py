@@ -41,7 +41,17 @@ from transforms.stores.base import (
     Source,
     StoreError,
 )
-from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, FsStore, copy_stream, join, write_atomic
+from transforms.stores.fs import (
+    CHUNK_SIZE,
+    AtomicFileSink,
+    BoundedReader,
+    FsStore,
+    TarTarget,
+    copy_stream,
+    join,
+    tar_info,
+    write_atomic,
+)
 
 STAGING_SUFFIX = ".imagepush-staging"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -566,31 +576,6 @@ class _LayerSink(BlobSink):
         self._out.abort()
 
 
-class _TarTarget:
-    """Adapts a sink to the ``write``/``tell`` file interface tarfile writes through."""
-
-    def __init__(self, sink: AtomicFileSink) -> None:
-        self._sink = sink
-
-    def write(self, data: bytes) -> int:
-        self._sink.write(bytes(data))
-        return len(data)
-
-    def tell(self) -> int:
-        return self._sink.size
-
-
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    """Fixed metadata so the same images always give the same archive bytes."""
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 class DockerArchiveDestination(FsStore, Destination):
     """Writes a ``docker save``-compatible tarball: blobs are staged, the tar is built at publish."""
 
@@ -665,15 +650,15 @@ class DockerArchiveDestination(FsStore, Destination):
                 })
             sink = AtomicFileSink(fs, self.root, overwrite=True)
             try:
-                with tarfile.open(fileobj=_TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
                     for config_digest, _, config_bytes in images:
                         name = f"{_split(config_digest)[1]}.json"
-                        tar.addfile(_tar_info(name, len(config_bytes)), io.BytesIO(config_bytes))
+                        tar.addfile(tar_info(name, len(config_bytes)), io.BytesIO(config_bytes))
                     for diff_id, (size, opener) in layers.items():
                         with opener() as layer:
-                            tar.addfile(_tar_info(f"{_split(diff_id)[1]}.tar", size), layer)
+                            tar.addfile(tar_info(f"{_split(diff_id)[1]}.tar", size), layer)
                     manifest = orjson.dumps(entries)
-                    tar.addfile(_tar_info("manifest.json", len(manifest)), io.BytesIO(manifest))
+                    tar.addfile(tar_info("manifest.json", len(manifest)), io.BytesIO(manifest))
                 sink.commit()
             except BaseException:
                 sink.abort()

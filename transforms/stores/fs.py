@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import tarfile
 import threading
 import uuid
 from typing import Any, BinaryIO
@@ -209,6 +210,32 @@ class BoundedReader(io.RawIOBase):
                 except OSError:
                     pass
         super().close()
+
+
+class TarTarget:
+    """Adapts a sink to the ``write``/``tell`` file interface tarfile writes through."""
+
+    def __init__(self, sink: AtomicFileSink) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(bytes(data))
+        return len(data)
+
+    def tell(self) -> int:
+        return self._sink.size
+
+
+def tar_info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:
+    """Fixed metadata, so the same images always give the same archive bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mtime = 0
+    info.mode = 0o755 if directory else 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 class FsStore:

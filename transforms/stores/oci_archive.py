@@ -1,11 +1,17 @@
-"""OCI archive (``oci-archive:URL[:REF]``, read only): an OCI image layout in one tar file.
+"""OCI archive (``oci-archive:URL[:REF]``): an OCI image layout in one tar file.
 
 This is what ``skopeo copy … oci-archive:``, ``podman save --format oci-archive`` and
-buildah write, the usual way to carry images into an air-gapped network. Nothing is
-unpacked: the tar's member headers are indexed once (seeking past the data), and every
-file is then read as a byte range of the archive through a handle of its own, so blob
-copies running in parallel never share a file position. Member names are normalised,
-so archives made with ``tar -C layout -cf x.tar .`` (names starting ``./``) read too.
+buildah write, the usual way to carry images into an air-gapped network.
+
+Reading unpacks nothing: the tar's member headers are indexed once (seeking past the
+data), and every file is then read as a byte range of the archive through a handle of
+its own, so blob copies running in parallel never share a file position. Member names
+are normalised, so archives made with ``tar -C layout -cf x.tar .`` (``./`` names) read.
+
+Writing stages an OCI layout beside the archive (``URL.imagepush-staging``), then builds
+the tar once, at publish, with fixed metadata (the same images give the same bytes) and
+renames it into place. As with skopeo, the archive holds the images of one run: an
+existing archive is replaced, not added to.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Any
 
 import fsspec
 
-from transforms.stores.base import NotFound, StoreError
-from transforms.stores.fs import CHUNK_SIZE, BoundedReader
-from transforms.stores.oci_layout import OCILayoutSource
+from transforms.stores.base import NotFound, Publication, StoreError
+from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, join, tar_info
+from transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
+
+STAGING_SUFFIX = ".imagepush-staging"
 
 #: Read size while indexing: a remote archive is read header by header, not in the
 #: multi-megabyte blocks fsspec would otherwise fetch around every header.
@@ -81,3 +89,54 @@ class OCIArchiveSource(OCILayoutSource):
             if self._fs_pair is None:
                 self._fs_pair = (ArchiveMembers(self.url, self._where()), "")
             return self._fs_pair
+
+
+class OCIArchiveDestination(OCILayoutDestination):
+    """Writes an OCI archive: an OCI layout staged beside it, packed at publish."""
+
+    def _where(self) -> str:
+        return f"oci-archive:{self.url}"
+
+    @property
+    def archive(self) -> str:
+        return self._open()[1]
+
+    @property
+    def root(self) -> str:
+        """The staged layout: everything the layout writer does happens there."""
+        return self.archive + STAGING_SUFFIX
+
+    def prepare(self) -> None:
+        fs = self.fs
+        if fs.isdir(self.archive):
+            raise StoreError(f"{self._where()}: {self.url} is a directory, not an archive file (use oci: for a layout)")
+        if fs.exists(self.root):  # left by a run that stopped before publishing: start clean
+            fs.rm(self.root, recursive=True)
+        super().prepare()
+
+    def publish(self, publications: list[Publication]) -> None:
+        if not publications:
+            return
+        super().publish(publications)
+        fs = self.fs
+        blobs = sorted(
+            path for path in fs.find(join(self.root, "blobs"))
+            if not posixpath.basename(path).startswith(".")  # a temporary file of an aborted write
+        )
+        sink = AtomicFileSink(fs, self.archive, overwrite=True)
+        try:
+            with tarfile.open(fileobj=TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+                for name in (LAYOUT_FILE, INDEX_FILE):
+                    with fs.open(self.path(name), "rb") as f:
+                        tar.addfile(tar_info(name, fs.size(self.path(name))), f)
+                directories = sorted({posixpath.dirname(posixpath.relpath(p, self.root)) for p in blobs})
+                for directory in sorted({"blobs", *directories}):
+                    tar.addfile(tar_info(directory + "/", 0, directory=True))
+                for path in blobs:
+                    with fs.open(path, "rb") as f:
+                        tar.addfile(tar_info(posixpath.relpath(path, self.root), fs.size(path)), f)
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        fs.rm(self.root, recursive=True)

@@ -269,7 +269,9 @@ class OCILayoutDestination(FsStore, Destination):
                 write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
             index = {"schemaVersion": 2, "manifests": []}
         manifests: list[Any] = list(index["manifests"])
-        for pub in publications:
+        # Publications arrive in whatever order the runner grouped them; sorted, the same
+        # images always give the same index.json (and the same oci-archive bytes).
+        for pub in sorted(publications, key=lambda p: (p.ref is None, p.ref or "", p.descriptor.digest)):
             manifests = _add_entry(manifests, pub)
         index["schemaVersion"] = 2
         index["mediaType"] = mt.OCI_INDEX

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from transforms.stores.base import Destination, Source, StoreError
 from transforms.stores.dir import DirDestination, DirSource
 from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
-from transforms.stores.oci_archive import OCIArchiveSource
+from transforms.stores.oci_archive import OCIArchiveDestination, OCIArchiveSource
 from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
 from transforms.stores.reference import ImageReference
 from transforms.stores.registry import RegistryDestination, RegistrySource
@@ -27,6 +27,7 @@ _SOURCES: dict[str, type[Source]] = {
 }
 _DESTINATIONS: dict[str, type[Destination]] = {
     "oci": OCILayoutDestination,
+    "oci-archive": OCIArchiveDestination,
     "dir": DirDestination,
     "docker-archive": DockerArchiveDestination,
     "docker": RegistryDestination,
