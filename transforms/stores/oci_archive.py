@@ -24,7 +24,7 @@ from typing import Any
 import fsspec
 
 from transforms.stores.base import NotFound, Publication, StoreError
-from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, join, tar_info
+from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, tar_info
 from transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
 
 STAGING_SUFFIX = ".imagepush-staging"
@@ -42,7 +42,6 @@ class ArchiveMembers:
     """The regular files of a tar archive at an fsspec URL: the two calls the layout reader makes."""
 
     def __init__(self, url: str, where: str) -> None:
-        self.url = url
         self._where = where
         self._members: dict[str, tuple[int, int]] = {}
         self._fs, self._path = fsspec.core.url_to_fs(url)
@@ -119,22 +118,24 @@ class OCIArchiveDestination(OCILayoutDestination):
             return
         super().publish(publications)
         fs = self.fs
-        blobs = sorted(
-            path for path in fs.find(join(self.root, "blobs"))
+        files = {
+            posixpath.relpath(path, self.root): info["size"]
+            for path, info in fs.find(self.root, detail=True).items()
             if not posixpath.basename(path).startswith(".")  # a temporary file of an aborted write
-        )
+        }
+        blobs = sorted(name for name in files if name not in (LAYOUT_FILE, INDEX_FILE))
+        directories = sorted({posixpath.dirname(name) for name in blobs} | {"blobs"})
         sink = AtomicFileSink(fs, self.archive, overwrite=True)
         try:
             with tarfile.open(fileobj=TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
                 for name in (LAYOUT_FILE, INDEX_FILE):
                     with fs.open(self.path(name), "rb") as f:
-                        tar.addfile(tar_info(name, fs.size(self.path(name))), f)
-                directories = sorted({posixpath.dirname(posixpath.relpath(p, self.root)) for p in blobs})
-                for directory in sorted({"blobs", *directories}):
+                        tar.addfile(tar_info(name, files[name]), f)
+                for directory in directories:
                     tar.addfile(tar_info(directory + "/", 0, directory=True))
-                for path in blobs:
-                    with fs.open(path, "rb") as f:
-                        tar.addfile(tar_info(posixpath.relpath(path, self.root), fs.size(path)), f)
+                for name in blobs:
+                    with fs.open(self.path(name), "rb") as f:
+                        tar.addfile(tar_info(name, files[name]), f)
             sink.commit()
         except BaseException:
             sink.abort()

@@ -424,7 +424,7 @@ class BlobStream(io.RawIOBase):
         self._open_at = open_at
         self._where = where
         self._offset = 0
-        self.resumes = 0
+        self._resumes = 0
 
     def readable(self) -> bool:
         return True
@@ -450,11 +450,11 @@ class BlobStream(io.RawIOBase):
     def _resume(self, lost: RegistryUnavailable) -> None:
         """Replace the broken response by one that continues at ``self._offset``."""
         while True:
-            if self._open_at is None or self.resumes >= MAX_RESUMES:
+            if self._open_at is None or self._resumes >= MAX_RESUMES:
                 raise lost
-            self.resumes += 1
+            self._resumes += 1
             self._streamed.close()
-            log.info("%s; resuming at byte %d (%d of %d)", lost, self._offset, self.resumes, MAX_RESUMES)
+            log.info("%s; resuming at byte %d (%d of %d)", lost, self._offset, self._resumes, MAX_RESUMES)
             try:
                 self._streamed = self._continue_at(self._offset)
                 return
@@ -613,15 +613,7 @@ class RegistryClient:
                 log.debug("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
         if response is None:
             url = f"{base}/v2/"
-            try:
-                response = self._retrying(
-                    lambda: self._send_raw("GET", url, {}, None, None, stream=False),
-                    where=self.host, what="registry check",
-                )
-            except RegistryUnavailable as exc:
-                if exc.status is None:  # not reached at all
-                    self._mark_down(exc)
-                raise
+            response = self._retrying("GET", url, where=self.host, what="registry check", stream=False)
         if response.status_code == 401:
             self._learn_challenge(response)
         elif response.status_code == 404:
@@ -637,10 +629,19 @@ class RegistryClient:
             return path_or_url
         return urljoin(self.base_url() + "/", path_or_url.lstrip("/"))
 
-    def _mark_down(self, error: RegistryUnavailable) -> None:
-        reason = str(error).split(": cannot reach ", 1)[-1]
-        with self._lock:
-            self._down = (self._clock() + HOST_DOWN_SECONDS, reason)
+    def _unreachable(self, url: str, where: str, what: str, exc: BaseException, attempts: int) -> RegistryUnavailable:
+        """The final error for a host that never answered.
+
+        When that host is this registry (not a token server or a blob store it redirects
+        to), its other requests fail at once for :data:`HOST_DOWN_SECONDS`.
+        """
+        host = urlsplit(url).netloc
+        own = host == ENDPOINT_ALIASES.get(self.host, self.host)
+        reason = f"{self.host if own else host} ({_exc_name(exc)}) after {attempts} attempts"
+        if own:
+            with self._lock:
+                self._down = (self._clock() + HOST_DOWN_SECONDS, reason)
+        return RegistryUnavailable(f"{where}: {what} failed: cannot reach {reason}")
 
     def _fail_if_down(self, where: str, what: str) -> None:
         """Fail at once while the host is known to be unreachable (see HOST_DOWN_SECONDS)."""
@@ -712,19 +713,27 @@ class RegistryClient:
             response.content  # read the body now, as Session.send does, so the connection is returned
         return response
 
-    def _retrying(self, send: Callable[[], requests.Response], *, where: str, what: str) -> requests.Response:
-        """Run ``send`` until it gives a non-transient answer or attempts run out."""
+    def _retrying(
+        self,
+        method: str,
+        url: str,
+        *,
+        where: str,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        params: Any = None,
+        stream: bool = True,
+    ) -> requests.Response:
+        """Send until the answer is not transient or attempts run out (no auth: pings, tokens)."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = send()
+                response = self._send_raw(method, url, dict(headers or {}), body, params, stream=stream)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self._max_attempts:
-                    raise RegistryUnavailable(
-                        f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) "
-                        f"after {attempt} attempts"
-                    ) from None
+                    raise self._unreachable(url, where, what, exc, attempt) from None
                 delay = self._backoff(attempt, None)
                 log.info("%s: %s: %s; retrying in %.1fs", where, what, _exc_name(exc), delay)
                 self._sleep(delay)
@@ -785,10 +794,7 @@ class RegistryClient:
                     "scope": " ".join(scopes)}
             if service:
                 form["service"] = service
-            response = self._retrying(
-                lambda: self._send_raw("POST", realm, {}, form, None, stream=True),
-                where=where, what="token request",
-            )
+            response = self._retrying("POST", realm, where=where, what="token request", body=form)
             if response.status_code in (404, 405):  # realm without OAuth2 support: plain GET below
                 response.close()
                 response = None
@@ -799,10 +805,8 @@ class RegistryClient:
             if creds is not None and creds.has_password:
                 params.append(("account", creds.username))
                 headers["Authorization"] = _basic(creds)
-            response = self._retrying(
-                lambda: self._send_raw("GET", realm, headers, None, params, stream=True),
-                where=where, what="token request",
-            )
+            response = self._retrying("GET", realm, where=where, what="token request", headers=headers,
+                                      params=params)
         try:
             body = _read_capped(response, TOKEN_RESPONSE_LIMIT)
         finally:
@@ -970,12 +974,7 @@ class RegistryClient:
                         f"{where}: {what} interrupted ({_exc_name(exc)}); the upload must start again"
                     ) from None
                 if attempt >= max_attempts:
-                    error = RegistryUnavailable(
-                        f"{where}: {what} failed: cannot reach {self.host} ({_exc_name(exc)}) after {attempt} attempts"
-                    )
-                    if urlsplit(url).netloc == urlsplit(self.url("/")).netloc:  # not a redirect's host
-                        self._mark_down(error)
-                    raise error from None
+                    raise self._unreachable(url, where, what, exc, attempt) from None
                 delay = self._backoff(attempt, None)
                 log.info("%s: %s: %s; retrying in %.1fs", where, what, _exc_name(exc), delay)
                 self._sleep(delay)
