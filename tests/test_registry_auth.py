@@ -286,6 +286,7 @@ def test_namespace_credentials_are_used_for_their_repositories(
     assert users[("repository:public/app:pull",)] == "bob"
     mount = next(scopes for scopes in users if "repository:team/carols:pull,push" in scopes)
     assert "repository:public/app:pull" in mount and users[mount] == "carol"
+    clients.close()
 
 
 def test_authfile_default_search_finds_registry_credentials(

@@ -258,6 +258,19 @@ def test_registry_that_goes_away_mid_run_fails_the_rest_fast(stubs) -> None:
     assert len(sleeps) == 4
 
 
+def test_unreachable_token_server_does_not_mark_the_registry_down(stubs) -> None:
+    challenge = {"WWW-Authenticate": 'Bearer realm="http://127.0.0.1:1/token",service="s"'}
+    stub = stubs(lambda s: (401, challenge, b"{}"))
+    sleeps: list[float] = []
+    c = client(stub.host, sleeps)
+    for repository in ("x", "y"):
+        with pytest.raises(RegistryUnavailable) as info:
+            c.request("GET", f"/v2/{repository}/tags/list", scopes=[], where=f"h/{repository}", what="tag list")
+        # The second request tries again ("failed", not "not attempted"): only the token server is down.
+        assert str(info.value).startswith(f"h/{repository}: token request failed: cannot reach 127.0.0.1:1 (")
+    assert len(sleeps) == 8  # both token requests used all their attempts
+
+
 def test_streamed_body_is_not_retried(stubs) -> None:
     stub = stubs(lambda s: ok_ping(s) or (500, {}, b""))
     c = client(stub.host)
