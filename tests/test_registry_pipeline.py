@@ -142,6 +142,30 @@ def test_schema1_into_a_registry_without_schema1_fails_clearly_or_converts(sourc
         plain.stop()
 
 
+def test_a_tag_the_registry_refuses_fails_alone_and_its_sibling_tags_are_written(tmp_path):
+    """One repository, three tags; the destination refuses schema1: one row failed, two copied."""
+    write_oci_samples(str(tmp_path / "layout"))
+    for mixed in registry(tmp_path / "mixed", schema1=True):
+        for tag, flags in {"v2s1": ["--format", "v2s1"], "v2s2": ["--format", "v2s2"], "oci": []}.items():
+            skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{tmp_path}/layout:demo/app:1.0",
+                   f"docker://{mixed.host}/mixed/app:{tag}")
+        for plain in registry(tmp_path / "plain"):  # Distribution's default: no schema1
+            audit = tmp_path / "a.parquet"
+            assert main(["sync", f"docker://{mixed.host}/mixed/app", f"docker://{plain.host}/copy",
+                         *insecure(mixed, plain), "--audit", str(audit)]) == 1
+            outcome = {r["source"].rsplit(":", 1)[1]: r for r in rows(audit)}
+            assert sorted(outcome) == ["oci", "v2s1", "v2s2"]
+            assert outcome["v2s1"]["status"] == "failed"
+            assert "registry refused a application/vnd.docker.distribution.manifest.v1+prettyjws manifest" \
+                in outcome["v2s1"]["error"] and "--format v2s2 or oci" in outcome["v2s1"]["error"]
+            for tag in ("v2s2", "oci"):
+                assert (outcome[tag]["status"], outcome[tag]["error"]) == ("ok", None)
+                assert outcome[tag]["destination_digest"] == digest_of(plain.host, f"copy/app:{tag}") \
+                    == digest_of(mixed.host, f"mixed/app:{tag}")
+            tags = json.loads(skopeo("list-tags", "--tls-verify=false", f"docker://{plain.host}/copy/app"))["Tags"]
+            assert sorted(tags) == ["oci", "v2s2"]
+
+
 def test_registry_to_layout_sync_names_each_image_repo_and_tag(source, tmp_path):
     assert main(["sync", f"docker://{source.host}/team", f"oci:{tmp_path}/out",
                  *insecure(source), "--audit", str(tmp_path / "a.parquet")]) == 0

@@ -17,6 +17,7 @@ from transforms.audit import OK, AuditRow, now
 from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
 from transforms.finalize import Finalized, rows_failed, write_manifests
 from transforms.plan import FAILED as BLOB_FAILED, BlobResult, TargetPlan
+from transforms.stores.base import Publication, PublishErrors
 from transforms.stores.options import StoreOptions
 
 __all__ = ["FinalizeFn", "Finalized", "PublishFn", "write_manifests"]
@@ -75,16 +76,12 @@ class PublishFn(StoreDoFn):
     def work(self, element: tuple[str, Iterable[Finalized]]) -> Iterator[AuditRow]:
         store, finals = element
         finals = list(finals)
-        publications = [f.publication for f in finals if f.publication is not None]
-        error = None
-        if publications:
-            try:
-                self._stores.destination(store).publish(publications)
-            except Exception as exc:
-                error = f"publishing to {store} failed: {errors.one_line(exc)}"
-                log.warning(error)
+        named = [i for i, f in enumerate(finals) if f.publication is not None]
+        failed = self._publish(store, [finals[i].publication for i in named])  # type: ignore[misc]
+        error_of = {named[position]: error for position, error in failed.items()}
         finished = now()
-        for f in finals:
+        for i, f in enumerate(finals):
+            error = error_of.get(i)
             for row in f.rows:
                 if error and row.status == OK:
                     row = row.failed(error, finished)
@@ -92,3 +89,17 @@ class PublishFn(StoreDoFn):
                     log.info("%s -> %s: %s", row.source, row.destination, row.status if row.status == OK
                              else f"failed: {row.error}")
                 yield row
+
+    def _publish(self, store: str, publications: list[Publication]) -> PublishErrors:
+        """All names of one store in one call; a store that cannot write any fails them all."""
+        if not publications:
+            return {}
+        try:
+            failed = self._stores.destination(store).publish(publications)
+        except Exception as exc:
+            error = f"publishing to {store} failed: {errors.one_line(exc)}"
+            log.warning(error)
+            return dict.fromkeys(range(len(publications)), error)
+        for position, error in failed.items():
+            log.warning("publishing %s failed: %s", publications[position].ref, error)
+        return failed

@@ -66,6 +66,11 @@ class Publication:
     manifest: bytes | None = None
 
 
+#: What :meth:`Destination.publish` returns: the one-line error of each publication that
+#: was not made visible, by its position in the list given; the others were published.
+PublishErrors = dict[int, str]
+
+
 class Source(abc.ABC):
     """Read side of a store."""
 
@@ -176,8 +181,14 @@ class Destination(abc.ABC):
         """
 
     @abc.abstractmethod
-    def publish(self, publications: list[Publication]) -> None:
-        """Make names point at root manifests: the last write of a run, once per destination."""
+    def publish(self, publications: list[Publication]) -> PublishErrors:
+        """Make names point at root manifests: the last write of a run, once per destination.
+
+        Each name has its own outcome: a store that writes names one by one (a registry
+        tag) reports the ones that failed and still writes the rest. A store that writes
+        every name in one file (index.json, manifest.json) raises instead, since then
+        none of them was written.
+        """
 
     def close(self) -> None:
         """Release connections or open files."""

@@ -21,6 +21,7 @@ from transforms.stores.base import (
     ManifestBlob,
     NotFound,
     Publication,
+    PublishErrors,
     Source,
     StoreError,
 )
@@ -136,9 +137,9 @@ class DirDestination(FsStore, Destination):
             return
         write_atomic(self.fs, self.path(f"{_encoded(manifest.digest)}.manifest.json"), manifest.data, overwrite=False)
 
-    def publish(self, publications: list[Publication]) -> None:
+    def publish(self, publications: list[Publication]) -> PublishErrors:
         if not publications:
-            return
+            return {}
         if len(publications) != 1:
             raise StoreError(f"dir: holds one image; {len(publications)} were to be published to {self.url}")
         pub = publications[0]
@@ -151,3 +152,4 @@ class DirDestination(FsStore, Destination):
         if not self.fs.isfile(self.path(VERSION_FILE)):
             write_atomic(self.fs, self.path(VERSION_FILE), VERSION_CONTENT)
         write_atomic(self.fs, self.path(MANIFEST_FILE), pub.manifest)
+        return {}

@@ -38,6 +38,7 @@ from transforms.stores.base import (
     ManifestBlob,
     NotFound,
     Publication,
+    PublishErrors,
     Source,
     StoreError,
 )
@@ -627,10 +628,10 @@ class DockerArchiveDestination(FsStore, Destination):
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         """Archives keep no manifests: ``docker load`` rebuilds the image from config and layers."""
 
-    def publish(self, publications: list[Publication]) -> None:
+    def publish(self, publications: list[Publication]) -> PublishErrors:
         """Build the whole archive once: configs, each layer once, and manifest.json."""
         if not publications:
-            return
+            return {}
         groups = self._group(publications)
         fs = self.fs
         previous = DockerArchiveSource(self.url) if fs.isfile(self.root) else None
@@ -668,6 +669,7 @@ class DockerArchiveDestination(FsStore, Destination):
                 previous.close()
         if fs.exists(self.staging):
             fs.rm(self.staging, recursive=True)
+        return {}
 
     def _group(self, publications: list[Publication]) -> dict[str, list[str]]:
         """Tags per config digest; a tag given twice goes to the last image that names it."""

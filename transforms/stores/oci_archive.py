@@ -23,7 +23,7 @@ from typing import Any
 
 import fsspec
 
-from transforms.stores.base import NotFound, Publication, StoreError
+from transforms.stores.base import NotFound, Publication, PublishErrors, StoreError
 from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, tar_info
 from transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
 
@@ -113,10 +113,10 @@ class OCIArchiveDestination(OCILayoutDestination):
             fs.rm(self.root, recursive=True)
         super().prepare()
 
-    def publish(self, publications: list[Publication]) -> None:
+    def publish(self, publications: list[Publication]) -> PublishErrors:
         if not publications:
-            return
-        super().publish(publications)
+            return {}
+        failed = super().publish(publications)
         fs = self.fs
         files = {
             posixpath.relpath(path, self.root): info["size"]
@@ -141,3 +141,4 @@ class OCIArchiveDestination(OCILayoutDestination):
             sink.abort()
             raise
         fs.rm(self.root, recursive=True)
+        return failed

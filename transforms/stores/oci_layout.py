@@ -24,6 +24,7 @@ from transforms.stores.base import (
     ManifestBlob,
     NotFound,
     Publication,
+    PublishErrors,
     Source,
     StoreError,
 )
@@ -254,10 +255,10 @@ class OCILayoutDestination(FsStore, Destination):
         if not self.fs.exists(path):
             write_atomic(self.fs, path, manifest.data, overwrite=False)
 
-    def publish(self, publications: list[Publication]) -> None:
+    def publish(self, publications: list[Publication]) -> PublishErrors:
         """One read-modify-write of index.json so no publication of the run is lost."""
         if not publications:
-            return
+            return {}
         with self._lock:
             self._names = None
         fs = self.fs
@@ -277,6 +278,7 @@ class OCILayoutDestination(FsStore, Destination):
         index["mediaType"] = mt.OCI_INDEX
         index["manifests"] = manifests
         write_atomic(fs, index_path, _dump_index(index))
+        return {}
 
 
 def _entry_ref(entry: Any) -> str | None:

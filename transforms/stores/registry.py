@@ -48,6 +48,7 @@ from transforms.stores.base import (
     ImageEntry,
     ManifestBlob,
     Publication,
+    PublishErrors,
     Source,
     StoreError,
 )
@@ -898,17 +899,15 @@ class RegistryDestination(_RegistryStore, Destination):
             raise StoreError(f"{self.where()}: root {pub.descriptor.digest} is not a manifest ({exc})") from None
         return data, media_type
 
-    def publish(self, publications: list[Publication]) -> None:
-        """PUT every named root under its tag; one failure does not stop the other tags."""
-        failures: list[str] = []
-        for pub in publications:
+    def publish(self, publications: list[Publication]) -> PublishErrors:
+        """PUT every named root under its tag; a tag that fails fails alone."""
+        failed: PublishErrors = {}
+        for i, pub in enumerate(publications):
             try:
                 self._publish_one(pub)
             except StoreError as exc:
-                failures.append(str(exc))
-        if failures:
-            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise StoreError(failures[0] + more)
+                failed[i] = str(exc)
+        return failed
 
     def _publish_one(self, pub: Publication) -> None:
         digest = pub.descriptor.digest
