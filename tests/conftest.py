@@ -1,4 +1,4 @@
-"""Shared test fixtures: the public fixture tree and external tools.
+"""Shared test fixtures: the public fixture files in ``tests/fixtures`` and external tools.
 
 A test that needs skopeo, umoci or docker-registry is skipped when the tool is
 missing, except under CI=true, where a missing tool is a failure (CI installs them).
@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def fixtures_root() -> Path:
-    env = os.environ.get("IMAGEPUSH_FIXTURES")
-    if env:
-        return Path(env)
-    return REPO.parent / "shared" / "fixtures" / "public"
+#: Public test data carried with the tests (origins and licence: fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def public_fixtures() -> Path:
-    root = fixtures_root()
-    if not root.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"public fixtures not found at {root}")
-        pytest.skip(f"public fixtures not found at {root}")
-    return root
+    return FIXTURES
 
 
 def require_tool(name: str) -> str:
@@ -48,9 +37,6 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
     return proc
-
-
-FIXTURES = fixtures_root()
 
 
 def fixture(name: str) -> bytes:

@@ -29,7 +29,7 @@ from tests.conftest import fixture, sha256  # noqa: E402
 
 DOCKER_CONFIG = "conversion/ci__schema2-config.json"
 DOCKER_CONFIG_DIGEST = "sha256:9ca4bda0a6b3727a6ffcc43e981cad0f24e2ec79d338f6ba325b4dfd0756fb8f"
-# README.txt: the config digest/size containers/image produces for schema2 -> OCI.
+# tests/fixtures/README.md: the config digest/size containers/image produces for schema2 -> OCI.
 OCI_CONFIG_DIGEST = "sha256:f15ba60ec257ee2cf4fddfb9451bb86ba2668450e88d402f5ecc7ea6ce1b661a"
 OCI_CONFIG_SIZE = 4670
 ONE_IMAGE = "layouts/go-containerregistry_test_index_one_image/blobs/sha256/"

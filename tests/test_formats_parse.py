@@ -1,7 +1,7 @@
 """Specification of manifest type detection, strict parsing and digests.
 
 Every expectation below is taken from the public fixtures (real files copied from
-containers/image, skopeo and go-containerregistry) and their README.txt.
+containers/image, skopeo and go-containerregistry) and tests/fixtures/README.md.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def test_unknown_schema_version_cannot_be_detected():
 
 # --------------------------------------------------------------------------- every fixture
 
-# path -> (media type, manifest digest from README.txt)
+# path -> (media type, manifest digest: for schema1 the payload digest in tests/fixtures/README.md,
+# otherwise the file's sha256 as in tests/fixtures/origins.json)
 DIGESTS = {
     "docker-schema1/ci__schema1-for-oci-config.json": (
         mt.DOCKER_SCHEMA1_SIGNED, "sha256:163ac025575b775d1c0f9bf0bdd0f086883171eb475b5068e7defa4ca9e76516"),

@@ -44,8 +44,9 @@ def sign(unsigned: bytes, *protected_headers: str) -> bytes:
 def unsigned_by_docker() -> bytes:
     """The Docker Hub schema1 fixture's payload as it was before the fixture was edited.
 
-    Its ``formatLength`` no longer matches (README: the JWS does not verify), so the signed
-    payload is not JSON; cutting at the signatures key recovers the manifest itself.
+    Its ``formatLength`` no longer matches (tests/fixtures/README.md: the JWS does not
+    verify), so the signed payload is not JSON; cutting at the signatures key recovers
+    the manifest itself.
     """
     data = fixture(BY_DOCKER)
     return data[: data.index(b',\n   "signatures"')] + b"\n}"

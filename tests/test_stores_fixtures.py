@@ -1,8 +1,8 @@
 """Transport-specific behaviour, checked against the public layout fixtures and skopeo.
 
-Expected digests come from the fixture files' names, their README/info.txt, or
-``sha256sum`` of the members; synthesised docker-archive manifests are spelled out byte
-for byte because their digests are what a sync would publish.
+Expected digests come from the fixture files' names, tests/fixtures/README.md, a
+layout's info.txt, or ``sha256sum`` of the members; synthesised docker-archive manifests
+are spelled out byte for byte because their digests are what a sync would publish.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ import pytest
 import zstandard
 
 try:  # tests/ is a package
+    from tests.conftest import FIXTURES
     from tests.test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
 except ModuleNotFoundError:  # tests/ is a plain directory on sys.path (pytest's rootdir-less mode)
+    from conftest import FIXTURES  # type: ignore[no-redef]
     from test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
 from transforms.formats import mediatypes as mt
 from transforms.formats.descriptor import Descriptor
@@ -35,7 +37,7 @@ from transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayo
 from transforms.stores.reference import parse_reference
 from transforms.stores.transports import open_destination, open_source
 
-LAYOUTS = Path("/work/shared/fixtures/public/layouts")
+LAYOUTS = FIXTURES / "layouts"
 MULTI = LAYOUTS / "containers-image_oci_delete_image_multiple_images"
 GGCR_INDEX = LAYOUTS / "go-containerregistry_test_index"
 GGCR_ONE = LAYOUTS / "go-containerregistry_test_index_one_image"
