@@ -1,6 +1,6 @@
 """Format conversion between Docker schema1, Docker schema2 and OCI, without I/O.
 
-The rules follow containers/image (what skopeo/podman/buildah do, formats.md §5):
+The rules follow containers/image (what skopeo/podman/buildah do, docs/formats.md §6):
 
 * schema2 → OCI rewrites the config through the OCI image struct (Docker-only fields
   vanish, so the config digest changes) and maps layer media types one to one;

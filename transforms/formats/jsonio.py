@@ -8,7 +8,7 @@ Parsing and generating go through one place so that two rules hold everywhere:
   digest is its identity: two runs (or two workers) converting one image must agree.
 
 Documents we merely *copy* are never passed through :func:`dumps`; their original bytes
-are kept, since any re-serialisation changes their digest (formats.md §11).
+are kept, since any re-serialisation changes their digest (docs/formats.md §2).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ contradicts the declared type, keys of another format, bad descriptors) because 
 document we misread would be copied or converted wrongly without anyone noticing.
 It is deliberately lenient about *unknown media types inside OCI documents*: OCI
 artifacts carry arbitrary config and layer types, and a copy must treat those as
-opaque blobs (formats.md §1, §12 item 11).
+opaque blobs (docs/formats.md §1, §5).
 
 Models keep what conversion and copying need; the original bytes remain the source of
 truth for anything copied unchanged.

@@ -2,7 +2,7 @@
 
 Schema1 is the one format whose digest is not the hash of the bytes you download: a
 signed manifest ("prettyjws") is the signed payload with a ``signatures`` array spliced
-in, and its identity is the sha256 of that payload (formats.md §2). Everything here
+in, and its identity is the sha256 of that payload (docs/formats.md §3). Everything here
 therefore works from the payload, never from the whole file — bytes after
 ``formatLength`` are outside the signature and can carry a smuggled second ``fsLayers``.
 """

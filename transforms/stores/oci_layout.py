@@ -76,8 +76,8 @@ def _root_blob(store: FsStore, digest: str) -> str:
 def detect_from_content(data: bytes, declared: str | None) -> str:
     """A manifest's type from its bytes; the declared type only fills in when they say nothing.
 
-    index.json descriptors can disagree with the blob they point at (formats.md pitfall
-    6), so content decides: an explicit ``mediaType``, else the shape, as containers/image
+    index.json descriptors can disagree with the blob they point at (docs/formats.md
+    §7), so content decides: an explicit ``mediaType``, else the shape, as containers/image
     guesses (a Docker list or schema2 always carries its ``mediaType``, so a document
     without one is OCI). Only a blob that is not a recognisable manifest keeps its
     declared type, so unknown root types are listed and copied instead of failing.

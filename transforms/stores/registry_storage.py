@@ -2,7 +2,7 @@
 
 Reading the tree directly (a filesystem backup, a bucket the registry writes to, an
 old registry that can no longer be started) migrates images without the registry's
-HTTP front end and without its CPU cost. The layout is formats.md §9::
+HTTP front end and without its CPU cost. The layout is docs/formats.md §9::
 
     <URL>/docker/registry/v2/blobs/sha256/<2 hex>/<64 hex>/data
     <URL>/docker/registry/v2/repositories/<name>/_manifests/tags/<tag>/current/link
