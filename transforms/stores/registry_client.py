@@ -2,7 +2,7 @@
 
 Everything a registry store needs from the wire lives here so that the store itself
 reads as registry *operations* (get a manifest, upload a blob) and not as HTTP plumbing.
-The rules come from formats.md §10 and from what Distribution 2.8 actually does:
+The rules come from docs/formats.md §10 and from what Distribution 2.8 actually does:
 
 * **Scheme.** HTTPS with certificate verification (``ca_bundle`` adds trusted CAs).
   A host listed in ``insecure_registries`` is tried over HTTPS *without* verification
@@ -66,7 +66,7 @@ RETRY_AFTER_MAX = 60.0
 #: (connect, read) timeouts. Reads are long because a registry may hash a large blob
 #: before it answers the final PUT of an upload.
 TIMEOUT = (30.0, 300.0)
-#: Token lifetimes below this are raised to it (formats.md §10: default and minimum 60 s).
+#: Token lifetimes below this are raised to it (docs/formats.md §10: default and minimum 60 s).
 MIN_TOKEN_LIFETIME = 60
 #: A cached token this close to expiry is replaced rather than sent.
 TOKEN_EXPIRY_MARGIN = 10.0
