@@ -754,21 +754,19 @@ class RegistryDestination(_RegistryStore, Destination):
         self._manifest_lock = threading.Lock()
         self._new_lock = threading.Lock()
         self._new: bool | None = None
-        #: Blobs this store object put into a repository it found new.
+        #: Blobs this store object uploaded or mounted: present without asking.
         self._present: set[str] = set()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["location"], state["options"])  # type: ignore[misc]
 
     def _is_new_repository(self) -> bool:
-        """Whether the repository did not exist when this store first looked (one request).
+        """Whether the repository had no tags when this store first looked (one request).
 
-        A repository the registry does not know holds no blob links and no tags, so the
-        per-blob HEAD and per-tag HEAD of a first migration would all answer 404: asking
-        once saves a request per blob and per image. Asked once per store object, so
-        what this run uploads meanwhile is never mistaken for absent twice (each blob is
-        copied once per repository per run). Wrong only towards uploading again, which is
-        idempotent.
+        A repository without tags has no tag to point anywhere, so a first migration
+        asks once instead of once per image whether its tag is current. It says nothing
+        about blobs: tags are written last, so a migration that was interrupted leaves a
+        repository with blobs and no tags, and those blobs must not be sent again.
         """
         with self._new_lock:
             if self._new is None:
@@ -792,9 +790,14 @@ class RegistryDestination(_RegistryStore, Destination):
         return media_type in mt.MANIFEST_TYPES
 
     def has_blob(self, digest: str) -> bool:
-        if self._is_new_repository():
-            with self._new_lock:
-                return digest in self._present
+        """Asked of the registry (HEAD) unless this store put the blob there itself.
+
+        Always asked, tags or no tags: an interrupted run leaves blobs in a repository
+        that has no tag yet, and a rerun must find them instead of sending them again.
+        """
+        with self._new_lock:
+            if digest in self._present:
+                return True
         return _blob_exists(self.client, self.repository, digest, self.where())
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
