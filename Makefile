@@ -26,7 +26,7 @@ test-deps: deps
 
 demo: deps
 	rm -rf demo-out
-	$(BIN)/python -m pipeline.samples demo-out/sample demo-out/legacy
+	$(BIN)/python -m imagepush.pipeline.samples demo-out/sample demo-out/legacy
 	$(BIN)/imagepush run configs/demo.yaml
 	$(BIN)/imagepush audit demo-out/audit.parquet
 

@@ -1,3 +1,3 @@
-from pipeline.cli import entry
+from imagepush.pipeline.cli import entry
 
 entry()

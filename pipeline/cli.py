@@ -16,8 +16,8 @@ import sys
 import uuid
 from typing import Sequence
 
-from transforms.errors import EXPECTED, one_line
-from transforms.stores.reference import ReferenceError
+from imagepush.transforms.errors import EXPECTED, one_line
+from imagepush.transforms.stores.reference import ReferenceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -139,8 +139,7 @@ def _setup_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     level = logging.DEBUG if verbose else logging.INFO
-    for name in ("imagepush", "transforms", "pipeline"):
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger("imagepush").setLevel(level)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
 
@@ -187,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(ours)
     _setup_logging(getattr(args, "verbose", False))
     if getattr(args, "platform", None):
-        from transforms.formats.descriptor import FormatError, Platform
+        from imagepush.transforms.formats.descriptor import FormatError, Platform
 
         try:
             for text in args.platform:
@@ -195,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FormatError as exc:
             print(f"imagepush: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    from pipeline import commands
+    from imagepush.pipeline import commands
 
     try:
         if args.command in ("copy", "sync", "run"):
@@ -240,7 +239,7 @@ def _stop_on_interrupt(signum: int, frame: object) -> None:
 
 
 def entry() -> None:
-    """The console script (and ``python -m pipeline``): :func:`main`, then an immediate exit.
+    """The console script (and ``python -m imagepush.pipeline``): :func:`main`, then an immediate exit.
 
     By then every destination and the audit are written and closed. Skipping the
     interpreter's teardown keeps native threads that Beam's dependencies leave running

@@ -10,18 +10,18 @@ import time
 
 import orjson
 
-from pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
-from pipeline.graph import RunSpec, run
-from pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
-from transforms import audit
-from transforms.errors import one_line
-from transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
-from transforms.stores.transports import open_source
-from transforms.naming import copy_job
-from transforms.plan import Output
-from transforms.storecache import StoreCache, store_id
-from transforms.stores.options import StoreOptions
-from transforms.stores.registry_client import RegistryUnavailable
+from imagepush.pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
+from imagepush.pipeline.graph import RunSpec, run
+from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
+from imagepush.transforms import audit
+from imagepush.transforms.errors import one_line
+from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
+from imagepush.transforms.stores.transports import open_source
+from imagepush.transforms.naming import copy_job
+from imagepush.transforms.plan import Output
+from imagepush.transforms.storecache import StoreCache, store_id
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry_client import RegistryUnavailable
 
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _check_memory_urls(refs: list[str], beam_args: list[str]) -> None:
 
 def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> RunSpec:
     if args.command == "run":
-        from pipeline.config import load_run_config
+        from imagepush.pipeline.config import load_run_config
 
         return load_run_config(args.config, run_id, beam_args, _default_audit(run_id))
     options = store_options(args)
@@ -97,7 +97,7 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
         for d in dests:
             if d.transport in SINGLE_IMAGE:
                 raise UsageError(f"{d}: a dir: holds one image; sync into oci:, docker-archive: or docker://")
-        from transforms.plan import SyncSpec
+        from imagepush.transforms.plan import SyncSpec
 
         spec.syncs.append(SyncSpec(str(source), tuple(outputs), platforms))
     return spec
@@ -145,7 +145,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         prepare_destinations(spec, cache)
         started = time.monotonic()
         if spec.preflight:
-            from transforms.preflight import preflight
+            from imagepush.transforms.preflight import preflight
 
             # A distributed runner receives the jobs inside its job graph: past a bound, a
             # sync's listing is left to its workers instead.
@@ -225,7 +225,7 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from transforms.inspection import inspect_image
+    from imagepush.transforms.inspection import inspect_image
 
     options = store_options(args)
     ref = _source(args.source, options)

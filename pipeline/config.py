@@ -23,14 +23,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.cli import UsageError
-from pipeline.graph import RunSpec
-from transforms.formats.descriptor import FormatError, Platform
-from transforms.naming import copy_job
-from transforms.plan import Output
-from transforms.stores.base import StoreError
-from transforms.stores.options import StoreOptions
-from transforms.stores.reference import SINGLE_IMAGE, parse_reference
+from imagepush.pipeline.cli import UsageError
+from imagepush.pipeline.graph import RunSpec
+from imagepush.transforms.formats.descriptor import FormatError, Platform
+from imagepush.transforms.naming import copy_job
+from imagepush.transforms.plan import Output
+from imagepush.transforms.stores.base import StoreError
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.reference import SINGLE_IMAGE, parse_reference
 
 Format = Literal["preserve", "oci", "v2s2"]
 Compression = Literal["preserve", "gzip", "zstd", "none"]
@@ -136,7 +136,7 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
             registry_retries=cfg.registries.retries,
         ),
     )
-    from transforms.plan import SyncSpec
+    from imagepush.transforms.plan import SyncSpec
 
     try:
         for n, job in enumerate(cfg.jobs):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from transforms.plan import CopyJob
-from transforms.stores.options import StoreOptions
+from imagepush.transforms.plan import CopyJob
+from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def run(spec: RunSpec) -> None:
     """Build the pipeline and block until it finishes (the audit is then written)."""
     import apache_beam as beam
 
-    from pipeline.options import pipeline_options
-    from transforms.migrate import ExpandSyncFn, MigrateImages
+    from imagepush.pipeline.options import pipeline_options
+    from imagepush.transforms.migrate import ExpandSyncFn, MigrateImages
 
     with beam.Pipeline(options=pipeline_options(spec.beam_args)) as p:
         parts = []

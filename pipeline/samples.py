@@ -11,13 +11,13 @@ import gzip
 import io
 import tarfile
 
-from transforms.formats import digest as digestlib
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, Platform
-from transforms.formats.jsonio import dumps
-from transforms.stores.base import ManifestBlob, Publication
-from transforms.stores.dir import DirDestination
-from transforms.stores.oci_layout import OCILayoutDestination
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, Platform
+from imagepush.transforms.formats.jsonio import dumps
+from imagepush.transforms.stores.base import ManifestBlob, Publication
+from imagepush.transforms.stores.dir import DirDestination
+from imagepush.transforms.stores.oci_layout import OCILayoutDestination
 
 CREATED = "2017-06-01T00:00:00Z"
 

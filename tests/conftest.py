@@ -53,7 +53,7 @@ def sha256(data: bytes) -> str:
 @pytest.fixture(scope="session")
 def layout(tmp_path_factory) -> Path:
     """An OCI layout of the project's sample images (demo/app:1.0, demo/multi:1.0)."""
-    from pipeline.samples import write_oci_samples
+    from imagepush.pipeline.samples import write_oci_samples
 
     path = tmp_path_factory.mktemp("samples") / "layout"
     write_oci_samples(str(path))

@@ -9,8 +9,8 @@ import io
 import pytest
 import zstandard
 
-from transforms.blobio import BlobVerificationError, DiffIdHasher, stream_blob
-from transforms.stores.base import BlobSink
+from imagepush.transforms.blobio import BlobVerificationError, DiffIdHasher, stream_blob
+from imagepush.transforms.stores.base import BlobSink
 
 
 class RecordingSink(BlobSink):
@@ -116,7 +116,7 @@ def test_diff_id_of_tiny_blob_without_magic():
 @pytest.mark.parametrize("target", ["gzip", "zstd", "none"])
 @pytest.mark.parametrize("source", ["gzip", "zstd", "none"])
 def test_recompressed_layer_keeps_its_diff_id_and_is_deterministic(source, target):
-    from transforms.blobio import recompress
+    from imagepush.transforms.blobio import recompress
 
     encode = {"gzip": lambda b: gzip.compress(b, mtime=0), "zstd": zstandard.ZstdCompressor().compress,
               "none": lambda b: b}
@@ -135,7 +135,7 @@ def test_recompressed_layer_keeps_its_diff_id_and_is_deterministic(source, targe
 
 
 def test_recompression_refuses_a_source_that_does_not_match_its_digest():
-    from transforms.blobio import recompress
+    from imagepush.transforms.blobio import recompress
 
     with pytest.raises(BlobVerificationError):
         recompress(io.BytesIO(PAYLOAD), sha(PAYLOAD + b"!"), None, "gzip", io.BytesIO())

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipeline.cli import EXIT_USAGE, UsageError, main, split_beam_args
-from pipeline.config import parse_run_config
+from imagepush.pipeline.cli import EXIT_USAGE, UsageError, main, split_beam_args
+from imagepush.pipeline.config import parse_run_config
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -58,27 +58,27 @@ def test_beam_options_are_split_from_ours_with_their_values():
 
 
 def test_help_explains_references_and_exit_status():
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "copy", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "imagepush.pipeline", "copy", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     for text in ("docker://HOST[:PORT]/REPO", "oci:URL[:REF]", "--format", "--audit", "exit status"):
         assert text in proc.stdout
 
 
 def test_the_program_exits_with_main_s_status_and_all_of_its_output(tmp_path):
-    from pipeline.samples import write_oci_samples
+    from imagepush.pipeline.samples import write_oci_samples
 
     write_oci_samples(str(tmp_path / "oci"))
-    listed = subprocess.run([sys.executable, "-m", "pipeline", "ls", f"oci:{tmp_path}/oci"],
+    listed = subprocess.run([sys.executable, "-m", "imagepush.pipeline", "ls", f"oci:{tmp_path}/oci"],
                             capture_output=True, text=True)
     assert (listed.returncode, len(listed.stdout.splitlines())) == (0, 2)
-    missing = subprocess.run([sys.executable, "-m", "pipeline", "ls", f"oci:{tmp_path}/none"],
+    missing = subprocess.run([sys.executable, "-m", "imagepush.pipeline", "ls", f"oci:{tmp_path}/none"],
                              capture_output=True, text=True)
     assert missing.returncode == 1
     assert missing.stderr == f"imagepush: oci:{tmp_path}/none: index.json not found\n"
 
 
 def test_only_runners_that_run_here_count_as_local():
-    from pipeline.options import is_local
+    from imagepush.pipeline.options import is_local
 
     assert is_local([]) and is_local(["--direct_num_workers", "2"])
     assert is_local(["--runner=DirectRunner"]) and is_local(["--runner", "apache_beam.runners.direct.DirectRunner"])
@@ -87,7 +87,7 @@ def test_only_runners_that_run_here_count_as_local():
 
 
 def test_run_config_rejects_unknown_keys_in_one_line():
-    from pipeline.cli import UsageError
+    from imagepush.pipeline.cli import UsageError
 
     with pytest.raises(UsageError, match=r"config: jobs\.0\.tags: Extra inputs are not permitted"):
         parse_run_config("jobs:\n  - copy: oci:/a:b\n    to: [oci:/c]\n    tags: 1\n", "r", "/tmp/a", [])
@@ -127,7 +127,7 @@ def test_preflight_is_on_unless_the_config_or_the_command_line_turns_it_off():
     jobs = "jobs:\n  - copy: oci:/a:app:1\n    to: [oci:/b:app:1]\n"
     assert parse_run_config(jobs, "r", "/tmp/a", []).preflight is True
     assert parse_run_config("preflight: false\n" + jobs, "r", "/tmp/a", []).preflight is False
-    from pipeline.cli import build_parser
+    from imagepush.pipeline.cli import build_parser
 
     assert build_parser().parse_args(["sync", "oci:/a", "oci:/b"]).preflight is True
     assert build_parser().parse_args(["sync", "oci:/a", "oci:/b", "--no-preflight"]).preflight is False
@@ -142,7 +142,7 @@ def test_inspect_of_a_missing_layout_fails_with_exit_1_in_one_line(capsys, tmp_p
 def test_ls_prints_one_json_record_per_image(capsys, tmp_path):
     import json
 
-    from pipeline.samples import write_oci_samples
+    from imagepush.pipeline.samples import write_oci_samples
 
     write_oci_samples(str(tmp_path / "s"))
     code, out, err = run_cli(capsys, "ls", f"oci:{tmp_path}/s")
@@ -160,7 +160,7 @@ def test_inspect_as_oci_converts_a_schema1_config_with_measured_diff_ids(capsys,
     import hashlib
     import json
 
-    from pipeline.samples import write_schema1_sample
+    from imagepush.pipeline.samples import write_schema1_sample
 
     write_schema1_sample(str(tmp_path / "legacy"))
     code, out, err = run_cli(capsys, "inspect", "--as", "oci", "--config", f"dir:{tmp_path}/legacy")
@@ -176,7 +176,7 @@ def test_inspect_as_oci_converts_a_schema1_config_with_measured_diff_ids(capsys,
 
 
 def test_a_misspelt_beam_option_is_a_usage_error_not_ignored(capsys, tmp_path):
-    from pipeline.samples import write_oci_samples
+    from imagepush.pipeline.samples import write_oci_samples
 
     write_oci_samples(str(tmp_path / "s"))
     code, out, err = run_cli(capsys, "copy", f"oci:{tmp_path}/s:demo/app:1.0", f"oci:{tmp_path}/o",
@@ -247,7 +247,7 @@ def test_ctrl_c_stops_at_once_with_one_line_and_exit_130(tmp_path):
     server, host, layer_started = _slow_registry(layer)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "copy", f"docker://{host}/slow/app:1.0", f"dir:{tmp_path / 'out'}",
+            [sys.executable, "-m", "imagepush.pipeline", "copy", f"docker://{host}/slow/app:1.0", f"dir:{tmp_path / 'out'}",
              "--insecure-registry", host, "--audit", str(tmp_path / "audit.parquet")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )

@@ -8,8 +8,8 @@ import hashlib
 import orjson
 import pytest
 
-from transforms.formats import mediatypes as mt
-from transforms.formats.convert import (
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.convert import (
     ConvertedImage,
     LayerInfo,
     convert_image,
@@ -18,9 +18,9 @@ from transforms.formats.convert import (
     oci_config_to_docker,
     schema1_to_docker_config,
 )
-from transforms.formats.descriptor import Descriptor, FormatError, Platform
-from transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
-from transforms.formats.schema1 import parse_schema1
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError, Platform
+from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
+from imagepush.transforms.formats.schema1 import parse_schema1
 
 
 from tests.conftest import fixture, sha256  # noqa: E402

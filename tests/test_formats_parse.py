@@ -11,10 +11,10 @@ import re
 import orjson
 import pytest
 
-from transforms.formats import jsonio
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import FormatError, Platform
-from transforms.formats.manifest import (
+from imagepush.transforms.formats import jsonio
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import FormatError, Platform
+from imagepush.transforms.formats.manifest import (
     UNKNOWN_SIZE,
     ImageIndex,
     ImageManifest,
@@ -23,7 +23,7 @@ from transforms.formats.manifest import (
     manifest_digest,
     parse_manifest,
 )
-from transforms.formats.schema1 import Schema1Manifest
+from imagepush.transforms.formats.schema1 import Schema1Manifest
 
 
 from tests.conftest import FIXTURES, fixture, sha256  # noqa: E402

@@ -8,10 +8,10 @@ import hashlib
 import orjson
 import pytest
 
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import FormatError
-from transforms.formats.manifest import manifest_digest, parse_manifest
-from transforms.formats.schema1 import parse_schema1, payload_of
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import FormatError
+from imagepush.transforms.formats.manifest import manifest_digest, parse_manifest
+from imagepush.transforms.formats.schema1 import parse_schema1, payload_of
 
 
 from tests.conftest import fixture  # noqa: E402

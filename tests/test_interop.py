@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.samples import write_oci_samples
+from imagepush.pipeline.cli import main
+from imagepush.pipeline.samples import write_oci_samples
 from tests.conftest import require_tool, run
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.cli import EXIT_USAGE, main
-from transforms.stores.oci_archive import OCIArchiveSource
+from imagepush.pipeline.cli import EXIT_USAGE, main
+from imagepush.transforms.stores.oci_archive import OCIArchiveSource
 
 try:
     from tests.conftest import require_tool, run, sha256

@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.samples import write_oci_samples, write_schema1_sample
-from transforms.formats import mediatypes as mt
-from transforms.stores.dir import DirSource
-from transforms.stores.docker_archive import DockerArchiveSource
-from transforms.stores.oci_layout import OCILayoutSource
+from imagepush.pipeline.cli import main
+from imagepush.pipeline.samples import write_oci_samples, write_schema1_sample
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.stores.dir import DirSource
+from imagepush.transforms.stores.docker_archive import DockerArchiveSource
+from imagepush.transforms.stores.oci_layout import OCILayoutSource
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
 
     audit = tmp_path / "audit.parquet"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mp",
+        [sys.executable, "-m", "imagepush.pipeline", "sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mp",
          "--audit", str(audit), "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
         capture_output=True, text=True, timeout=300,
     )
@@ -187,7 +187,7 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
     # travel through the workers into the audit with those of the new copies.
     again = tmp_path / "again.parquet"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mp", f"oci:{tmp_path}/mp2",
+        [sys.executable, "-m", "imagepush.pipeline", "sync", f"oci:{samples}/oci", f"oci:{tmp_path}/mp", f"oci:{tmp_path}/mp2",
          "--audit", str(again), "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
         capture_output=True, text=True, timeout=300,
     )

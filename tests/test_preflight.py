@@ -7,14 +7,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import commands
-from pipeline.cli import main
-from pipeline.samples import write_oci_samples
-from transforms.naming import copy_job
-from transforms.plan import Output, SyncSpec
-from transforms.preflight import preflight
-from transforms.stores.oci_layout import OCILayoutSource
-from transforms.stores.reference import parse_reference
+from imagepush.pipeline import commands
+from imagepush.pipeline.cli import main
+from imagepush.pipeline.samples import write_oci_samples
+from imagepush.transforms.naming import copy_job
+from imagepush.transforms.plan import Output, SyncSpec
+from imagepush.transforms.preflight import preflight
+from imagepush.transforms.stores.oci_layout import OCILayoutSource
+from imagepush.transforms.stores.reference import parse_reference
 
 #: Columns that differ between two runs doing the same thing.
 PER_RUN = ("run_id", "started_at", "finished_at")

@@ -25,13 +25,13 @@ except ImportError:  # tests/ is not a package
     from registry_server import Registry, TokenServer, start_registry  # type: ignore[no-redef]
 
 
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor
-from transforms.stores.authfile import find_credentials
-from transforms.stores.base import ManifestBlob, Publication, StoreError
-from transforms.stores.options import StoreOptions
-from transforms.stores.registry import RegistryDestination, RegistrySource
-from transforms.stores.registry_client import AuthenticationError, ClientPool, RegistryClient
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.authfile import find_credentials
+from imagepush.transforms.stores.base import ManifestBlob, Publication, StoreError
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
+from imagepush.transforms.stores.registry_client import AuthenticationError, ClientPool, RegistryClient
 
 PASSWORD = "s3cret-Pa55word!"
 TOKEN_PASSWORD = "t0ken-Pa55word?"

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from transforms.stores.options import StoreOptions
-from transforms.stores.registry import RegistryDestination, RegistrySource
-from transforms.formats.descriptor import Descriptor
-from transforms.stores.registry_client import (
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.registry_client import (
     HOST_DOWN_SECONDS,
     MAX_RESUMES,
     AccessDenied,
@@ -441,7 +441,7 @@ def _digest(data: bytes) -> str:
 
 
 def test_manifest_answers_are_checked(stubs) -> None:
-    from transforms.stores.base import StoreError
+    from imagepush.transforms.stores.base import StoreError
 
     good = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     plain = b'{"schemaVersion":2,"manifests":[]}'
@@ -477,8 +477,8 @@ def test_manifest_answers_are_checked(stubs) -> None:
 
 def test_manifest_put_retried_on_500(stubs) -> None:
     """Distribution 2.8 answers 500 to racing tag writes; the PUT is simply sent again."""
-    from transforms.stores.base import ManifestBlob, Publication
-    from transforms.stores.registry import RegistryDestination
+    from imagepush.transforms.stores.base import ManifestBlob, Publication
+    from imagepush.transforms.stores.registry import RegistryDestination
 
     body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     answers = iter([(500, {}, ERR("UNKNOWN", "unknown error")), (500, {}, b"")])

@@ -10,9 +10,9 @@ from typing import Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import commands
-from pipeline.cli import main
-from pipeline.samples import write_oci_samples
+from imagepush.pipeline import commands
+from imagepush.pipeline.cli import main
+from imagepush.pipeline.samples import write_oci_samples
 from tests.conftest import require_tool, run
 from tests.registry_server import Registry, start_registry
 

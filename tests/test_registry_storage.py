@@ -19,14 +19,14 @@ except ImportError:  # tests/ is not a package
     from conftest import require_tool, run  # type: ignore[no-redef]
     from registry_server import Registry, start_registry  # type: ignore[no-redef]
 
-from pipeline.samples import write_oci_samples
-from transforms.formats import mediatypes as mt
-from transforms.stores.base import NotFound, StoreError
-from transforms.stores.options import StoreOptions
-from transforms.stores.reference import parse_reference
-from transforms.stores.registry import RegistrySource
-from transforms.stores.registry_storage import RegistryStorageSource
-from transforms.stores.transports import open_source
+from imagepush.pipeline.samples import write_oci_samples
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.stores.base import NotFound, StoreError
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.registry import RegistrySource
+from imagepush.transforms.stores.registry_storage import RegistryStorageSource
+from imagepush.transforms.stores.transports import open_source
 
 
 def sha256(data: bytes) -> str:

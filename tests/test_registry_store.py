@@ -25,17 +25,17 @@ except ImportError:  # tests/ is not a package
     from conftest import require_tool, run  # type: ignore[no-redef]
     from registry_server import Registry, start_registry  # type: ignore[no-redef]
 
-from pipeline.samples import tar_layer
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor
-from transforms.formats.schema1 import payload_of
-from transforms.stores.base import BlobSink as BlobSinkBase
-from transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
-from transforms.stores.options import StoreOptions
-from transforms.stores.reference import parse_reference
-from transforms.stores.registry import LISTING_AHEAD, RegistryDestination, RegistrySource
-from transforms.stores.registry_client import RegistryError
-from transforms.stores.transports import open_destination, open_source
+from imagepush.pipeline.samples import tar_layer
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.formats.schema1 import payload_of
+from imagepush.transforms.stores.base import BlobSink as BlobSinkBase
+from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.registry import LISTING_AHEAD, RegistryDestination, RegistrySource
+from imagepush.transforms.stores.registry_client import RegistryError
+from imagepush.transforms.stores.transports import open_destination, open_source
 
 
 def sha256(data: bytes) -> str:
@@ -511,7 +511,7 @@ def test_empty_blob(registry: Registry, options: StoreOptions) -> None:
 
 def test_copy_engine_registry_to_registry(registry: Registry) -> None:
     """The pipeline's stream_blob: one source read fanned out to two registry sinks."""
-    from transforms.blobio import BlobVerificationError, stream_blob
+    from imagepush.transforms.blobio import BlobVerificationError, stream_blob
 
     opts = StoreOptions(insecure_registries=(registry.host,), upload_chunk_size=300_000, monolithic_upload_limit=0)
     src = source(registry, opts, "app")

@@ -13,14 +13,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.samples import gz, tar_layer
-from transforms.formats import digest as digestlib
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor
-from transforms.formats.jsonio import dumps
-from transforms.stores.base import ManifestBlob, Publication
-from transforms.stores.oci_layout import OCILayoutDestination
+from imagepush.pipeline.cli import main
+from imagepush.pipeline.samples import gz, tar_layer
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.formats.jsonio import dumps
+from imagepush.transforms.stores.base import ManifestBlob, Publication
+from imagepush.transforms.stores.oci_layout import OCILayoutDestination
 from tests.conftest import require_tool
 from tests.http_proxy import HTTPProxy
 from tests.registry_server import start_registry
@@ -88,7 +88,7 @@ def test_rerun_after_a_killed_sync_sends_only_the_missing_blobs(tmp_path):
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "no_proxy", "all_proxy")}
         env["HTTP_PROXY"] = proxy.url
         first = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "sync", f"oci:{tmp_path}/layout", f"docker://{reg.host}/mirror",
+            [sys.executable, "-m", "imagepush.pipeline", "sync", f"oci:{tmp_path}/layout", f"docker://{reg.host}/mirror",
              "--insecure-registry", reg.host, "--parallel", "2", "--audit", str(tmp_path / "first.parquet")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )

@@ -13,9 +13,9 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
-from pipeline.samples import write_oci_samples
-from transforms.stores.oci_layout import OCILayoutSource
+from imagepush.pipeline.cli import main
+from imagepush.pipeline.samples import write_oci_samples
+from imagepush.transforms.stores.oci_layout import OCILayoutSource
 
 
 def _free_port() -> int:

@@ -20,11 +20,11 @@ import fsspec
 import orjson
 import pytest
 
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor
-from transforms.stores.base import Destination, ManifestBlob, NotFound, Publication, Source, StoreError
-from transforms.stores.reference import ImageReference
-from transforms.stores.transports import open_destination, open_source
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.base import Destination, ManifestBlob, NotFound, Publication, Source, StoreError
+from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.stores.transports import open_destination, open_source
 
 KINDS = ("oci", "dir", "docker-archive")
 LOCATIONS = ("local", "memory")

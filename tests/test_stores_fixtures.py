@@ -28,14 +28,14 @@ try:  # tests/ is a package
 except ModuleNotFoundError:  # tests/ is a plain directory on sys.path (pytest's rootdir-less mode)
     from conftest import FIXTURES  # type: ignore[no-redef]
     from test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor
-from transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
-from transforms.stores.dir import DirDestination, DirSource
-from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource, canonical_name
-from transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayoutSource, split_name
-from transforms.stores.reference import parse_reference
-from transforms.stores.transports import open_destination, open_source
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
+from imagepush.transforms.stores.dir import DirDestination, DirSource
+from imagepush.transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource, canonical_name
+from imagepush.transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayoutSource, split_name
+from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.transports import open_destination, open_source
 
 LAYOUTS = FIXTURES / "layouts"
 MULTI = LAYOUTS / "containers-image_oci_delete_image_multiple_images"
@@ -540,8 +540,8 @@ def test_transports_dispatch(tmp_path: Path) -> None:
     assert isinstance(open_destination(parse_reference(f"oci:{tmp_path}/o:tag")), OCILayoutDestination)
     assert isinstance(open_destination(parse_reference(f"dir:{tmp_path}/d")), DirDestination)
     assert isinstance(open_destination(parse_reference(f"docker-archive:{tmp_path}/a.tar")), DockerArchiveDestination)
-    from transforms.stores.registry import RegistryDestination, RegistrySource
-    from transforms.stores.registry_storage import RegistryStorageSource
+    from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
+    from imagepush.transforms.stores.registry_storage import RegistryStorageSource
 
     assert isinstance(open_source(parse_reference("docker://registry.example/app:1")), RegistrySource)
     assert isinstance(open_destination(parse_reference("docker://registry.example/app:1")), RegistryDestination)

@@ -15,8 +15,8 @@ from typing import BinaryIO, Iterator, Sequence
 import zstandard
 from isal import isal_zlib
 
-from transforms.formats import digest as digestlib
-from transforms.stores.base import BlobSink
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.stores.base import BlobSink
 
 log = logging.getLogger(__name__)
 

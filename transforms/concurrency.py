@@ -22,8 +22,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.storecache import StoreCache
-from transforms.stores.options import StoreOptions
+from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.options import StoreOptions
 
 #: Elements in flight per I/O DoFn instance (and worker): enough to keep a registry or an
 #: object store busy from a 2-core machine; Dataflow multiplies it by its worker threads.

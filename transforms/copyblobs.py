@@ -17,13 +17,13 @@ from typing import Iterable, Iterator
 
 from apache_beam.metrics import Metrics
 
-from transforms import errors
-from transforms.blobio import DEFAULT_CHUNK, recompress, stream_blob
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor
-from transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
-from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn, in_global_window
-from transforms.stores.options import StoreOptions
+from imagepush.transforms import errors
+from imagepush.transforms.blobio import DEFAULT_CHUNK, recompress, stream_blob
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
+from imagepush.transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn, in_global_window
+from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from transforms.blobio import BlobVerificationError
-from transforms.formats.descriptor import FormatError
-from transforms.formats.digest import DigestError
-from transforms.stores.base import StoreError
+from imagepush.transforms.blobio import BlobVerificationError
+from imagepush.transforms.formats.descriptor import FormatError
+from imagepush.transforms.formats.digest import DigestError
+from imagepush.transforms.stores.base import StoreError
 
 #: Errors that describe the data or the store, not a bug in imagepush.
 EXPECTED = (StoreError, FormatError, DigestError, BlobVerificationError, OSError)

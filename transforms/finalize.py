@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from transforms.audit import FAILED, OK, AuditRow, now
-from transforms.formats.convert import LayerInfo
-from transforms.formats.manifest import ImageIndex, blobs_of
-from transforms.plan import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan
-from transforms.render import render_tree
-from transforms.stores.base import Destination, ManifestBlob, Publication
+from imagepush.transforms.audit import FAILED, OK, AuditRow, now
+from imagepush.transforms.formats.convert import LayerInfo
+from imagepush.transforms.formats.manifest import ImageIndex, blobs_of
+from imagepush.transforms.plan import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan
+from imagepush.transforms.render import render_tree
+from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication
 
 
 @dataclass

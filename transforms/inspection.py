@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from transforms.blobio import DEFAULT_CHUNK, DiffIdHasher
-from transforms.formats import digest as digestlib
-from transforms.formats.convert import LayerInfo
-from transforms.formats.schema1 import Schema1Manifest
-from transforms.naming import copy_job
-from transforms.plan import ManifestNode, choose_format
-from transforms.render import render_tree
-from transforms.tree import resolve_tree
-from transforms.stores.base import Source, StoreError
-from transforms.stores.reference import ImageReference
-from transforms.blobio import BlobVerificationError
-from transforms.storecache import StoreCache
-from transforms.stores.options import StoreOptions
+from imagepush.transforms.blobio import DEFAULT_CHUNK, DiffIdHasher
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats.convert import LayerInfo
+from imagepush.transforms.formats.schema1 import Schema1Manifest
+from imagepush.transforms.naming import copy_job
+from imagepush.transforms.plan import ManifestNode, choose_format
+from imagepush.transforms.render import render_tree
+from imagepush.transforms.tree import resolve_tree
+from imagepush.transforms.stores.base import Source, StoreError
+from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.blobio import BlobVerificationError
+from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.options import StoreOptions
 
 
 def measure_layers(source: Source, node: ManifestNode) -> dict[str, LayerInfo]:

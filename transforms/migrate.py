@@ -16,16 +16,16 @@ from typing import Iterator
 
 import apache_beam as beam
 
-from transforms import audit, errors
-from transforms.concurrency import DEFAULT_PARALLEL
-from transforms.copyblobs import CopyBlobsFn
-from transforms.finalize import listing_failed
-from transforms.naming import sync_jobs
-from transforms.plan import CopyJob, SyncSpec
-from transforms.publish import FinalizeFn, PublishFn
-from transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
-from transforms.storecache import StoreCache
-from transforms.stores.options import StoreOptions
+from imagepush.transforms import audit, errors
+from imagepush.transforms.concurrency import DEFAULT_PARALLEL
+from imagepush.transforms.copyblobs import CopyBlobsFn
+from imagepush.transforms.finalize import listing_failed
+from imagepush.transforms.naming import sync_jobs
+from imagepush.transforms.plan import CopyJob, SyncSpec
+from imagepush.transforms.publish import FinalizeFn, PublishFn
+from imagepush.transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
+from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from transforms.plan import CopyJob, Output, SyncSpec, Target
-from transforms.stores.base import ImageEntry, StoreError
-from transforms.stores.reference import ImageReference, parse_reference
-from transforms.storecache import StoreCache, store_id
+from imagepush.transforms.plan import CopyJob, Output, SyncSpec, Target
+from imagepush.transforms.stores.base import ImageEntry, StoreError
+from imagepush.transforms.stores.reference import ImageReference, parse_reference
+from imagepush.transforms.storecache import StoreCache, store_id
 
 
 def copy_target(out: Output) -> Target:

@@ -12,11 +12,11 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, Platform
-from transforms.formats.manifest import ImageIndex, ImageManifest, blobs_of
-from transforms.formats.schema1 import Schema1Manifest
-from transforms.stores.base import ImageEntry, ManifestBlob
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, Platform
+from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, blobs_of
+from imagepush.transforms.formats.schema1 import Schema1Manifest
+from imagepush.transforms.stores.base import ImageEntry, ManifestBlob
 
 PRESERVE, OCI, V2S2 = "preserve", "oci", "v2s2"
 

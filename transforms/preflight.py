@@ -22,15 +22,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from transforms import errors
-from transforms.audit import OK, AuditRow, now
-from transforms.finalize import listing_failed, write_manifests
-from transforms.naming import sync_jobs
-from transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
-from transforms.storecache import StoreCache
-from transforms.stores.options import StoreOptions
-from transforms.targets import job_key, plan_target
-from transforms.tree import resolve_tree
+from imagepush.transforms import errors
+from imagepush.transforms.audit import OK, AuditRow, now
+from imagepush.transforms.finalize import listing_failed, write_manifests
+from imagepush.transforms.naming import sync_jobs
+from imagepush.transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
+from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.targets import job_key, plan_target
+from imagepush.transforms.tree import resolve_tree
 
 log = logging.getLogger("imagepush.progress")
 

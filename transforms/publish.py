@@ -12,13 +12,13 @@ from typing import Iterable, Iterator
 
 from apache_beam.metrics import Metrics
 
-from transforms import errors
-from transforms.audit import OK, AuditRow, now
-from transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
-from transforms.finalize import Finalized, rows_failed, write_manifests
-from transforms.plan import FAILED as BLOB_FAILED, BlobResult, TargetPlan
-from transforms.stores.base import Publication, PublishErrors
-from transforms.stores.options import StoreOptions
+from imagepush.transforms import errors
+from imagepush.transforms.audit import OK, AuditRow, now
+from imagepush.transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
+from imagepush.transforms.finalize import Finalized, rows_failed, write_manifests
+from imagepush.transforms.plan import FAILED as BLOB_FAILED, BlobResult, TargetPlan
+from imagepush.transforms.stores.base import Publication, PublishErrors
+from imagepush.transforms.stores.options import StoreOptions
 
 __all__ = ["FinalizeFn", "Finalized", "PublishFn", "write_manifests"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transforms.formats import mediatypes as mt
-from transforms.formats.convert import LayerInfo, convert_image, convert_index, replace_layers
-from transforms.formats.descriptor import Descriptor
-from transforms.plan import ManifestNode, family
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.convert import LayerInfo, convert_image, convert_index, replace_layers
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.plan import ManifestNode, family
 
 
 @dataclass(frozen=True)

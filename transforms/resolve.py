@@ -11,13 +11,13 @@ from typing import Iterator
 
 import apache_beam as beam
 
-from transforms import errors
-from transforms.audit import now
-from transforms.concurrency import StoreDoFn
-from transforms.plan import BlobRequest, CopyJob, ImagePlan, TargetPlan
-from transforms.storecache import blob_domain
-from transforms.targets import job_key, plan_target
-from transforms.tree import resolve_tree
+from imagepush.transforms import errors
+from imagepush.transforms.audit import now
+from imagepush.transforms.concurrency import StoreDoFn
+from imagepush.transforms.plan import BlobRequest, CopyJob, ImagePlan, TargetPlan
+from imagepush.transforms.storecache import blob_domain
+from imagepush.transforms.targets import job_key, plan_target
+from imagepush.transforms.tree import resolve_tree
 
 __all__ = ["BLOBS", "PlanTargetsFn", "ResolveImageFn", "job_key", "plan_target"]
 

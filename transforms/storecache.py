@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 
-from transforms.stores.base import Destination, Source
-from transforms.stores.options import StoreOptions
-from transforms.stores.registry_client import ClientPool
-from transforms.stores.reference import ImageReference, parse_reference
-from transforms.stores.transports import open_destination, open_source
+from imagepush.transforms.stores.base import Destination, Source
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry_client import ClientPool
+from imagepush.transforms.stores.reference import ImageReference, parse_reference
+from imagepush.transforms.stores.transports import open_destination, open_source
 
 
 def store_id(ref: ImageReference) -> str:

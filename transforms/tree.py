@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import hashlib
 
-from transforms.blobio import BlobVerificationError
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
-from transforms.plan import CopyJob, ManifestNode, filter_platforms
-from transforms.stores.base import Source, StoreError
+from imagepush.transforms.blobio import BlobVerificationError
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
+from imagepush.transforms.plan import CopyJob, ManifestNode, filter_platforms
+from imagepush.transforms.stores.base import Source, StoreError
 
 #: Manifests and configs above this are refused, as registries and containers/image do.
 MAX_DOCUMENT = 4 << 20

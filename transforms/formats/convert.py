@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from transforms.formats import digest as digestlib
-from transforms.formats import jsonio
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.manifest import ImageIndex, ImageManifest
-from transforms.formats.schema1 import Schema1Manifest
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import jsonio
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest
+from imagepush.transforms.formats.schema1 import Schema1Manifest
 
 TARGET_OCI = "oci"
 TARGET_V2S2 = "v2s2"

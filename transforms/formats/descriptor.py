@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from transforms.formats import digest as digestlib
+from imagepush.transforms.formats import digest as digestlib
 
 
 class FormatError(ValueError):

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from transforms.formats.descriptor import FormatError
+from imagepush.transforms.formats.descriptor import FormatError
 
 # Go's encoding/json escapes these inside strings; see ``dumps``. Outside strings they
 # cannot occur in JSON at all, so a byte-level replacement only ever touches string content.

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from transforms.formats import digest as digestlib
-from transforms.formats import jsonio
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.schema1 import Schema1Manifest, parse_schema1, payload_of
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import jsonio
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.schema1 import Schema1Manifest, parse_schema1, payload_of
 
 #: Content types that say nothing about which manifest format a body is, so we guess
 #: from the content (registries behind CDNs, ``dir:`` layouts, plain files).

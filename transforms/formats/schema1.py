@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.formats import digest as digestlib
-from transforms.formats import jsonio
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import FormatError
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import jsonio
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import FormatError
 
 #: 64 lowercase hex characters, the only v1 image id containers/image accepts.
 _V1_ID_RE = re.compile(r"^[a-f0-9]{64}$")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from transforms.stores.base import StoreError
+from imagepush.transforms.stores.base import StoreError
 
 log = logging.getLogger(__name__)
 

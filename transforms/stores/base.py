@@ -15,7 +15,7 @@ import abc
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from transforms.formats.descriptor import Descriptor
+from imagepush.transforms.formats.descriptor import Descriptor
 
 
 class StoreError(Exception):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterator
 
-from transforms.formats import digest as digestlib
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.manifest import detect_media_type, manifest_digest
-from transforms.stores.base import (
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
+from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
     ImageEntry,
@@ -25,7 +25,7 @@ from transforms.stores.base import (
     Source,
     StoreError,
 )
-from transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
 
 VERSION_FILE = "version"
 VERSION_CONTENT = b"Directory Transport Version: 1.1\n"

@@ -28,10 +28,10 @@ import orjson
 import zstandard
 from isal import igzip, isal_zlib
 
-from transforms.formats import digest as digestlib
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.stores.base import (
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
     ImageEntry,
@@ -42,7 +42,7 @@ from transforms.stores.base import (
     Source,
     StoreError,
 )
-from transforms.stores.fs import (
+from imagepush.transforms.stores.fs import (
     CHUNK_SIZE,
     AtomicFileSink,
     BoundedReader,

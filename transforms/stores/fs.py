@@ -22,7 +22,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from transforms.stores.base import BlobSink, NotFound, StoreError
+from imagepush.transforms.stores.base import BlobSink, NotFound, StoreError
 
 #: Copy granularity: big enough for throughput, small enough to keep many copies in memory.
 CHUNK_SIZE = 1 << 20

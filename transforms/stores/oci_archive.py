@@ -23,9 +23,9 @@ from typing import Any
 
 import fsspec
 
-from transforms.stores.base import NotFound, Publication, PublishErrors, StoreError
-from transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, tar_info
-from transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
+from imagepush.transforms.stores.base import NotFound, Publication, PublishErrors, StoreError
+from imagepush.transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, tar_info
+from imagepush.transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
 
 STAGING_SUFFIX = ".imagepush-staging"
 

@@ -13,11 +13,11 @@ from typing import Any, BinaryIO, Iterator
 
 import orjson
 
-from transforms.formats import digest as digestlib
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.manifest import detect_media_type, manifest_digest
-from transforms.stores.base import (
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
+from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
     ImageEntry,
@@ -28,7 +28,7 @@ from transforms.stores.base import (
     Source,
     StoreError,
 )
-from transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from transforms.stores.base import StoreError
+from imagepush.transforms.stores.base import StoreError
 
 TRANSPORTS = ("docker", "oci", "oci-archive", "dir", "docker-archive", "registry-storage")
 #: Transports whose location holds one image at most.

@@ -38,11 +38,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from transforms.formats import digest as digestlib
-from transforms.formats import mediatypes as mt
-from transforms.formats.descriptor import Descriptor, FormatError
-from transforms.formats.manifest import detect_media_type, manifest_digest
-from transforms.stores.base import (
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
+from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
     ImageEntry,
@@ -52,8 +52,8 @@ from transforms.stores.base import (
     Source,
     StoreError,
 )
-from transforms.stores.options import StoreOptions
-from transforms.stores.registry_client import (
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry_client import (
     ClientPool,
     CATALOG_SCOPE,
     RegistryClient,

@@ -52,9 +52,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from transforms.stores.authfile import AuthFiles, Credentials
-from transforms.stores.base import NotFound, StoreError
-from transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.authfile import AuthFiles, Credentials
+from imagepush.transforms.stores.base import NotFound, StoreError
+from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ import logging
 import re
 from typing import BinaryIO, Iterator
 
-from transforms.formats import digest as digestlib
-from transforms.formats.descriptor import FormatError
-from transforms.formats.manifest import detect_media_type, manifest_digest
-from transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError
-from transforms.stores.fs import FsStore, open_read, read_bytes
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats.descriptor import FormatError
+from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
+from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError
+from imagepush.transforms.stores.fs import FsStore, open_read, read_bytes
 
 log = logging.getLogger(__name__)
 

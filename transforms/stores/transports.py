@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from transforms.stores.base import Destination, Source, StoreError
-from transforms.stores.dir import DirDestination, DirSource
-from transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
-from transforms.stores.oci_archive import OCIArchiveDestination, OCIArchiveSource
-from transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
-from transforms.stores.reference import ImageReference
-from transforms.stores.registry import RegistryDestination, RegistrySource
-from transforms.stores.registry_client import ClientPool
-from transforms.stores.registry_storage import RegistryStorageSource
+from imagepush.transforms.stores.base import Destination, Source, StoreError
+from imagepush.transforms.stores.dir import DirDestination, DirSource
+from imagepush.transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
+from imagepush.transforms.stores.oci_archive import OCIArchiveDestination, OCIArchiveSource
+from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
+from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
+from imagepush.transforms.stores.registry_client import ClientPool
+from imagepush.transforms.stores.registry_storage import RegistryStorageSource
 
 if TYPE_CHECKING:
-    from transforms.stores.options import StoreOptions
+    from imagepush.transforms.stores.options import StoreOptions
 
 _SOURCES: dict[str, type[Source]] = {
     "oci": OCILayoutSource,
