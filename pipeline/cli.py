@@ -16,7 +16,7 @@ import sys
 import uuid
 from typing import Sequence
 
-from imagepush.transforms.errors import EXPECTED, one_line
+from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.reference import ReferenceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -213,7 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ReferenceError) as exc:
         print(f"imagepush: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except EXPECTED as exc:
+    except Exception as exc:
+        if not is_expected(exc):
+            raise
         # Nothing could be read (ls, inspect) or a destination refused to be prepared
         # (copy, sync, run): a problem with the stores, not with the command line.
         print(f"imagepush: {one_line(exc)}", file=sys.stderr)

@@ -13,7 +13,7 @@ import orjson
 from imagepush.pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
-from imagepush.transforms import audit
+from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
 from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
@@ -181,7 +181,7 @@ SUMMARY_COLUMNS = ["source", "destination", "status", "error", "role", "blobs_co
 def summarize(audit_url: str, seconds: float) -> int:
     table = audit.read(audit_url, SUMMARY_COLUMNS).to_pylist()
     images = [r for r in table if r["role"] != "child"]
-    failed = [r for r in images if r["status"] != audit.OK]
+    failed = [r for r in images if r["status"] != records.OK]
     copied = sum(r["blobs_copied"] for r in table)
     skipped = sum(r["blobs_skipped"] for r in table)
     nbytes = sum(r["bytes_copied"] for r in table)

@@ -100,7 +100,7 @@ def test_copy_job_selects_registry_images_by_tag_or_digest():
 
 def test_target_whose_name_already_points_at_the_digest_is_up_to_date(tmp_path):
     from imagepush.pipeline.samples import write_oci_samples
-    from imagepush.transforms.audit import now
+    from imagepush.transforms.records import now
     from imagepush.transforms.plan import ImagePlan
     from imagepush.transforms.resolve import plan_target
     from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource

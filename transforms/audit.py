@@ -7,74 +7,18 @@ file by a single writer at the end of the pipeline.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import asdict, dataclass, fields
 from typing import Iterable
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("source", pa.string()),
-        ("destination", pa.string()),
-        ("source_digest", pa.string()),
-        ("destination_digest", pa.string()),
-        ("media_type", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("blobs_copied", pa.int64()),
-        ("blobs_skipped", pa.int64()),
-        ("bytes_copied", pa.int64()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("role", pa.string()),
-    ]
-)
-
-OK = "ok"
-FAILED = "failed"
-
-
-@dataclass
-class AuditRow:
-    run_id: str
-    source: str
-    destination: str
-    source_digest: str | None
-    destination_digest: str | None
-    media_type: str | None
-    status: str
-    error: str | None
-    blobs_copied: int
-    blobs_skipped: int
-    bytes_copied: int
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    #: "image", "index" or "child": lets a reader count images without double-counting children.
-    role: str = "image"
-
-    def failed(self, error: str, finished_at: dt.datetime | None = None) -> "AuditRow":
-        row = AuditRow(**asdict(self))
-        row.status, row.error = FAILED, error
-        if finished_at is not None:
-            row.finished_at = finished_at
-        return row
-
-
-COLUMNS = tuple(f.name for f in fields(AuditRow))
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
+from imagepush.transforms.records import AUDIT_COLUMNS, AUDIT_SCHEMA, AuditRow
 
 def to_table(rows: Iterable[AuditRow]) -> pa.Table:
     ordered = sorted(rows, key=lambda r: (r.source, r.destination, r.role != "index", r.source_digest or ""))
-    columns = {name: [getattr(r, name) for r in ordered] for name in COLUMNS}
-    return pa.table(columns, schema=SCHEMA)
+    columns = {name: [getattr(r, name) for r in ordered] for name in AUDIT_COLUMNS}
+    return pa.table(columns, schema=AUDIT_SCHEMA)
 
 
 def write(rows: Iterable[AuditRow], url: str) -> None:
@@ -99,7 +43,10 @@ def read(url: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def read_rows(url: str) -> list[AuditRow]:
-    """The rows of a report, as records (for merging one report into another)."""
+    """The rows of a report, as records (for merging one report into another).
+
+    Columns a report of an older schema version lacks take their defaults.
+    """
     return [AuditRow(**row) for row in read(url).to_pylist()]
 
 

@@ -16,6 +16,7 @@ import zstandard
 from isal import isal_zlib
 
 from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.errors import DIGEST_MISMATCH, ImagepushError, one_line
 from imagepush.transforms.stores.base import BlobSink
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class BlobVerificationError(Exception):
+class BlobVerificationError(ImagepushError):
     """The bytes read do not match the digest or size that names them."""
+
+    kind = DIGEST_MISMATCH
 
 
 class Decompressor:
@@ -175,7 +178,7 @@ def stream_blob(
                 try:
                     sink.write(chunk)
                 except Exception as exc:  # one destination failing must not stop the others
-                    errors[i] = _one_line(exc)
+                    errors[i] = one_line(exc)
                     _abort(sink)
                     del live[i]
         if expected_size is not None and expected_size >= 0 and size != expected_size:
@@ -195,7 +198,7 @@ def stream_blob(
         try:
             sink.commit()
         except Exception as exc:
-            errors[i] = _one_line(exc)
+            errors[i] = one_line(exc)
             _abort(sink)
     return CopyOutcome(size=size, diff_id=diff_id, sink_errors=errors)
 
@@ -205,11 +208,6 @@ def _abort(sink: BlobSink) -> None:
         sink.abort()
     except Exception:  # cleanup is best effort; the original error is what matters
         log.debug("abort failed", exc_info=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 #: Compression settings used when layers are rewritten: fixed, so output is deterministic.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from imagepush.transforms.audit import FAILED, OK, AuditRow, now
+from imagepush.transforms.records import FAILED, OK, AuditRow, now
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.manifest import ImageIndex, blobs_of
 from imagepush.transforms.plan import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan

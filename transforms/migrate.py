@@ -16,7 +16,7 @@ from typing import Iterator
 
 import apache_beam as beam
 
-from imagepush.transforms import audit, errors
+from imagepush.transforms import audit, errors, records
 from imagepush.transforms.concurrency import DEFAULT_PARALLEL
 from imagepush.transforms.copyblobs import CopyBlobsFn
 from imagepush.transforms.finalize import listing_failed
@@ -46,7 +46,7 @@ class ExpandSyncFn(beam.DoFn):
         self._stores = StoreCache(self._options)
 
     def process(self, spec: SyncSpec) -> Iterator[CopyJob]:
-        started = audit.now()
+        started = records.now()
         try:
             yield from sync_jobs(spec, self._stores)
         except Exception as exc:

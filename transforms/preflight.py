@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from imagepush.transforms import errors
-from imagepush.transforms.audit import OK, AuditRow, now
+from imagepush.transforms.records import OK, AuditRow, now
 from imagepush.transforms.finalize import listing_failed, write_manifests
 from imagepush.transforms.naming import sync_jobs
 from imagepush.transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec

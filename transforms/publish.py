@@ -13,11 +13,11 @@ from typing import Iterable, Iterator
 from apache_beam.metrics import Metrics
 
 from imagepush.transforms import errors
-from imagepush.transforms.audit import OK, AuditRow, now
+from imagepush.transforms.records import OK, AuditRow, now
 from imagepush.transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
 from imagepush.transforms.finalize import Finalized, rows_failed, write_manifests
 from imagepush.transforms.plan import FAILED as BLOB_FAILED, BlobResult, TargetPlan
-from imagepush.transforms.stores.base import Publication, PublishErrors
+from imagepush.transforms.stores.base import Publication
 from imagepush.transforms.stores.options import StoreOptions
 
 __all__ = ["FinalizeFn", "Finalized", "PublishFn", "write_manifests"]
@@ -83,23 +83,26 @@ class PublishFn(StoreDoFn):
         for i, f in enumerate(finals):
             error = error_of.get(i)
             for row in f.rows:
-                if error and row.status == OK:
-                    row = row.failed(error, finished)
+                if error is not None and row.status == OK:
+                    row = row.failed(*error, finished)
                 if row.role != "child":
                     log.info("%s -> %s: %s", row.source, row.destination, row.status if row.status == OK
                              else f"failed: {row.error}")
                 yield row
 
-    def _publish(self, store: str, publications: list[Publication]) -> PublishErrors:
-        """All names of one store in one call; a store that cannot write any fails them all."""
+    def _publish(self, store: str, publications: list[Publication]) -> dict[int, tuple[str, str]]:
+        """All names of one store in one call: (message, kind) of each that failed, by position.
+
+        A store that cannot write any name fails them all.
+        """
         if not publications:
             return {}
         try:
             failed = self._stores.destination(store).publish(publications)
         except Exception as exc:
-            error = f"publishing to {store} failed: {errors.one_line(exc)}"
-            log.warning(error)
-            return dict.fromkeys(range(len(publications)), error)
+            message = f"publishing to {store} failed: {errors.one_line(exc)}"
+            log.warning(message)
+            return dict.fromkeys(range(len(publications)), (message, errors.error_kind(exc)))
         for position, error in failed.items():
-            log.warning("publishing %s failed: %s", publications[position].ref, error)
-        return failed
+            log.warning("publishing %s failed: %s", publications[position].ref, errors.one_line(error))
+        return {position: (errors.one_line(error), errors.error_kind(error)) for position, error in failed.items()}

@@ -12,7 +12,7 @@ from typing import Iterator
 import apache_beam as beam
 
 from imagepush.transforms import errors
-from imagepush.transforms.audit import now
+from imagepush.transforms.records import now
 from imagepush.transforms.concurrency import StoreDoFn
 from imagepush.transforms.plan import BlobRequest, CopyJob, ImagePlan, TargetPlan
 from imagepush.transforms.storecache import blob_domain

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from imagepush.transforms.errors import INVALID_INPUT, ImagepushError
 from imagepush.transforms.formats import digest as digestlib
 
 
-class FormatError(ValueError):
+class FormatError(ImagepushError, ValueError):
+    kind = INVALID_INPUT
+
     """A manifest, config or descriptor that does not follow its format."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from imagepush.transforms.errors import INVALID_INPUT, ImagepushError
+
 SHA256 = "sha256"
 SHA512 = "sha512"
 
@@ -13,7 +15,9 @@ _ENCODED_LEN = {SHA256: 64, SHA512: 128}
 _HEX_RE = re.compile(r"^[a-f0-9]+$")
 
 
-class DigestError(ValueError):
+class DigestError(ImagepushError, ValueError):
+    kind = INVALID_INPUT
+
     """A string that is not a digest we can verify."""
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from imagepush.transforms.errors import AUTH
 from imagepush.transforms.stores.base import StoreError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ _MASK = "***"
 
 
 class AuthFileError(StoreError):
+    kind = AUTH
+
     """An auth file or credential helper that exists but cannot be used."""
 
 

@@ -15,15 +15,26 @@ import abc
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from imagepush.transforms.errors import MISMATCH, NOT_FOUND, REFUSED, ImagepushError
 from imagepush.transforms.formats.descriptor import Descriptor
 
 
-class StoreError(Exception):
+class StoreError(ImagepushError):
     """A store could not do what was asked; the message is one line for the user."""
+
+    kind = REFUSED
 
 
 class NotFound(StoreError):
     """The named image, manifest or blob is not in the store."""
+
+    kind = NOT_FOUND
+
+
+class Mismatch(StoreError):
+    """A store holds, or stored, something other than what was written or expected."""
+
+    kind = MISMATCH
 
 
 @dataclass(frozen=True)
@@ -66,9 +77,9 @@ class Publication:
     manifest: bytes | None = None
 
 
-#: What :meth:`Destination.publish` returns: the one-line error of each publication that
-#: was not made visible, by its position in the list given; the others were published.
-PublishErrors = dict[int, str]
+#: What :meth:`Destination.publish` returns: the error of each publication that was not
+#: made visible, by its position in the list given; the others were published.
+PublishErrors = dict[int, StoreError]
 
 
 class Source(abc.ABC):

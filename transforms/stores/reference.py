@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from imagepush.transforms.errors import INVALID_INPUT
 from imagepush.transforms.stores.base import StoreError
 
 TRANSPORTS = ("docker", "oci", "oci-archive", "dir", "docker-archive", "registry-storage")
@@ -16,6 +17,8 @@ _REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?
 
 
 class ReferenceError(StoreError):
+    kind = INVALID_INPUT
+
     """A reference string the user typed is malformed."""
 
 

@@ -909,7 +909,7 @@ class RegistryDestination(_RegistryStore, Destination):
             try:
                 self._publish_one(pub)
             except StoreError as exc:
-                failed[i] = str(exc)
+                failed[i] = exc
         return failed
 
     def _publish_one(self, pub: Publication) -> None:

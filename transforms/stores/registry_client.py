@@ -54,6 +54,7 @@ from requests.adapters import HTTPAdapter
 
 from imagepush.transforms.stores.authfile import AuthFiles, Credentials
 from imagepush.transforms.stores.base import NotFound, StoreError
+from imagepush.transforms.errors import AUTH, NOT_FOUND, REFUSED, UNREACHABLE
 from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,28 @@ class RegistryError(StoreError):
         self.code = code
         self.detail = detail or code or (f"HTTP {status}" if status else None)
 
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        """From the answer: refused, or (no answer, 429, 5xx) unreachable; subclasses are exact."""
+        if self.status in (401, 403):
+            return AUTH
+        if self.status == 404:
+            return NOT_FOUND
+        if self.status is None or self.status == 429 or self.status >= 500:
+            return UNREACHABLE
+        return REFUSED
+
 
 class AuthenticationError(RegistryError):
     """The registry wants credentials we do not have, or refused the ones we sent."""
 
+    kind = AUTH  # type: ignore[assignment]
+
 
 class AccessDenied(RegistryError):
     """Authenticated, but not allowed to do this (HTTP 403, ``DENIED``)."""
+
+    kind = AUTH  # type: ignore[assignment]
 
 
 class RegistryNotFound(NotFound, RegistryError):
@@ -117,6 +133,8 @@ class RegistryNotFound(NotFound, RegistryError):
 
 class RegistryUnavailable(RegistryError):
     """Connection failures, 429 or 5xx that persisted through every retry."""
+
+    kind = UNREACHABLE  # type: ignore[assignment]
 
 
 class RetriableUploadError(RegistryError):
@@ -127,7 +145,7 @@ class RetriableUploadError(RegistryError):
     """
 
 
-def one_line(text: str, limit: int = 200) -> str:
+def collapse(text: str, limit: int = 200) -> str:
     """Collapse whitespace (registry messages may span lines) and cap the length."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -147,11 +165,11 @@ def registry_error_detail(body: bytes) -> tuple[str | None, str | None]:
             text = str(message) if message else ""
             if isinstance(detail, str) and detail and detail not in text:
                 text = f"{text}; {detail}" if text else detail
-            return (str(code) if code else None), (one_line(text) if text else None)
+            return (str(code) if code else None), (collapse(text) if text else None)
         # OAuth2 token servers answer {"error": "...", "error_description": "..."}.
         if isinstance(doc.get("error"), str):
             desc = doc.get("error_description")
-            return doc["error"], one_line(str(desc)) if desc else None
+            return doc["error"], collapse(str(desc)) if desc else None
     return None, None
 
 
@@ -161,7 +179,7 @@ def describe(status: int, code: str | None, message: str | None, body: bytes = b
         return f"{code}: {message}"
     if code:
         return code
-    text = one_line(body.decode("utf-8", errors="replace"), 120) if body else ""
+    text = collapse(body.decode("utf-8", errors="replace"), 120) if body else ""
     if text and not text.lstrip().startswith("<"):  # skip HTML error pages
         return f"HTTP {status}: {text}"
     return f"HTTP {status}"

@@ -1,0 +1,113 @@
+"""The records a run reads and writes, defined once: image records in, audit rows out.
+
+An *image record* names one image to migrate (what ``ls`` prints and a records file
+holds); an *audit row* is the outcome of one manifest at one destination. Both carry
+``schema_version`` so readers can tell which columns to expect; later versions only
+add columns, and readers of an older file fill the new ones with nulls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, fields
+
+import pyarrow as pa
+
+#: Version of both schemas below; bumped when a column is added.
+SCHEMA_VERSION = 1
+
+OK = "ok"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image a run should copy: the source, and optionally where and how."""
+
+    source: str
+    destination: str | None = None
+    repository: str | None = None
+    tag: str | None = None
+    source_digest: str | None = None
+    media_type: str | None = None
+    format: str | None = None
+    compression: str | None = None
+    platforms: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+
+IMAGE_RECORD_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("destination", pa.string()),
+        ("repository", pa.string()),
+        ("tag", pa.string()),
+        ("source_digest", pa.string()),
+        ("media_type", pa.string()),
+        ("format", pa.string()),
+        ("compression", pa.string()),
+        ("platforms", pa.list_(pa.string())),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("source", pa.string()),
+        ("destination", pa.string()),
+        ("source_digest", pa.string()),
+        ("destination_digest", pa.string()),
+        ("media_type", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("blobs_copied", pa.int64()),
+        ("blobs_skipped", pa.int64()),
+        ("bytes_copied", pa.int64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("role", pa.string()),
+        ("error_kind", pa.string()),
+        ("schema_version", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class AuditRow:
+    """The outcome of one manifest (an image, an index, or an index's child) at one destination."""
+
+    run_id: str
+    source: str
+    destination: str
+    source_digest: str | None
+    destination_digest: str | None
+    media_type: str | None
+    status: str
+    error: str | None
+    blobs_copied: int
+    blobs_skipped: int
+    bytes_copied: int
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    #: "image", "index" or "child": lets a reader count images without double-counting children.
+    role: str = "image"
+    #: One of :data:`imagepush.transforms.errors.KINDS` when ``status`` is failed.
+    error_kind: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def failed(self, error: str, kind: str, finished_at: dt.datetime | None = None) -> "AuditRow":
+        row = AuditRow(**asdict(self))
+        row.status, row.error, row.error_kind = FAILED, error, kind
+        if finished_at is not None:
+            row.finished_at = finished_at
+        return row
+
+
+AUDIT_COLUMNS = tuple(f.name for f in fields(AuditRow))
+assert AUDIT_COLUMNS == tuple(AUDIT_SCHEMA.names), "AuditRow and AUDIT_SCHEMA must list the same columns"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
