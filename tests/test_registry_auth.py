@@ -86,7 +86,7 @@ def test_basic_auth_with_right_password(basic_registry: Registry, tmp_path: Path
     dest.put_blob(Descriptor(mt.OCI_LAYER_GZIP, sha256(layer), len(layer)), layer)
     assert dest.has_blob(sha256(layer))
     assert dest.mount_blob(Descriptor(mt.OCI_CONFIG, json.loads(root.data)["config"]["digest"], 0),
-                           f"docker://{host}/private/app")
+                           [f"docker://{host}/private/app"])
 
 
 def test_basic_auth_wrong_password_is_one_clear_line(
@@ -198,12 +198,12 @@ def test_token_auth_pull_push_and_scopes(token_registry: Registry, token_server:
 
     dest = RegistryDestination(f"{token_registry.host}/team/copy", opts)
     config_digest = json.loads(root.data)["config"]["digest"]
-    assert dest.mount_blob(Descriptor(mt.OCI_CONFIG, config_digest, 0), f"docker://{token_registry.host}/team/app")
+    assert dest.mount_blob(Descriptor(mt.OCI_CONFIG, config_digest, 0), [f"docker://{token_registry.host}/team/app"])
     mount_scopes = [r.scopes for r in token_server.requests if "repository:team/app:pull" in r.scopes
                     and "repository:team/copy:pull,push" in r.scopes]
     assert mount_scopes, [r.scopes for r in token_server.requests]
     for layer in json.loads(root.data)["layers"]:
-        assert dest.mount_blob(Descriptor(mt.OCI_LAYER_GZIP, layer["digest"], 0), f"docker://{token_registry.host}/team/app")
+        assert dest.mount_blob(Descriptor(mt.OCI_LAYER_GZIP, layer["digest"], 0), [f"docker://{token_registry.host}/team/app"])
     dest.put_manifest(root, root=True)
     dest.publish([Publication("copied", Descriptor(root.media_type, root.digest, len(root.data)), manifest=root.data)])
     assert ["repository:team/copy:pull,push"] in [r.scopes for r in token_server.requests]
@@ -280,7 +280,7 @@ def test_namespace_credentials_are_used_for_their_repositories(
     dest = RegistryDestination(f"{token_registry.host}/team/carols", opts, clients=clients)
     config = json.loads(root.data)["config"]
     assert dest.mount_blob(Descriptor(mt.OCI_CONFIG, config["digest"], config["size"]),
-                           f"docker://{token_registry.host}/public/app")
+                           [f"docker://{token_registry.host}/public/app"])
     users = {tuple(r.scopes): r.user for r in token_server.requests}
     assert users[("repository:team/app:pull",)] == "carol"
     assert users[("repository:public/app:pull",)] == "bob"

@@ -348,13 +348,13 @@ def test_mount_between_repositories(registry: Registry, options: StoreOptions) -
     _, layer_desc = _push_tiny_image(first, b"mount me", tag="1")
     second = RegistryDestination(f"{registry.host}/mount/b", options)
     assert not second.has_blob(layer_desc.digest)
-    assert second.mount_blob(layer_desc, f"docker://{registry.host}/mount/a") is True
+    assert second.mount_blob(layer_desc, [f"docker://{registry.host}/mount/a"]) is True
     assert second.has_blob(layer_desc.digest)
     # Not mountable: unknown blob (202 → session cancelled), other host, other transport.
     missing = Descriptor(mt.DOCKER_LAYER_GZIP, "sha256:" + "1" * 64, 5)
-    assert second.mount_blob(missing, f"docker://{registry.host}/mount/a") is False
-    assert second.mount_blob(layer_desc, "docker://elsewhere.invalid/mount/a") is False
-    assert second.mount_blob(layer_desc, "oci:/tmp/layout") is False
+    assert second.mount_blob(missing, [f"docker://{registry.host}/mount/a"]) is False
+    assert second.mount_blob(layer_desc, ["docker://elsewhere.invalid/mount/a"]) is False
+    assert second.mount_blob(layer_desc, ["oci:/tmp/layout"]) is False
     uploads = registry.storage / "docker/registry/v2/repositories/mount/b/_uploads"
     assert not list(uploads.rglob("data"))
 
@@ -403,7 +403,7 @@ def test_schema1_pushed_under_another_name_keeps_digest(registry: Registry, opti
     dest = RegistryDestination(f"{registry.host}/renamed/legacy", options)
     for layer in json.loads(payload_of(root.data))["fsLayers"]:
         digest = layer["blobSum"]
-        if not dest.mount_blob(Descriptor(mt.DOCKER_LAYER_GZIP, digest, -1), f"docker://{registry.host}/legacy"):
+        if not dest.mount_blob(Descriptor(mt.DOCKER_LAYER_GZIP, digest, -1), [f"docker://{registry.host}/legacy"]):
             raise AssertionError(f"mount of {digest} failed")
     dest.put_manifest(root, root=True)
     dest.publish([Publication("v1", Descriptor(root.media_type, root.digest, len(root.data)), manifest=root.data)])

@@ -43,13 +43,6 @@ class _Progress:
             log.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
 
 
-def registry_host(store: str) -> str | None:
-    """``docker://host/repo`` -> ``host``; None for stores that cannot share blobs."""
-    if not store.startswith("docker://"):
-        return None
-    return store[len("docker://") :].split("/", 1)[0]
-
-
 class CopyBlobsFn(StoreDoFn):
     """(source blob key, requests) -> (target key, BlobResult) for every request."""
 
@@ -108,15 +101,12 @@ class CopyBlobsFn(StoreDoFn):
             return FAILED, errors.one_line(exc)
 
     def _mount(self, store: str, descriptor: Descriptor, holders: list[str]) -> bool:
-        host = registry_host(store)
-        for holder in holders:
-            if host is not None and registry_host(holder) == host and holder != store:
-                try:
-                    if self._stores.destination(store).mount_blob(descriptor, holder):
-                        return True
-                except Exception:  # a refused mount is not an error: the blob is uploaded instead
-                    log.debug("mount of %s from %s failed", descriptor.digest, holder, exc_info=True)
-        return False
+        """Let the destination take the blob from a store known to hold it, if it can."""
+        try:
+            return self._stores.destination(store).mount_blob(descriptor, [h for h in holders if h != store])
+        except Exception:  # a refused mount is not an error: the blob is uploaded instead
+            log.debug("mount of %s into %s failed", descriptor.digest, store, exc_info=True)
+            return False
 
     def _stream(self, descriptor: Descriptor, open_reader, size: int, stores: list[str], want_diff: bool,
                 status: dict):
@@ -163,19 +153,19 @@ class CopyBlobsFn(StoreDoFn):
         holders = holders + [s for s in stores if status.get(s, ("",))[0] == PRESENT]
         later: list[str] = []
         upload: list[str] = []
-        hosts_uploading: set[str] = set()
+        domains_uploading: set[str] = set()
         for store in missing:
             if self._mount(store, descriptor, holders):
                 status[store] = (MOUNTED, None)
                 holders.append(store)
                 continue
-            host = registry_host(store)
-            if host is not None and host in hosts_uploading:
-                later.append(store)  # mount it from the copy about to be made on this registry
+            domain = self._stores.destination(store).blob_domain
+            if domain is not None and domain in domains_uploading:
+                later.append(store)  # mount it from the copy about to be made in its domain
             else:
                 upload.append(store)
-                if host is not None:
-                    hosts_uploading.add(host)
+                if domain is not None:
+                    domains_uploading.add(domain)
 
         written, diff_id = 0, None
         if upload or want_diff:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 from imagepush.transforms.errors import MISMATCH, NOT_FOUND, REFUSED, ImagepushError
 from imagepush.transforms.formats.descriptor import Descriptor
@@ -162,12 +162,21 @@ class Destination(abc.ABC):
             sink.abort()
             raise
 
-    def mount_blob(self, descriptor: Descriptor, from_store: str) -> bool:
-        """Make a blob present by reference to another store of the same service.
+    @property
+    def blob_domain(self) -> str | None:
+        """The stores among which one digest names one shared blob; None: this store alone.
 
-        A registry does this with a cross-repository mount; ``from_store`` is the
-        store id (``docker://host/repo``) known to hold the blob. False when the
-        stores cannot share blobs, and the caller then uploads.
+        Stores of one domain can take a blob from each other without copying its bytes
+        (:meth:`mount_blob`), so a copier writes it into one of them and mounts the rest.
+        """
+        return None
+
+    def mount_blob(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
+        """Make a blob present from another store known to hold it, without copying its bytes.
+
+        ``known_at`` are store ids that hold the blob; the destination decides which of
+        them, if any, it can take it from (a registry mounts from a repository of its
+        own host). False means the caller copies the blob.
         """
         return False
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from imagepush.transforms.formats import digest as digestlib
@@ -807,16 +807,25 @@ class RegistryDestination(_RegistryStore, Destination):
             raise StoreError(f"{self.where()}: {exc}") from None
         return RegistryBlobSink(self, descriptor)
 
-    def mount_blob(self, descriptor: Descriptor, from_store: str) -> bool:
-        """Cross-repository mount from ``docker://<same host>/<repo>``; False means upload."""
-        if not from_store.startswith("docker://"):
-            return False
-        host, source_repo = split_location(from_store)
-        source_repo = re.split(r"[:@]", source_repo, maxsplit=1)[0] if source_repo else source_repo
-        if host != self.host or not source_repo:
-            return False
-        if source_repo == self.repository:
-            return self.has_blob(descriptor.digest)
+    @property
+    def blob_domain(self) -> str:
+        """Every repository of one registry host shares its blobs (cross-repository mounts)."""
+        return f"docker://{self.host}"
+
+    def mount_blob(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
+        """Mount from the first repository of this host known to hold the blob; False: upload."""
+        for store in known_at:
+            if not store.startswith("docker://"):
+                continue
+            host, repository = split_location(store)
+            repository = re.split(r"[:@]", repository, maxsplit=1)[0] if repository else repository
+            if host != self.host or not repository or repository == self.repository:
+                continue
+            if self._mount_from(descriptor, repository):
+                return True
+        return False
+
+    def _mount_from(self, descriptor: Descriptor, source_repo: str) -> bool:
         try:
             reply = self.client.request(
                 "POST", f"/v2/{self.repository}/blobs/uploads/",
