@@ -17,15 +17,15 @@ of the stores' clients.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Iterable
 
 from imagepush.transforms import errors
 from imagepush.transforms.records import OK, AuditRow, now
 from imagepush.transforms.finalize import listing_failed, write_manifests
 from imagepush.transforms.naming import sync_jobs
+from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
@@ -33,10 +33,6 @@ from imagepush.transforms.targets import job_key, plan_target
 from imagepush.transforms.tree import resolve_tree
 
 log = logging.getLogger("imagepush.progress")
-
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 @dataclass
 class Preflight:
@@ -77,13 +73,14 @@ def preflight(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-preflight") as pool:
             copies = Preflight()
-            for job, (left, rows) in _bounded_map(pool, 2 * workers, lambda j: _check(j, stores, run_id), jobs):
+            for job, (left, rows) in bounded_map(lambda j: _check(j, stores, run_id), jobs, workers=workers, executor=pool):
                 _take(copies, job, left, rows)
             _commit(result, copies)
             for spec in syncs:
                 started = now()
                 mine = Preflight()
-                listing = _bounded_map(pool, 2 * workers, lambda j: _check(j, stores, run_id), sync_jobs(spec, stores))
+                listing = bounded_map(lambda j: _check(j, stores, run_id), sync_jobs(spec, stores), workers=workers,
+                                      executor=pool)
                 try:
                     for job, (left, rows) in listing:
                         _take(mine, job, left, rows)
@@ -159,30 +156,3 @@ def _settle(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | No
     if not left:
         return None, rows
     return (job if len(left) == len(job.targets) else replace(job, targets=tuple(left))), rows
-
-
-def _bounded_map(
-    pool: ThreadPoolExecutor, limit: int, fn: Callable[[T], R], items: Iterable[T]
-) -> Iterator[tuple[T, R]]:
-    """(item, fn(item)) as they finish, with at most ``limit`` in flight: ``items`` may be a
-    lazy listing of a huge catalog."""
-    pending: deque[tuple[T, Future]] = deque()
-
-    def drain(block: bool) -> Iterator[tuple[T, R]]:
-        nonlocal pending
-        if block and pending:
-            wait([f for _, f in pending], return_when=FIRST_COMPLETED)
-        still: deque[tuple[T, Future]] = deque()
-        for item, future in pending:
-            if future.done():
-                yield item, future.result()
-            else:
-                still.append((item, future))
-        pending = still
-
-    for item in items:
-        pending.append((item, pool.submit(fn, item)))
-        if len(pending) >= limit:
-            yield from drain(block=True)
-    while pending:
-        yield from drain(block=True)

@@ -33,8 +33,6 @@ import queue
 import re
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Iterator, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -42,6 +40,7 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
+from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
@@ -391,19 +390,10 @@ class RegistrySource(_RegistryStore, Source):
         limit; the look-ahead is bounded, so a huge catalog is still listed lazily.
         """
         workers = max(1, min(LISTING_AHEAD, self.options.registry_concurrency))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="imagepush-tags")
-        pending: deque[tuple[str, Future]] = deque()
-        try:
-            for repository in repositories:
-                pending.append((repository, pool.submit(self._tags, repository, page_size)))
-                if len(pending) > workers:
-                    name, future = pending.popleft()
-                    yield name, future.result()
-            while pending:
-                name, future = pending.popleft()
-                yield name, future.result()
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        yield from bounded_map(
+            lambda repository: self._tags(repository, page_size), repositories,
+            workers=workers, limit=workers + 1, ordered=True, name="tags",
+        )
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
