@@ -18,7 +18,7 @@ from imagepush.transforms.errors import one_line
 from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.naming import copy_job
-from imagepush.transforms.plan import Output
+from imagepush.transforms.engine.jobs import Output
 from imagepush.transforms.storecache import StoreCache, store_id
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry_client import RegistryUnavailable
@@ -97,7 +97,7 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
         for d in dests:
             if d.transport in SINGLE_IMAGE:
                 raise UsageError(f"{d}: a dir: holds one image; sync into oci:, docker-archive: or docker://")
-        from imagepush.transforms.plan import SyncSpec
+        from imagepush.transforms.engine.jobs import SyncSpec
 
         spec.syncs.append(SyncSpec(str(source), tuple(outputs), platforms))
     return spec
@@ -145,7 +145,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         prepare_destinations(spec, cache)
         started = time.monotonic()
         if spec.preflight:
-            from imagepush.transforms.preflight import preflight
+            from imagepush.transforms.engine.preflight import preflight
 
             # A distributed runner receives the jobs inside its job graph: past a bound, a
             # sync's listing is left to its workers instead.
@@ -225,7 +225,7 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from imagepush.transforms.inspection import inspect_image
+    from imagepush.transforms.engine.inspection import inspect_image
 
     options = store_options(args)
     ref = _source(args.source, options)

@@ -27,7 +27,7 @@ from imagepush.pipeline.cli import UsageError
 from imagepush.pipeline.graph import RunSpec
 from imagepush.transforms.formats.descriptor import FormatError, Platform
 from imagepush.transforms.naming import copy_job
-from imagepush.transforms.plan import Output
+from imagepush.transforms.engine.jobs import Output
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import SINGLE_IMAGE, parse_reference
@@ -136,7 +136,7 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
             registry_retries=cfg.registries.retries,
         ),
     )
-    from imagepush.transforms.plan import SyncSpec
+    from imagepush.transforms.engine.jobs import SyncSpec
 
     try:
         for n, job in enumerate(cfg.jobs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from imagepush.transforms.plan import CopyJob
+from imagepush.transforms.engine.jobs import CopyJob
 from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def run(spec: RunSpec) -> None:
     import apache_beam as beam
 
     from imagepush.pipeline.options import pipeline_options
-    from imagepush.transforms.migrate import ExpandSyncFn, MigrateImages
+    from imagepush.transforms.beam.migrate import ExpandSyncFn, MigrateImages
 
     with beam.Pipeline(options=pipeline_options(spec.beam_args)) as p:
         parts = []

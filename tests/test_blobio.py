@@ -9,7 +9,7 @@ import io
 import pytest
 import zstandard
 
-from imagepush.transforms.blobio import BlobVerificationError, DiffIdHasher, stream_blob
+from imagepush.transforms.engine.streaming import BlobVerificationError, DiffIdHasher, stream_blob
 from imagepush.transforms.stores.base import BlobSink
 
 
@@ -116,7 +116,7 @@ def test_diff_id_of_tiny_blob_without_magic():
 @pytest.mark.parametrize("target", ["gzip", "zstd", "none"])
 @pytest.mark.parametrize("source", ["gzip", "zstd", "none"])
 def test_recompressed_layer_keeps_its_diff_id_and_is_deterministic(source, target):
-    from imagepush.transforms.blobio import recompress
+    from imagepush.transforms.engine.streaming import recompress
 
     encode = {"gzip": lambda b: gzip.compress(b, mtime=0), "zstd": zstandard.ZstdCompressor().compress,
               "none": lambda b: b}
@@ -135,7 +135,7 @@ def test_recompressed_layer_keeps_its_diff_id_and_is_deterministic(source, targe
 
 
 def test_recompression_refuses_a_source_that_does_not_match_its_digest():
-    from imagepush.transforms.blobio import recompress
+    from imagepush.transforms.engine.streaming import recompress
 
     with pytest.raises(BlobVerificationError):
         recompress(io.BytesIO(PAYLOAD), sha(PAYLOAD + b"!"), None, "gzip", io.BytesIO())

@@ -23,7 +23,7 @@ def test_every_package_folder_is_installed_under_imagepush():
 
 def test_our_modules_load_once_and_only_as_imagepush():
     import imagepush.pipeline.cli  # noqa: F401
-    import imagepush.transforms.migrate  # noqa: F401
+    import imagepush.transforms.beam.migrate  # noqa: F401
 
     ours = [name for name, module in sys.modules.items()
             if name.split(".")[0] in ("pipeline", "transforms")
@@ -37,12 +37,12 @@ def test_a_project_with_its_own_transforms_and_pipeline_packages_can_embed_us(tm
         (tmp_path / name / "__init__.py").write_text(f"OWNER = 'the embedding project: {name}'\n")
     script = (
         "import transforms, pipeline\n"
-        "from imagepush.transforms.migrate import MigrateImages\n"
+        "from imagepush.transforms.beam.migrate import MigrateImages\n"
         "from imagepush.pipeline.cli import main\n"
         "print(transforms.OWNER); print(pipeline.OWNER); print(MigrateImages.__module__)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == [
-        "the embedding project: transforms", "the embedding project: pipeline", "imagepush.transforms.migrate",
+        "the embedding project: transforms", "the embedding project: pipeline", "imagepush.transforms.beam.migrate",
     ]

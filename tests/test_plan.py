@@ -7,7 +7,7 @@ import json
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, Platform
 from imagepush.transforms.naming import copy_job, sync_target
-from imagepush.transforms.plan import ManifestNode, Output, blob_needs, choose_format, filter_platforms
+from imagepush.transforms.engine.jobs import ManifestNode, Output, blob_needs, choose_format, filter_platforms
 from imagepush.transforms.formats.manifest import parse_manifest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob
 from imagepush.transforms.stores.reference import parse_reference
@@ -101,10 +101,10 @@ def test_copy_job_selects_registry_images_by_tag_or_digest():
 def test_target_whose_name_already_points_at_the_digest_is_up_to_date(tmp_path):
     from imagepush.pipeline.samples import write_oci_samples
     from imagepush.transforms.records import now
-    from imagepush.transforms.plan import ImagePlan
-    from imagepush.transforms.resolve import plan_target
+    from imagepush.transforms.engine.jobs import ImagePlan
+    from imagepush.transforms.beam.resolve import plan_target
     from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
-    from imagepush.transforms.tree import resolve_tree
+    from imagepush.transforms.engine.resolve import resolve_tree
 
     write_oci_samples(str(tmp_path / "s"))
     source = OCILayoutSource(str(tmp_path / "s"))

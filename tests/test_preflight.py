@@ -11,8 +11,8 @@ from imagepush.pipeline import commands
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.naming import copy_job
-from imagepush.transforms.plan import Output, SyncSpec
-from imagepush.transforms.preflight import preflight
+from imagepush.transforms.engine.jobs import Output, SyncSpec
+from imagepush.transforms.engine.preflight import preflight
 from imagepush.transforms.stores.oci_layout import OCILayoutSource
 from imagepush.transforms.stores.reference import parse_reference
 

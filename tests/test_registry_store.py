@@ -512,7 +512,7 @@ def test_empty_blob(registry: Registry, options: StoreOptions) -> None:
 
 def test_copy_engine_registry_to_registry(registry: Registry) -> None:
     """The pipeline's stream_blob: one source read fanned out to two registry sinks."""
-    from imagepush.transforms.blobio import BlobVerificationError, stream_blob
+    from imagepush.transforms.engine.streaming import BlobVerificationError, stream_blob
 
     opts = StoreOptions(insecure_registries=(registry.host,), upload_chunk_size=300_000, monolithic_upload_limit=0)
     src = source(registry, opts, "app")

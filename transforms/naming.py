@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from imagepush.transforms.plan import CopyJob, Output, SyncSpec, Target
+from imagepush.transforms.engine.jobs import CopyJob, Output, SyncSpec, Target
 from imagepush.transforms.stores.base import ImageEntry, StoreError
 from imagepush.transforms.stores.reference import ImageReference, parse_reference
 from imagepush.transforms.storecache import StoreCache, store_id

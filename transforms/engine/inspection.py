@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from imagepush.transforms.blobio import DEFAULT_CHUNK, DiffIdHasher
+from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, DiffIdHasher
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.schema1 import Schema1Manifest
 from imagepush.transforms.naming import copy_job
-from imagepush.transforms.plan import ManifestNode, choose_format
-from imagepush.transforms.render import render_tree
-from imagepush.transforms.tree import resolve_tree
+from imagepush.transforms.engine.jobs import ManifestNode, choose_format
+from imagepush.transforms.engine.render import render_tree
+from imagepush.transforms.engine.resolve import resolve_tree
 from imagepush.transforms.stores.base import Source, StoreError
 from imagepush.transforms.stores.reference import ImageReference
-from imagepush.transforms.blobio import BlobVerificationError
+from imagepush.transforms.engine.streaming import BlobVerificationError
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 

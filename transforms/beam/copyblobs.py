@@ -18,11 +18,11 @@ from typing import Iterable, Iterator
 from apache_beam.metrics import Metrics
 
 from imagepush.transforms import errors
-from imagepush.transforms.blobio import DEFAULT_CHUNK, recompress, stream_blob
+from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, recompress, stream_blob
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.plan import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
-from imagepush.transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn, in_global_window
+from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
+from imagepush.transforms.beam.concurrency import DEFAULT_PARALLEL, StoreDoFn, in_global_window
 from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")

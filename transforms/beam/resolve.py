@@ -13,11 +13,11 @@ import apache_beam as beam
 
 from imagepush.transforms import errors
 from imagepush.transforms.records import now
-from imagepush.transforms.concurrency import StoreDoFn
-from imagepush.transforms.plan import BlobRequest, CopyJob, ImagePlan, TargetPlan
+from imagepush.transforms.beam.concurrency import StoreDoFn
+from imagepush.transforms.engine.jobs import BlobRequest, CopyJob, ImagePlan, TargetPlan
 from imagepush.transforms.storecache import blob_domain
-from imagepush.transforms.targets import job_key, plan_target
-from imagepush.transforms.tree import resolve_tree
+from imagepush.transforms.engine.plan import job_key, plan_target
+from imagepush.transforms.engine.resolve import resolve_tree
 
 __all__ = ["BLOBS", "PlanTargetsFn", "ResolveImageFn", "job_key", "plan_target"]
 

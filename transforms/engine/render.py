@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.convert import LayerInfo, convert_image, convert_index, replace_layers
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.plan import ManifestNode, family
+from imagepush.transforms.engine.jobs import ManifestNode, family
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from imagepush.transforms.records import FAILED, OK, AuditRow, now
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.manifest import ImageIndex, blobs_of
-from imagepush.transforms.plan import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan
-from imagepush.transforms.render import render_tree
+from imagepush.transforms.engine.jobs import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan
+from imagepush.transforms.engine.render import render_tree
 from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication
 
 

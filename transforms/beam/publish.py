@@ -14,9 +14,9 @@ from apache_beam.metrics import Metrics
 
 from imagepush.transforms import errors
 from imagepush.transforms.records import OK, AuditRow, now
-from imagepush.transforms.concurrency import DEFAULT_PARALLEL, StoreDoFn
-from imagepush.transforms.finalize import Finalized, rows_failed, write_manifests
-from imagepush.transforms.plan import FAILED as BLOB_FAILED, BlobResult, TargetPlan
+from imagepush.transforms.beam.concurrency import DEFAULT_PARALLEL, StoreDoFn
+from imagepush.transforms.engine.manifests import Finalized, rows_failed, write_manifests
+from imagepush.transforms.engine.jobs import FAILED as BLOB_FAILED, BlobResult, TargetPlan
 from imagepush.transforms.stores.base import Publication
 from imagepush.transforms.stores.options import StoreOptions
 

@@ -23,14 +23,14 @@ from typing import Iterable
 
 from imagepush.transforms import errors
 from imagepush.transforms.records import OK, AuditRow, now
-from imagepush.transforms.finalize import listing_failed, write_manifests
+from imagepush.transforms.engine.manifests import listing_failed, write_manifests
 from imagepush.transforms.naming import sync_jobs
 from imagepush.transforms.pool import bounded_map
-from imagepush.transforms.plan import PRESERVE, CopyJob, ImagePlan, SyncSpec
+from imagepush.transforms.engine.jobs import PRESERVE, CopyJob, ImagePlan, SyncSpec
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.targets import job_key, plan_target
-from imagepush.transforms.tree import resolve_tree
+from imagepush.transforms.engine.plan import job_key, plan_target
+from imagepush.transforms.engine.resolve import resolve_tree
 
 log = logging.getLogger("imagepush.progress")
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 
-from imagepush.transforms.blobio import BlobVerificationError
+from imagepush.transforms.engine.streaming import BlobVerificationError
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
-from imagepush.transforms.plan import CopyJob, ManifestNode, filter_platforms
+from imagepush.transforms.engine.jobs import CopyJob, ManifestNode, filter_platforms
 from imagepush.transforms.stores.base import Source, StoreError
 
 #: Manifests and configs above this are refused, as registries and containers/image do.

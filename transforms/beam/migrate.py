@@ -17,13 +17,13 @@ from typing import Iterator
 import apache_beam as beam
 
 from imagepush.transforms import audit, errors, records
-from imagepush.transforms.concurrency import DEFAULT_PARALLEL
-from imagepush.transforms.copyblobs import CopyBlobsFn
-from imagepush.transforms.finalize import listing_failed
+from imagepush.transforms.beam.concurrency import DEFAULT_PARALLEL
+from imagepush.transforms.beam.copyblobs import CopyBlobsFn
+from imagepush.transforms.engine.manifests import listing_failed
 from imagepush.transforms.naming import sync_jobs
-from imagepush.transforms.plan import CopyJob, SyncSpec
-from imagepush.transforms.publish import FinalizeFn, PublishFn
-from imagepush.transforms.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
+from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
+from imagepush.transforms.beam.publish import FinalizeFn, PublishFn
+from imagepush.transforms.beam.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 

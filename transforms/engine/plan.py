@@ -10,9 +10,9 @@ import hashlib
 
 from imagepush.transforms import errors
 from imagepush.transforms.formats import mediatypes as mt
-from imagepush.transforms.plan import BlobNeed, CopyJob, ImagePlan, ManifestNode, TargetPlan, blob_needs, choose_format
+from imagepush.transforms.engine.jobs import BlobNeed, CopyJob, ImagePlan, ManifestNode, TargetPlan, blob_needs, choose_format
 from imagepush.transforms.stores.base import Destination, Source, StoreError
-from imagepush.transforms.tree import load_config
+from imagepush.transforms.engine.resolve import load_config
 
 #: ``plan_target``'s ``current`` when the destination has not been asked yet.
 UNKNOWN = object()

@@ -1,0 +1,1 @@
+"""The Beam steps: thin DoFns over the engine, and the composite transforms users compose."""

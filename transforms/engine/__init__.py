@@ -1,0 +1,1 @@
+"""Beam-free orchestration: plain functions over stores that return result records."""
