@@ -70,7 +70,7 @@ def test_blob_shorter_than_descriptor_size_is_refused():
 def test_one_failing_destination_does_not_stop_the_others():
     good, bad = RecordingSink(), RecordingSink(fail_on_write=True)
     outcome = stream_blob(io.BytesIO(PAYLOAD), sha(PAYLOAD), len(PAYLOAD), [good, bad])
-    assert outcome.sink_errors == {1: "disk full"}
+    assert {i: str(e) for i, e in outcome.sink_errors.items()} == {1: "disk full"}
     assert good.committed and bad.aborted and not bad.committed
 
 

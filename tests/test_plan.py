@@ -102,7 +102,7 @@ def test_target_whose_name_already_points_at_the_digest_is_up_to_date(tmp_path):
     from imagepush.pipeline.samples import write_oci_samples
     from imagepush.transforms.records import now
     from imagepush.transforms.engine.jobs import ImagePlan
-    from imagepush.transforms.beam.resolve import plan_target
+    from imagepush.transforms.engine.plan import plan_target
     from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
     from imagepush.transforms.engine.resolve import resolve_tree
 

@@ -1,13 +1,15 @@
 """The Parquet audit report: one row per (manifest, destination) of a run.
 
 Written with pyarrow through fsspec so that any URL the user can name works, on any
-runner; the rows of a run are few (one per manifest), so they are gathered into one
-file by a single writer at the end of the pipeline.
+runner. Workers write the rows they produce as sorted part files beside the report;
+one last step merges the parts into the single file the user named, streaming (a
+k-way merge, a batch of rows at a time), so no worker ever holds every row of a run.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import heapq
+from typing import Iterable, Iterator
 
 import fsspec
 import pyarrow as pa
@@ -15,19 +17,74 @@ import pyarrow.parquet as pq
 
 from imagepush.transforms.records import AUDIT_COLUMNS, AUDIT_SCHEMA, AuditRow
 
+#: Rows per Parquet batch when merging parts.
+MERGE_BATCH = 4096
+
+
+def _order(row: AuditRow | dict) -> tuple:
+    """Report order: by image and destination, an index before its children."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    return (get("source"), get("destination"), get("role") != "index", get("source_digest") or "")
+
+
 def to_table(rows: Iterable[AuditRow]) -> pa.Table:
-    ordered = sorted(rows, key=lambda r: (r.source, r.destination, r.role != "index", r.source_digest or ""))
+    ordered = sorted(rows, key=_order)
     columns = {name: [getattr(r, name) for r in ordered] for name in AUDIT_COLUMNS}
     return pa.table(columns, schema=AUDIT_SCHEMA)
+
+
+def part_url(url: str, shard: int) -> str:
+    """Where a worker writes the rows of one shard before they are merged into ``url``."""
+    return f"{url}.parts/part-{shard:05d}.parquet"
+
+
+def merge(parts: list[str], url: str) -> int:
+    """Merge sorted part files into the report at ``url`` (written whole, then moved); the row count."""
+    fs, path = _prepared(url)
+    readers = [_rows(part) for part in parts]
+    count = 0
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, AUDIT_SCHEMA) as writer:
+        batch: list[dict] = []
+        for row in heapq.merge(*readers, key=_order):
+            batch.append(row)
+            if len(batch) >= MERGE_BATCH:
+                writer.write_table(pa.Table.from_pylist(batch, schema=AUDIT_SCHEMA))
+                count += len(batch)
+                batch = []
+        writer.write_table(pa.Table.from_pylist(batch, schema=AUDIT_SCHEMA))
+        count += len(batch)
+    fs.mv(tmp, path)
+    return count
+
+
+def _rows(url: str) -> Iterator[dict]:
+    """The rows of one part, a batch at a time; columns an older part lacks come back null."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=MERGE_BATCH):
+            yield from batch.to_pylist()
+
+
+def remove_parts(url: str) -> None:
+    """Delete the part files of a report once it is merged."""
+    fs, path = fsspec.core.url_to_fs(f"{url}.parts")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _prepared(url: str):
+    fs, path = fsspec.core.url_to_fs(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    return fs, path
 
 
 def write(rows: Iterable[AuditRow], url: str) -> None:
     """Write the report; the file appears whole (write to a temp name, then move)."""
     table = to_table(rows)
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
+    fs, path = _prepared(url)
     tmp = f"{path}.tmp"
     with fs.open(tmp, "wb") as f:
         pq.write_table(table, f)

@@ -66,6 +66,11 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def describe(exc: BaseException) -> tuple[str, str]:
+    """``(one-line message, kind)``: what an audit row records of a failure."""
+    return one_line(exc), error_kind(exc)
+
+
 def is_expected(exc: BaseException) -> bool:
     """Whether the error describes the data or a store rather than a bug in imagepush."""
     return isinstance(exc, (ImagepushError, OSError))

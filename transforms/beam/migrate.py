@@ -1,123 +1,163 @@
-"""The migration pipeline as one composite transform.
+"""The migration as composite transforms: jobs in, audit rows out, the report written once.
 
-    jobs ─ Resolve ─ PlanTargets ─┬─ blob requests ─ GroupByKey(source blob) ─ CopyBlobs ─┐
-                                  └─ target plans ─────────────────────────────────────────┴─ CoGroupByKey(target)
-         ─ Finalize (manifests) ─ GroupByKey(store) ─ Publish (names) ─ audit rows ─ WriteAudit
+    SyncSpec ─ ListSyncs ─┐
+                          ├─ CopyJob | AuditRow ─ MigrateImages ─ AuditRow ─ WriteAudit
+    CopyJob ──────────────┘
 
-Grouping blob requests by *source* blob means each blob is read once and written once
-per destination however many images share it; grouping finalized images by store
-makes every name at a store visible in one last write, after all its manifests.
+Inside ``MigrateImages`` (every arrow a GroupByKey on a shard key, so each step gets
+its elements in batches whatever the runner):
+
+    jobs ─ ResolvePlan ─ TargetPlan ─┬─ blob requests ─ CopyBlobs ─ (target, BlobResult) ─┐
+                                     └──────────────────────────────────────────────────────┴─ Finalize
+         ─ (store, Finalized) ─ Publish ─ AuditRow
+
+Blob requests are sharded by *source* blob, so each blob is read once and written once
+per destination however many images share it; finalized images are sharded by store,
+so every name at a store becomes visible in one last write, after all its manifests.
+The graph is one chain ending in one sink, with no tagged outputs and nothing emitted
+from ``finish_bundle``: the subset of Beam that every runner executes, the Dask runner
+included.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Iterator
+from typing import Any
 
 import apache_beam as beam
+from apache_beam.utils.shared import Shared
 
-from imagepush.transforms import audit, errors, records
-from imagepush.transforms.beam.concurrency import DEFAULT_PARALLEL
-from imagepush.transforms.beam.copyblobs import CopyBlobsFn
-from imagepush.transforms.engine.manifests import listing_failed
-from imagepush.transforms.naming import sync_jobs
-from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
-from imagepush.transforms.beam.publish import FinalizeFn, PublishFn
-from imagepush.transforms.beam.resolve import BLOBS, PlanTargetsFn, ResolveImageFn
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.beam.fns import (
+    DEFAULT_PARALLEL,
+    CopyBlobsFn,
+    FinalizeFn,
+    ListSyncFn,
+    MergeAuditFn,
+    PublishFn,
+    ResolvePlanFn,
+    WriteAuditPartFn,
+    blob_key,
+    shard_of,
+)
+from imagepush.transforms.engine.jobs import CopyJob
+from imagepush.transforms.engine.plan import blob_requests
+from imagepush.transforms.records import AuditRow
 from imagepush.transforms.stores.options import StoreOptions
 
-log = logging.getLogger("imagepush.progress")
+
+class _Sharded(beam.PTransform):
+    """(key, value) pairs -> (shard, [values]): batches for a step, spread over ``shards`` keys."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__()
+        self._shards = shards
+
+    def expand(self, pairs):
+        shards = self._shards
+        return (
+            pairs
+            | "Shard" >> beam.MapTuple(lambda key, value: (shard_of(key, shards), value))
+            | "Group" >> beam.GroupByKey()
+        )
 
 
-class ExpandSyncFn(beam.DoFn):
-    """SyncSpec -> one CopyJob per image the source lists (a generator: catalogs can be huge).
+class ListSyncs(beam.PTransform):
+    """PCollection[SyncSpec] -> PCollection[CopyJob | AuditRow]: every image each source lists.
 
-    A source that cannot be listed yields an audit row directly on the ``failed`` output.
+    A source that cannot be listed gives failed audit rows, one per destination, in the
+    same PCollection: downstream steps tell records apart by type.
     """
 
-    FAILED = "failed"
-
-    def __init__(self, run_id: str, options: StoreOptions | None = None) -> None:
+    def __init__(self, run_id: str, options: StoreOptions | None = None, *, shared: Shared | None = None) -> None:
+        super().__init__()
         self._run_id = run_id
         self._options = options
+        self._shared = shared or Shared()
 
-    def setup(self) -> None:
-        self._stores = StoreCache(self._options)
-
-    def process(self, spec: SyncSpec) -> Iterator[CopyJob]:
-        started = records.now()
-        try:
-            yield from sync_jobs(spec, self._stores)
-        except Exception as exc:
-            message = f"listing {spec.source} failed: {errors.one_line(exc)}"
-            log.warning(message)
-            for row in listing_failed(spec, self._run_id, message, started):
-                yield beam.pvalue.TaggedOutput(self.FAILED, row)
-
-    def teardown(self) -> None:
-        self._stores.close()
-
-
-class WriteAuditFn(beam.DoFn):
-    """Writes all rows of the run as one Parquet file (rows arrive as a side input).
-
-    Rows the launcher settled before the pipeline come from a report file of their own
-    (``settled_url``) rather than through the job graph, which a large rerun would bloat.
-    """
-
-    def __init__(self, url: str, settled_url: str | None = None) -> None:
-        self._url = url
-        self._settled_url = settled_url
-
-    def process(self, _unused, rows) -> Iterator[int]:
-        rows = list(rows)
-        if self._settled_url:
-            rows += audit.read_rows(self._settled_url)
-        audit.write(rows, self._url)
-        yield len(rows)
+    def expand(self, specs):
+        return specs | "List" >> beam.ParDo(ListSyncFn(self._shared, self._run_id, self._options))
 
 
 class MigrateImages(beam.PTransform):
-    """PCollection[CopyJob] -> PCollection[AuditRow], with the audit written to ``audit_url``."""
+    """PCollection[CopyJob | AuditRow] -> PCollection[AuditRow]: every image copied, one row per manifest.
+
+    Audit rows in the input (a listing that failed) pass through to the output.
+    ``shards`` is how many batches each step's work is cut into: 1 on one machine
+    (one batch, all of it on the step's thread pool), more on a distributed runner so
+    every worker gets some.
+    """
 
     def __init__(
         self,
         run_id: str,
-        audit_url: str,
         options: StoreOptions | None = None,
-        extra_rows: beam.PCollection | None = None,
+        *,
         parallel: int = DEFAULT_PARALLEL,
-        settled_url: str | None = None,
+        shards: int = 1,
+        shared: Shared | None = None,
     ) -> None:
         super().__init__()
-        self._settled_url = settled_url
+        self._run_id = run_id
         self._options = options
         self._parallel = parallel
-        self._run_id = run_id
-        self._audit_url = audit_url
-        self._extra_rows = extra_rows
+        self._shards = max(1, shards)
+        self._shared = shared or Shared()
 
-    def expand(self, jobs: beam.PCollection) -> beam.PCollection:
-        plans = jobs | "SpreadJobs" >> beam.Reshuffle() | "Resolve" >> beam.ParDo(ResolveImageFn(self._options, self._parallel))
-        planned = plans | "PlanTargets" >> beam.ParDo(PlanTargetsFn(self._options, self._parallel)).with_outputs(BLOBS, main="targets")
+    def expand(self, records):
+        shared, options, parallel, shards = self._shared, self._options, self._parallel, self._shards
+        jobs = records | "Jobs" >> beam.Filter(lambda r: isinstance(r, CopyJob))
+        passed = records | "PassedRows" >> beam.Filter(lambda r: isinstance(r, AuditRow))
+        plans = (
+            jobs
+            | "KeyJobs" >> beam.Map(lambda job: (job.source, job))
+            | "BatchJobs" >> _Sharded(shards)
+            | "ResolvePlan" >> beam.ParDo(ResolvePlanFn(shared, options, parallel))
+        )
         blob_results = (
-            planned[BLOBS]
-            | "GroupBySourceBlob" >> beam.GroupByKey()
-            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(self._options, self._parallel))
+            plans
+            | "BlobRequests" >> beam.FlatMap(lambda tp: [(blob_key(r), (blob_key(r), r)) for r in blob_requests(tp)])
+            | "BatchBlobs" >> _Sharded(shards)
+            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(shared, options, parallel))
+            | "ShardResults" >> beam.MapTuple(lambda target, result: (shard_of(target, shards), (target, result)))
         )
+        sharded_plans = plans | "ShardPlans" >> beam.Map(lambda tp: (shard_of(tp.key, shards), tp))
         rows = (
-            {"plan": planned.targets, "blobs": blob_results}
+            {"plans": sharded_plans, "blobs": blob_results}
             | "JoinBlobsToTargets" >> beam.CoGroupByKey()
-            | "WriteManifests" >> beam.ParDo(FinalizeFn(self._run_id, self._options, self._parallel))
-            | "GroupByStore" >> beam.GroupByKey()
-            | "PublishNames" >> beam.ParDo(PublishFn(self._options, self._parallel))
+            | "WriteManifests" >> beam.ParDo(FinalizeFn(shared, self._run_id, options, parallel))
+            | "KeyStores" >> beam.MapTuple(lambda store, final: (store, (store, final)))
+            | "BatchStores" >> _Sharded(shards)
+            | "PublishNames" >> beam.ParDo(PublishFn(shared, options, parallel))
         )
-        if self._extra_rows is not None:
-            rows = (rows, self._extra_rows) | "AllRows" >> beam.Flatten()
-        _ = (
-            jobs.pipeline
-            | "AuditTrigger" >> beam.Create([None])
-            | "WriteAudit" >> beam.ParDo(WriteAuditFn(self._audit_url, self._settled_url), beam.pvalue.AsList(rows))
+        return (rows, passed) | "AllRows" >> beam.Flatten()
+
+
+class WriteAudit(beam.PTransform):
+    """PCollection[AuditRow] -> the row count, once the one Parquet report at ``url`` is written.
+
+    Workers write sorted parts; the last step merges them (and ``settled_url``, rows the
+    launcher settled before the pipeline) into ``url``. A report is written even when
+    there are no rows.
+    """
+
+    def __init__(self, url: str, *, shards: int = 1, settled_url: str | None = None) -> None:
+        super().__init__()
+        self._url = url
+        self._shards = max(1, shards)
+        self._settled_url = settled_url
+
+    def expand(self, rows):
+        shards = self._shards
+        parts = (
+            rows
+            | "KeyRows" >> beam.Map(lambda row: (f"{row.source}|{row.destination}", row))
+            | "BatchRows" >> _Sharded(shards)
+            | "WriteParts" >> beam.ParDo(WriteAuditPartFn(self._url))
         )
-        return rows
+        always: Any = rows.pipeline | "Always" >> beam.Create([None])
+        return (
+            (parts, always)
+            | "AllParts" >> beam.Flatten()
+            | "OneKey" >> beam.Map(lambda part: (None, part))
+            | "Gather" >> beam.GroupByKey()
+            | "Merge" >> beam.ParDo(MergeAuditFn(self._url, self._settled_url))
+        )

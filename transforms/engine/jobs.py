@@ -112,6 +112,7 @@ class ImagePlan:
     started_at: dt.datetime
     root: ManifestNode | None = None
     error: str | None = None
+    error_kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class TargetPlan:
     formats: dict[str, str | None] = field(default_factory=dict)
     blobs: list[BlobNeed] = field(default_factory=list)
     error: str | None = None
+    error_kind: str | None = None
     #: The destination name already points at the digest this plan would write.
     up_to_date: bool = False
 
@@ -233,5 +235,6 @@ class BlobResult:
     bytes_copied: int = 0
     diff_id: str | None = None
     error: str | None = None
+    error_kind: str | None = None
     #: For a recompressed layer: the compression, digest and size of the blob written.
     recompressed: tuple[str, str, int] | None = None

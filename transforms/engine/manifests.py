@@ -7,14 +7,18 @@ pipeline would write.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 
 from imagepush.transforms.records import FAILED, OK, AuditRow, now
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.manifest import ImageIndex, blobs_of
-from imagepush.transforms.engine.jobs import COPIED, BlobResult, ManifestNode, SyncSpec, TargetPlan
+from imagepush.transforms import errors
+from imagepush.transforms.engine.jobs import COPIED, FAILED as BLOB_FAILED, BlobResult, ManifestNode, SyncSpec, TargetPlan
 from imagepush.transforms.engine.render import render_tree
 from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,7 +29,28 @@ class Finalized:
     rows: list[AuditRow] = field(default_factory=list)
 
 
-def rows_failed(tp: TargetPlan, run_id: str, error: str) -> list[AuditRow]:
+def finalize(tp: TargetPlan, results: list[BlobResult], destination: Destination | None, run_id: str) -> Finalized:
+    """A target whose blobs were delivered: its manifests written, its name still to publish.
+
+    A target that failed earlier (resolving, planning, or any of its blobs) gets its
+    failed rows instead; ``destination`` may then be None.
+    """
+    if tp.error:
+        return Finalized(None, rows_failed(tp, run_id, tp.error, tp.error_kind or errors.INTERNAL))
+    bad = sorted((r for r in results if r.status == BLOB_FAILED), key=lambda r: r.digest)
+    if bad:
+        error = f"blob {bad[0].digest}: {bad[0].error}"
+        if len(bad) > 1:
+            error += f" (and {len(bad) - 1} more blobs failed)"
+        return Finalized(None, rows_failed(tp, run_id, error, bad[0].error_kind or errors.INTERNAL))
+    try:
+        assert destination is not None, "a target without an error has a destination"
+        return write_manifests(tp, {r.digest: r for r in results}, destination, run_id)
+    except Exception as exc:
+        return Finalized(None, rows_failed(tp, run_id, *errors.describe(exc)))
+
+
+def rows_failed(tp: TargetPlan, run_id: str, error: str, kind: str) -> list[AuditRow]:
     finished = now()
     nodes = list(tp.root.walk()) if tp.root is not None else [None]
     rows = []
@@ -46,6 +71,7 @@ def rows_failed(tp: TargetPlan, run_id: str, error: str) -> list[AuditRow]:
                 started_at=tp.image.started_at,
                 finished_at=finished,
                 role=_role(tp, node),
+                error_kind=kind,
             )
         )
     return rows
@@ -137,14 +163,16 @@ def _count_blobs(
     return copied, skipped, nbytes
 
 
-def listing_failed(spec: SyncSpec, run_id: str, error: str, started: dt.datetime) -> list[AuditRow]:
+def listing_failed(spec: SyncSpec, run_id: str, exc: BaseException, started: dt.datetime) -> list[AuditRow]:
     """One failed row per destination of a sync whose source could not be listed."""
+    error, kind = f"listing {spec.source} failed: {errors.one_line(exc)}", errors.error_kind(exc)
+    log.warning(error)
     finished = now()
     return [
         AuditRow(
             run_id=run_id, source=spec.source, destination=out.ref, source_digest=None, destination_digest=None,
             media_type=None, status=FAILED, error=error, blobs_copied=0, blobs_skipped=0, bytes_copied=0,
-            started_at=started, finished_at=finished,
+            started_at=started, finished_at=finished, error_kind=kind,
         )
         for out in spec.destinations
     ]

@@ -6,22 +6,27 @@ Beam-free, so that the launcher's check for current images (``preflight``) and t
 
 from __future__ import annotations
 
-import hashlib
+from typing import TYPE_CHECKING
 
 from imagepush.transforms import errors
 from imagepush.transforms.formats import mediatypes as mt
-from imagepush.transforms.engine.jobs import BlobNeed, CopyJob, ImagePlan, ManifestNode, TargetPlan, blob_needs, choose_format
+from imagepush.transforms.engine.jobs import (
+    BlobNeed,
+    BlobRequest,
+    ImagePlan,
+    ManifestNode,
+    TargetPlan,
+    blob_needs,
+    choose_format,
+)
 from imagepush.transforms.stores.base import Destination, Source, StoreError
 from imagepush.transforms.engine.resolve import load_config
 
+if TYPE_CHECKING:
+    from imagepush.transforms.engine.deliver import Stores
+
 #: ``plan_target``'s ``current`` when the destination has not been asked yet.
 UNKNOWN = object()
-
-
-def job_key(job: CopyJob) -> str:
-    """A key unique to the job: the same image may be copied by several jobs of one run."""
-    text = repr((job.source_store, job.source, job.image, job.digest, job.targets, job.platforms))
-    return f"{job.source}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def plan_target(
@@ -32,7 +37,8 @@ def plan_target(
     ``current``: the digest the target's name points at, when the caller already asked.
     """
     target = plan.job.targets[index]
-    tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root, error=plan.error)
+    tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root, error=plan.error,
+                    error_kind=plan.error_kind)
     if tp.error:
         return tp
     root = plan.root
@@ -44,6 +50,7 @@ def plan_target(
                 f"{target.destination} holds single images and {plan.job.source} is an index of "
                 f"{len(root.children)}; choose one with --platform"
             )
+            tp.error_kind = errors.INVALID_INPUT
             return tp
         root = tp.root = root.children[0]
     compression = target.compression
@@ -77,7 +84,7 @@ def plan_target(
                 == root.manifest.digest:
             tp.up_to_date, tp.blobs = True, []
     except Exception as exc:
-        tp.error = errors.one_line(exc)
+        tp.error, tp.error_kind = errors.describe(exc)
     return tp
 
 
@@ -116,3 +123,37 @@ def _written_type(node: ManifestNode, fmt: str | None) -> str:
     if node.is_index:
         return mt.OCI_INDEX if fmt == "oci" else mt.DOCKER_LIST
     return mt.OCI_MANIFEST if fmt == "oci" else mt.DOCKER_SCHEMA2
+
+
+def plan_targets(plan: ImagePlan, stores: "Stores") -> list[TargetPlan]:
+    """Every target of a resolved image, planned; a destination that cannot be opened fails its own."""
+    planned = []
+    source = stores.source(plan.job.source_store) if plan.root is not None else None
+    for index, target in enumerate(plan.job.targets):
+        try:
+            destination = stores.destination(target.store)
+        except Exception as exc:
+            message, kind = errors.describe(exc)
+            planned.append(TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root,
+                                      error=message, error_kind=kind))
+            continue
+        planned.append(plan_target(plan, index, destination, source))
+    return planned
+
+
+def blob_requests(tp: TargetPlan) -> list[BlobRequest]:
+    """The blobs one planned target needs from its image's source."""
+    if tp.error:
+        return []
+    job = tp.image.job
+    return [
+        BlobRequest(
+            source_store=job.source_store,
+            dest_store=tp.target.store,
+            target_key=tp.key,
+            descriptor=need.descriptor,
+            need_diff_id=need.need_diff_id,
+            recompress=need.recompress,
+        )
+        for need in tp.blobs
+    ]

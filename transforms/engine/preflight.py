@@ -29,7 +29,8 @@ from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.engine.jobs import PRESERVE, CopyJob, ImagePlan, SyncSpec
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.engine.plan import job_key, plan_target
+from imagepush.transforms.engine.plan import plan_target
+from imagepush.transforms.engine.resolve import job_key
 from imagepush.transforms.engine.resolve import resolve_tree
 
 log = logging.getLogger("imagepush.progress")
@@ -96,10 +97,8 @@ def preflight(
                     # Reported here, as the pipeline's listing step would: listing it there
                     # again would only repeat the client's retries. Images listed before
                     # the failure are still copied.
-                    message = f"listing {spec.source} failed: {errors.one_line(exc)}"
-                    log.warning(message)
                     _commit(result, mine)
-                    result.rows.extend(listing_failed(spec, run_id, message, started))
+                    result.rows.extend(listing_failed(spec, run_id, exc, started))
     finally:
         if owned:
             stores.close()

@@ -6,19 +6,27 @@ Beam-free, so that ``inspect`` and ``ls`` start fast and the DoFns stay thin.
 from __future__ import annotations
 
 import hashlib
+import logging
+from typing import TYPE_CHECKING
 
 from imagepush.transforms.engine.streaming import BlobVerificationError
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
-from imagepush.transforms.engine.jobs import CopyJob, ManifestNode, filter_platforms
+from imagepush.transforms import errors
+from imagepush.transforms.engine.jobs import CopyJob, ImagePlan, ManifestNode, filter_platforms
+from imagepush.transforms.records import now
 from imagepush.transforms.stores.base import Source, StoreError
+
+if TYPE_CHECKING:
+    from imagepush.transforms.engine.deliver import Stores
+
+log = logging.getLogger(__name__)
 
 #: Manifests and configs above this are refused, as registries and containers/image do.
 MAX_DOCUMENT = 4 << 20
 _CONFIG_TYPES = frozenset({mt.DOCKER_CONFIG, mt.OCI_CONFIG, "application/octet-stream"})
 _MAX_DEPTH = 4
-
 
 
 def read_small_blob(source: Source, descriptor: Descriptor) -> bytes:
@@ -35,6 +43,28 @@ def read_small_blob(source: Source, descriptor: Descriptor) -> bytes:
             f"config {descriptor.digest} has {len(data)} bytes, its descriptor says {descriptor.size}"
         )
     return data
+
+
+def job_key(job: CopyJob) -> str:
+    """A key unique to the job: the same image may be copied by several jobs of one run."""
+    text = repr((job.source_store, job.source, job.image, job.digest, job.targets, job.platforms))
+    return f"{job.source}#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def resolve_image(job: CopyJob, stores: "Stores") -> ImagePlan:
+    """The job's manifest tree, or the error that stopped reading it, as a plan to go on with.
+
+    Configs are left unread: a copy that keeps manifests never needs them, and planning
+    reads the ones a conversion does. The error is reported with each destination when
+    the image is finalized, so it is only logged at debug level here.
+    """
+    plan = ImagePlan(key=job_key(job), job=job, started_at=now())
+    try:
+        plan.root = resolve_tree(stores.source(job.source_store), job, configs=False)
+    except Exception as exc:
+        plan.error, plan.error_kind = errors.describe(exc)
+        log.debug("%s: %s", job.source, plan.error)
+    return plan
 
 
 def resolve_tree(source: Source, job: CopyJob, *, configs: bool = True) -> ManifestNode:

@@ -16,7 +16,7 @@ import zstandard
 from isal import isal_zlib
 
 from imagepush.transforms.formats import digest as digestlib
-from imagepush.transforms.errors import DIGEST_MISMATCH, ImagepushError, one_line
+from imagepush.transforms.errors import DIGEST_MISMATCH, ImagepushError
 from imagepush.transforms.stores.base import BlobSink
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class CopyOutcome:
     size: int
     diff_id: str | None
     #: Index of each sink that failed while writing, with the error; those were aborted.
-    sink_errors: dict[int, str] = field(default_factory=dict)
+    sink_errors: dict[int, Exception] = field(default_factory=dict)
 
 
 def stream_blob(
@@ -158,7 +158,7 @@ def stream_blob(
     h = None if verified_downstream else digestlib.hasher(expected_digest)
     diff = DiffIdHasher() if want_diff_id else None
     live = dict(enumerate(sinks))
-    errors: dict[int, str] = {}
+    errors: dict[int, Exception] = {}
     size = 0
     try:
         while True:
@@ -178,7 +178,7 @@ def stream_blob(
                 try:
                     sink.write(chunk)
                 except Exception as exc:  # one destination failing must not stop the others
-                    errors[i] = one_line(exc)
+                    errors[i] = exc
                     _abort(sink)
                     del live[i]
         if expected_size is not None and expected_size >= 0 and size != expected_size:
@@ -198,7 +198,7 @@ def stream_blob(
         try:
             sink.commit()
         except Exception as exc:
-            errors[i] = one_line(exc)
+            errors[i] = exc
             _abort(sink)
     return CopyOutcome(size=size, diff_id=diff_id, sink_errors=errors)
 

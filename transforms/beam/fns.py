@@ -1,0 +1,280 @@
+"""The DoFns: each takes a batch of elements, runs one engine function over it, yields the results.
+
+Shaped for every Beam runner, the Dask runner included, which runs only a portable
+subset of Beam: elements are batched by grouping on a shard key (never
+``BatchElements``, whose last batch is flushed from ``finish_bundle``), a batch's I/O
+runs on a bounded thread pool inside ``process``, and every output is yielded from
+``process``. Metrics are updated there too, on the bundle thread, where Beam counts
+them. The stores a worker opens (with their connection pools and per-registry request
+limits) are shared by all its DoFns through :class:`apache_beam.utils.shared.Shared`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
+
+from imagepush.transforms import audit
+from imagepush.transforms.engine.deliver import BlobDelivery
+from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, BlobRequest, BlobResult, CopyJob, SyncSpec
+from imagepush.transforms.engine.manifests import Finalized, finalize, listing_failed
+from imagepush.transforms.naming import sync_jobs
+from imagepush.transforms.engine.plan import plan_targets
+from imagepush.transforms.engine.publish import publish
+from imagepush.transforms.engine.resolve import resolve_image
+from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
+from imagepush.transforms.pool import bounded_map
+from imagepush.transforms.records import OK, AuditRow, now
+from imagepush.transforms.storecache import StoreCache, blob_domain
+from imagepush.transforms.stores.options import StoreOptions
+
+log = logging.getLogger("imagepush.progress")
+
+T = TypeVar("T")
+
+#: Elements in flight per DoFn instance (and worker): enough to keep a registry or an
+#: object store busy from a 2-core machine; a distributed runner multiplies it by workers.
+DEFAULT_PARALLEL = 8
+
+
+def shard_of(key: str, shards: int) -> int:
+    """A stable shard for a key (the same in every process, unlike ``hash``)."""
+    return zlib.crc32(key.encode()) % max(1, shards)
+
+
+class _StoresHolder:
+    """The opened stores of one worker process; Shared needs an object it can weakly refer to."""
+
+    def __init__(self, options: StoreOptions | None) -> None:
+        self.stores = StoreCache(options)
+
+
+class BatchFn(beam.DoFn):
+    """Base of the I/O steps: ``process((shard, items))`` maps :meth:`work` over the items.
+
+    Only plain configuration is pickled; the stores come from the worker's shared
+    holder and the thread pool is made in ``setup`` and kept across bundles.
+    """
+
+    name = "io"
+
+    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int) -> None:
+        self._shared = shared
+        self._options = options
+        self._parallel = max(1, parallel)
+
+    def setup(self) -> None:
+        options = self._options
+        self._holder = self._shared.acquire(lambda: _StoresHolder(options))
+        self._executor = ThreadPoolExecutor(self._parallel, thread_name_prefix=f"imagepush-{self.name}")
+
+    @property
+    def stores(self) -> StoreCache:
+        return self._holder.stores
+
+    def teardown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _map(self, fn: Callable[[T], Any], items: Iterable[T]) -> Iterator[tuple[T, Any]]:
+        return bounded_map(fn, items, workers=self._parallel, executor=self._executor)
+
+
+class ListSyncFn(beam.DoFn):
+    """SyncSpec -> a CopyJob per image its source lists, or failed audit rows if it cannot be listed.
+
+    A generator: a catalog can be huge, and jobs flow on while the listing goes on.
+    """
+
+    def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None) -> None:
+        self._shared = shared
+        self._run_id = run_id
+        self._options = options
+
+    def setup(self) -> None:
+        options = self._options
+        self._holder = self._shared.acquire(lambda: _StoresHolder(options))
+
+    def process(self, spec: SyncSpec) -> Iterator[CopyJob | AuditRow]:
+        started = now()
+        try:
+            yield from sync_jobs(spec, self._holder.stores)
+        except Exception as exc:
+            yield from listing_failed(spec, self._run_id, exc, started)
+
+
+class ResolvePlanFn(BatchFn):
+    """(shard, [CopyJob]) -> a TargetPlan per (image, destination): manifest tree read, formats chosen."""
+
+    name = "resolve"
+
+    def process(self, element: tuple[int, Iterable[CopyJob]]):
+        _, jobs = element
+        for _, plans in self._map(self._plan, jobs):
+            yield from plans
+
+    def _plan(self, job: CopyJob):
+        return plan_targets(resolve_image(job, self.stores), self.stores)
+
+
+class CopyBlobsFn(BatchFn):
+    """(shard, [(blob key, BlobRequest)]) -> (target key, BlobResult) for every request.
+
+    Requests are grouped by source blob inside the batch, so each blob is read once and
+    written once per destination however many images share it. The largest blobs start
+    first: one big layer started last would copy alone at the end.
+    """
+
+    name = "copy"
+
+    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int,
+                 chunk_size: int = DEFAULT_CHUNK) -> None:
+        super().__init__(shared, options, parallel)
+        self._chunk = chunk_size
+        self._copied = Metrics.counter("imagepush", "blobs_copied")
+        self._present = Metrics.counter("imagepush", "blobs_present")
+        self._bytes = Metrics.counter("imagepush", "bytes_copied")
+        self._failed = Metrics.counter("imagepush", "blobs_failed")
+
+    def setup(self) -> None:
+        super().setup()
+        self._delivery = BlobDelivery(self.stores, self._chunk)
+        self._progress = _Progress()
+
+    def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):
+        _, keyed = element
+        by_blob: dict[str, list[BlobRequest]] = defaultdict(list)
+        for key, request in keyed:
+            by_blob[key].append(request)
+        groups = sorted(by_blob.values(), key=lambda rs: -max(r.descriptor.size for r in rs))
+        for _, results in self._map(self._delivery.deliver, groups):
+            for target_key, result in results:
+                self._count(result)
+                yield target_key, result
+
+    def _count(self, result: BlobResult) -> None:
+        if result.status == COPIED:
+            self._copied.inc()
+            self._bytes.inc(result.bytes_copied)
+            self._progress.add(result.bytes_copied)
+        elif result.status in (PRESENT, MOUNTED):
+            self._present.inc()
+        elif result.status == FAILED:
+            self._failed.inc()
+
+
+class FinalizeFn(BatchFn):
+    """(shard, {plans, blobs}) -> (store, Finalized): manifests written, names still to publish."""
+
+    name = "manifests"
+
+    def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None, parallel: int) -> None:
+        super().__init__(shared, options, parallel)
+        self._run_id = run_id
+
+    def process(self, element: tuple[int, dict[str, Iterable]]):
+        _, grouped = element
+        results: dict[str, list[BlobResult]] = defaultdict(list)
+        for target_key, result in grouped["blobs"]:
+            results[target_key].append(result)
+        # Identical jobs share a key; each is finalized (idempotently) and audited.
+        for tp, final in self._map(lambda tp: self._finalize(tp, results.get(tp.key, [])), grouped["plans"]):
+            yield tp.target.store, final
+
+    def _finalize(self, tp, results: list[BlobResult]) -> Finalized:
+        destination = None
+        if not tp.error:
+            destination = self.stores.destination(tp.target.store)
+        return finalize(tp, results, destination, self._run_id)
+
+
+class PublishFn(BatchFn):
+    """(shard, [(store, Finalized)]) -> audit rows, after every name of a store is published at once."""
+
+    name = "publish"
+
+    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int) -> None:
+        super().__init__(shared, options, parallel)
+        self._ok = Metrics.counter("imagepush", "images_ok")
+        self._failed = Metrics.counter("imagepush", "images_failed")
+
+    def process(self, element: tuple[int, Iterable[tuple[str, Finalized]]]):
+        _, keyed = element
+        by_store: dict[str, list[Finalized]] = defaultdict(list)
+        for store, final in keyed:
+            by_store[store].append(final)
+        for _, rows in self._map(lambda item: publish(item[0], item[1], self._destination(item[0])),
+                                 by_store.items()):
+            for row in rows:
+                if row.role != "child":
+                    (self._ok if row.status == OK else self._failed).inc()
+                    log.info("%s -> %s: %s", row.source, row.destination,
+                             row.status if row.status == OK else f"failed: {row.error}")
+                yield row
+
+    def _destination(self, store: str):
+        try:
+            return self.stores.destination(store)
+        except Exception:  # every row of it fails in publish, which says so
+            return None
+
+
+class WriteAuditPartFn(beam.DoFn):
+    """(shard, rows) -> the URL of one part file holding them, sorted; rewritten whole on a retry."""
+
+    def __init__(self, audit_url: str) -> None:
+        self._audit_url = audit_url
+
+    def process(self, element: tuple[int, Iterable[AuditRow]]) -> Iterator[str]:
+        shard, rows = element
+        url = audit.part_url(self._audit_url, shard)
+        audit.write(rows, url)
+        yield url
+
+
+class MergeAuditFn(beam.DoFn):
+    """(None, part URLs) -> the number of rows in the one audit file, parts merged in order and removed."""
+
+    def __init__(self, audit_url: str, settled_url: str | None = None) -> None:
+        self._audit_url = audit_url
+        self._settled_url = settled_url
+
+    def process(self, element: tuple[Any, Iterable[str | None]]) -> Iterator[int]:
+        _, parts = element
+        urls = sorted(p for p in parts if p)
+        if self._settled_url:
+            urls.append(self._settled_url)
+        count = audit.merge(urls, self._audit_url)
+        audit.remove_parts(self._audit_url)
+        yield count
+
+
+class _Progress:
+    """Throttled progress lines: local runners show no metrics until the end."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every, self.last = every, time.monotonic()
+        self.blobs = self.bytes = 0
+
+    def add(self, nbytes: int) -> None:
+        self.blobs += 1
+        self.bytes += nbytes
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            log.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
+
+
+def blob_key(request: BlobRequest) -> str:
+    """Requests for one source blob share this key: one read serves them all.
+
+    Keyed by the source's blob-sharing domain, so a blob that many repositories of one
+    source registry hold is read once.
+    """
+    return f"{blob_domain(request.source_store)}|{request.descriptor.digest}|{request.recompress or ''}"

@@ -1,0 +1,229 @@
+"""Making one source blob present at every destination store that needs it.
+
+For one source blob: ask every destination whether it has it; let the ones that can
+take it from a store known to hold it (a registry mounting from a sibling repository)
+do so; stream the source once into every store still missing it, hashing on the way
+and measuring the diff_id when a conversion needs it; then let the stores that share
+blobs with a fresh copy take it from there. Every outcome is a value: a store that
+fails does not stop the others, and each request gets its own :class:`BlobResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, ContextManager, Iterable, Protocol
+
+from imagepush.transforms import errors
+from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
+from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, CopyOutcome, recompress, stream_blob
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.base import Destination, Source
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[], ContextManager[BinaryIO]]
+
+
+class Stores(Protocol):
+    """What the engine needs of a worker's opened stores (a ``StoreCache`` in practice)."""
+
+    def source(self, store: str) -> Source: ...
+
+    def destination(self, store: str) -> Destination: ...
+
+
+@dataclass(frozen=True)
+class _State:
+    """What happened at one destination store."""
+
+    status: str
+    error: str | None = None
+    kind: str | None = None
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> "_State":
+        message, kind = errors.describe(exc)
+        return cls(FAILED, message, kind)
+
+
+def _missing_at_source(exc: BaseException) -> BaseException:
+    """A blob an image lists but its source does not have is *missing*, not an unknown name."""
+    if errors.error_kind(exc) == errors.NOT_FOUND:
+        return _MissingBlob(str(exc))
+    return exc
+
+
+class _MissingBlob(errors.ImagepushError):
+    kind = errors.MISSING
+
+
+class BlobDelivery:
+    """Delivers source blobs, each once, to the destination stores that requested it."""
+
+    def __init__(self, stores: Stores, chunk_size: int = DEFAULT_CHUNK) -> None:
+        self._stores = stores
+        self._chunk = chunk_size
+
+    def deliver(self, requests: Iterable[BlobRequest]) -> list[tuple[str, BlobResult]]:
+        """All requests for one source blob -> ``(target key, result)`` for every request."""
+        requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
+        first = requests[0]
+        size = max(r.descriptor.size for r in requests)
+        stores = sorted({r.dest_store for r in requests})
+        recompressed = None
+        if first.recompress:
+            states, written, size, diff_id, recompressed = self._recompress(first, size, stores)
+        else:
+            source = self._stores.source(first.source_store)
+            states, written, size, diff_id = self._deliver(
+                first.descriptor,
+                lambda: source.open_blob(first.descriptor.digest),
+                size,
+                stores,
+                any(r.need_diff_id for r in requests),
+                [first.source_store],
+            )
+        return list(_results(requests, stores, states, size, written, diff_id, recompressed))
+
+    # -- one blob, many stores ------------------------------------------------------
+
+    def _deliver(
+        self, descriptor: Descriptor, opener: Opener, size: int, stores: list[str], want_diff: bool,
+        holders: list[str],
+    ) -> tuple[dict[str, _State], int, int, str | None]:
+        """(state per store, bytes written per copy, size, diff_id)."""
+        states: dict[str, _State] = {}
+        missing = []
+        for store in stores:
+            try:
+                present = self._stores.destination(store).has_blob(descriptor.digest)
+            except Exception as exc:
+                states[store] = _State.failed(exc)
+                continue
+            if present:
+                states[store] = _State(PRESENT)
+            else:
+                missing.append(store)
+        holders = holders + [s for s in stores if s in states and states[s].status == PRESENT]
+        later: list[str] = []
+        upload: list[str] = []
+        domains_uploading: set[str] = set()
+        for store in missing:
+            if self._mount(store, descriptor, holders):
+                states[store] = _State(MOUNTED)
+                holders.append(store)
+                continue
+            domain = self._stores.destination(store).blob_domain
+            if domain is not None and domain in domains_uploading:
+                later.append(store)  # it takes the copy about to be made in its domain
+            else:
+                upload.append(store)
+                if domain is not None:
+                    domains_uploading.add(domain)
+
+        written, diff_id = 0, None
+        if upload or want_diff:
+            outcome, failure = self._stream(descriptor, opener, size, upload, want_diff, states)
+            if outcome is not None:
+                size, diff_id, written = outcome.size, outcome.diff_id, outcome.size
+            elif want_diff and failure is not None:
+                # Without the diff_id no manifest can be written: present copies fail too.
+                for store in stores:
+                    if states.get(store, _State(FAILED)).status in (PRESENT, MOUNTED):
+                        states[store] = failure
+        if later:
+            holders += [s for s in upload if states.get(s, _State(FAILED)).status == COPIED]
+            retry = [s for s in later if not self._mount(s, descriptor, holders)]
+            for store in later:
+                if store not in retry:
+                    states[store] = _State(MOUNTED)
+            if retry:
+                self._stream(descriptor, opener, size, retry, False, states)
+        return states, written, size, diff_id
+
+    def _mount(self, store: str, descriptor: Descriptor, holders: list[str]) -> bool:
+        """Let the destination take the blob from a store known to hold it, if it can."""
+        try:
+            return self._stores.destination(store).mount_blob(descriptor, [h for h in holders if h != store])
+        except Exception:  # a refused mount is not an error: the blob is copied instead
+            log.debug("mount of %s into %s failed", descriptor.digest, store, exc_info=True)
+            return False
+
+    def _stream(
+        self, descriptor: Descriptor, opener: Opener, size: int, stores: list[str], want_diff: bool,
+        states: dict[str, _State],
+    ) -> tuple[CopyOutcome | None, _State | None]:
+        """Read the blob once into every store in ``stores``: (outcome, or the failure of the read)."""
+        sinks, sink_stores = [], []
+        for store in stores:
+            try:
+                sinks.append(self._stores.destination(store).blob_sink(descriptor))
+                sink_stores.append(store)
+            except Exception as exc:
+                states[store] = _State.failed(exc)
+        try:
+            with opener() as reader:
+                outcome = stream_blob(
+                    reader, descriptor.digest, size if size >= 0 else None, sinks,
+                    want_diff_id=want_diff, chunk_size=self._chunk,
+                )
+        except Exception as exc:
+            failure = _State.failed(_missing_at_source(exc))
+            log.warning("blob %s: %s", descriptor.digest, failure.error)
+            for store in sink_stores:
+                states[store] = failure
+            return None, failure
+        for i, store in enumerate(sink_stores):
+            error = outcome.sink_errors.get(i)
+            states[store] = _State.failed(error) if error is not None else _State(COPIED)
+        return outcome, None
+
+    def _recompress(self, first: BlobRequest, size: int, stores: list[str]):
+        """Rewrite a layer once through a local spool file, then deliver the new blob."""
+        digest, compression = first.descriptor.digest, first.recompress
+        with tempfile.TemporaryFile(prefix="imagepush-") as spool:
+            try:
+                with self._stores.source(first.source_store).open_blob(digest) as reader:
+                    result = recompress(reader, digest, size if size >= 0 else None, compression, spool,
+                                        chunk_size=self._chunk)
+            except Exception as exc:
+                failure = _State.failed(_missing_at_source(exc))
+                log.warning("blob %s: %s", digest, failure.error)
+                return dict.fromkeys(stores, failure), 0, size, None, None
+            new = Descriptor(mt.layer_type(mt.OCI_MANIFEST, compression), result.digest, result.size)
+
+            @contextlib.contextmanager
+            def reread():
+                spool.seek(0)
+                yield spool
+
+            states, written, _, _ = self._deliver(new, reread, result.size, stores, False, [])
+        return states, written, size, result.diff_id, (compression, result.digest, result.size)
+
+
+def _results(requests, stores, states, size, written, diff_id, recompressed):
+    """One result per request; a blob written once counts as copied for one request only."""
+    digest = requests[0].descriptor.digest
+    for store in stores:
+        state = states.get(store, _State(FAILED, "blob was not copied", errors.INTERNAL))
+        attributed = False
+        for r in requests:
+            if r.dest_store != store:
+                continue
+            shown = SHARED if state.status == COPIED and attributed else state.status
+            yield r.target_key, BlobResult(
+                digest=digest,
+                dest_store=store,
+                status=shown,
+                size=size,
+                bytes_copied=written if shown == COPIED else 0,
+                diff_id=diff_id,
+                error=state.error,
+                error_kind=state.kind,
+                recompressed=recompressed,
+            )
+            attributed = attributed or state.status == COPIED
