@@ -46,3 +46,16 @@ def test_a_project_with_its_own_transforms_and_pipeline_packages_can_embed_us(tm
     assert proc.stdout.splitlines() == [
         "the embedding project: transforms", "the embedding project: pipeline", "imagepush.transforms.beam.migrate",
     ]
+
+
+def test_the_public_transforms_load_on_first_use_and_formats_alone_do_not_import_beam():
+    script = (
+        "import sys\n"
+        "import imagepush.transforms.formats.manifest, imagepush.transforms.stores.oci_layout\n"
+        "print('apache_beam' in sys.modules)\n"
+        "from imagepush.transforms import MigrateImages, WriteAudit, ListSyncs\n"
+        "print(MigrateImages.__module__, 'apache_beam' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["False", "imagepush.transforms.beam.migrate True"]

@@ -1,6 +1,25 @@
-"""Beam transforms, image formats and stores for imagepush.
+"""imagepush's Beam transforms, engine, image formats and stores.
 
-Dependencies point one way: ``transforms.formats`` is pure (no Beam, no I/O),
-``transforms.stores`` hides transports behind small source/destination
-interfaces, and the Beam DoFns in this package wire the two together.
+The public PTransforms a Beam user composes are importable from here::
+
+    from imagepush.transforms import ListSyncs, MigrateImages, WriteAudit
+
+    jobs | MigrateImages(run_id, options) | WriteAudit("s3://bucket/audit.parquet")
+
+They are loaded on first use, so code that only needs formats or stores (and the
+command line's fast paths) never imports Beam. See docs/architecture.md for the layers.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ListSyncs", "MigrateImages", "WriteAudit"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from imagepush.transforms.beam import migrate
+
+        return getattr(migrate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -210,7 +210,8 @@ class PublishFn(BatchFn):
         by_store: dict[str, list[Finalized]] = defaultdict(list)
         for store, final in keyed:
             by_store[store].append(final)
-        for _, rows in self._map(lambda item: publish(item[0], item[1], self._destination(item[0])),
+        stores = self.stores
+        for _, rows in self._map(lambda item: publish(item[0], item[1], lambda: stores.destination(item[0])),
                                  by_store.items()):
             for row in rows:
                 if row.role != "child":
@@ -218,12 +219,6 @@ class PublishFn(BatchFn):
                     log.info("%s -> %s: %s", row.source, row.destination,
                              row.status if row.status == OK else f"failed: {row.error}")
                 yield row
-
-    def _destination(self, store: str):
-        try:
-            return self.stores.destination(store)
-        except Exception:  # every row of it fails in publish, which says so
-            return None
 
 
 class WriteAuditPartFn(beam.DoFn):

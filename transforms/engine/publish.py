@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Callable, Iterable
 
 from imagepush.transforms import errors
 from imagepush.transforms.engine.manifests import Finalized
@@ -13,16 +13,15 @@ from imagepush.transforms.stores.base import Destination
 log = logging.getLogger(__name__)
 
 
-def publish(store: str, finals: Iterable[Finalized], destination: Destination | None) -> list[AuditRow]:
+def publish(store: str, finals: Iterable[Finalized], open_destination: Callable[[], Destination]) -> list[AuditRow]:
     """Make every name of one store visible in one store call; the rows, failed where a name failed.
 
     A registry fails only the tags it could not write; a store that writes all its names
-    in one file (an OCI layout's index.json) fails them all together. ``destination``
-    None means the store could not be opened.
+    in one file (an OCI layout's index.json), or that cannot be opened, fails them all.
     """
     finals = list(finals)
     named = [i for i, f in enumerate(finals) if f.publication is not None]
-    failed = _publish(store, destination, [finals[i].publication for i in named])  # type: ignore[misc]
+    failed = _publish(store, open_destination, [finals[i].publication for i in named])  # type: ignore[misc]
     error_of = {named[position]: error for position, error in failed.items()}
     finished = now()
     rows = []
@@ -35,14 +34,12 @@ def publish(store: str, finals: Iterable[Finalized], destination: Destination | 
     return rows
 
 
-def _publish(store: str, destination: Destination | None, publications: list) -> dict[int, tuple[str, str]]:
+def _publish(store: str, open_destination: Callable[[], Destination], publications: list) -> dict[int, tuple[str, str]]:
     """(message, kind) of each publication that failed, by position."""
     if not publications:
         return {}
     try:
-        if destination is None:
-            raise errors.ImagepushError(f"{store} could not be opened")
-        failed = destination.publish(publications)
+        failed = open_destination().publish(publications)
     except Exception as exc:
         message = f"publishing to {store} failed: {errors.one_line(exc)}"
         log.warning(message)
