@@ -164,3 +164,21 @@ def test_publish_to_a_store_that_cannot_be_reached_fails_every_row(layout, tmp_p
     assert (row.status, row.error_kind) == ("failed", "unreachable")
     assert row.error == (f"publishing to oci:{tmp_path}/q failed: "
                          "registry.example: cannot reach registry.example (ConnectionError) after 5 attempts")
+
+
+def test_an_image_is_current_only_where_its_name_points_at_the_digest_a_verbatim_copy_writes(layout, tmp_path):
+    from imagepush.transforms.engine.current import check_current
+
+    stores = StoreCache()
+    (tp,) = planned(layout, stores, f"oci:{tmp_path}/cur:app:1")
+    results = [r for requests in by_blob([tp]).values() for _, r in BlobDelivery(stores).deliver(requests)]
+    final = finalize(tp, results, stores.destination(tp.target.store), RUN)
+    publish(tp.target.store, [final], lambda: stores.destination(tp.target.store))
+
+    fresh = StoreCache()
+    outputs = [Output(f"oci:{tmp_path}/cur:app:1"), Output(f"oci:{tmp_path}/cur:app:2"),
+               Output(f"oci:{tmp_path}/cur:app:1", format="v2s2")]
+    check = check_current(copy_job(parse_reference(f"oci:{layout}:demo/app:1.0"), outputs, ()), fresh)
+    assert [t.target.destination for t in check.current] == [f"oci:{tmp_path}/cur:app:1"]
+    assert [(t.destination, t.format) for t in check.left] == [
+        (f"oci:{tmp_path}/cur:app:2", "preserve"), (f"oci:{tmp_path}/cur:app:1", "v2s2")]

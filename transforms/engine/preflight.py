@@ -26,12 +26,10 @@ from imagepush.transforms.records import OK, AuditRow, now
 from imagepush.transforms.engine.manifests import listing_failed, write_manifests
 from imagepush.transforms.naming import sync_jobs
 from imagepush.transforms.pool import bounded_map
-from imagepush.transforms.engine.jobs import PRESERVE, CopyJob, ImagePlan, SyncSpec
+from imagepush.transforms.engine.current import check_current
+from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.engine.plan import plan_target
-from imagepush.transforms.engine.resolve import job_key
-from imagepush.transforms.engine.resolve import resolve_tree
 
 log = logging.getLogger("imagepush.progress")
 
@@ -132,26 +130,9 @@ def _check(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | Non
 
 
 def _settle(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | None, list[AuditRow]]:
-    # Only a name can be current, and only verbatim layers can be known current without reading them.
-    current: list[str | None] = [
-        stores.destination(t.store).current_digest(t.name) if t.name and t.compression == PRESERVE else None
-        for t in job.targets
-    ]
-    if not any(current):
-        return job, []
-    plan = ImagePlan(key=job_key(job), job=job, started_at=now())
-    plan.root = resolve_tree(stores.source(job.source_store), job, configs=False)
-    left, rows = [], []
-    for index, target in enumerate(job.targets):
-        if current[index] is None or current[index] != plan.root.manifest.digest:
-            left.append(target)
-            continue
-        destination = stores.destination(target.store)
-        tp = plan_target(plan, index, destination, None, current=current[index])
-        if tp.error or not tp.up_to_date:
-            left.append(target)
-            continue
-        rows.extend(write_manifests(tp, {}, destination, run_id).rows)
-    if not left:
+    check = check_current(job, stores)
+    rows = [row for tp in check.current
+            for row in write_manifests(tp, {}, stores.destination(tp.target.store), run_id).rows]
+    if not check.left:
         return None, rows
-    return (job if len(left) == len(job.targets) else replace(job, targets=tuple(left))), rows
+    return (job if len(check.left) == len(job.targets) else replace(job, targets=tuple(check.left))), rows
