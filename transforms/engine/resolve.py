@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from imagepush.transforms.engine.streaming import BlobVerificationError
+from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, parse_manifest
@@ -35,8 +36,7 @@ def read_small_blob(source: Source, descriptor: Descriptor) -> bytes:
         raise FormatError(f"config {descriptor.digest} is {descriptor.size} bytes, over the 4 MiB limit")
     with source.open_blob(descriptor.digest) as f:
         data = f.read(MAX_DOCUMENT + 1)
-    algorithm, encoded = descriptor.digest.split(":", 1)
-    if hashlib.new(algorithm, data).hexdigest() != encoded:
+    if not digestlib.matches(descriptor.digest, data):
         raise BlobVerificationError(f"config blob does not match its digest {descriptor.digest}")
     if len(data) != descriptor.size:
         raise BlobVerificationError(
