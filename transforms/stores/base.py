@@ -190,9 +190,6 @@ class Destination(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def has_manifest(self, digest: str) -> bool: ...
-
-    @abc.abstractmethod
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         """Store a manifest by digest, after all the blobs (or children) it references.
 

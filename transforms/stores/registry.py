@@ -847,9 +847,6 @@ class RegistryDestination(_RegistryStore, Destination):
         reply = self._head_manifest(self.repository, name)
         return reply.headers.get("Docker-Content-Digest") if reply is not None else None
 
-    def has_manifest(self, digest: str) -> bool:
-        return self._head_manifest(self.repository, digest) is not None
-
     def _put_manifest(self, data: bytes, media_type: str, reference: str, digest: str) -> None:
         where = self.where()
         kind = media_type
