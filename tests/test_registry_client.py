@@ -19,7 +19,7 @@ import pytest
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.registry_client import (
+from imagepush.transforms.stores.registry.transport import (
     HOST_DOWN_SECONDS,
     MAX_RESUMES,
     AccessDenied,

@@ -33,8 +33,8 @@ from imagepush.transforms.stores.base import BlobSink as BlobSinkBase
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import parse_reference
-from imagepush.transforms.stores.registry import LISTING_AHEAD, RegistryDestination, RegistrySource
-from imagepush.transforms.stores.registry_client import RegistryError
+from imagepush.transforms.stores.registry import RegistryDestination, RegistryError, RegistrySource
+from imagepush.transforms.stores.registry.destination import LISTING_AHEAD
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 

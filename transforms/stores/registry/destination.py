@@ -52,7 +52,7 @@ from imagepush.transforms.stores.base import (
     StoreError,
 )
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry_client import (
+from imagepush.transforms.stores.registry.transport import (
     ClientPool,
     CATALOG_SCOPE,
     RegistryClient,

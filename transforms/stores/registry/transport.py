@@ -52,7 +52,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from imagepush.transforms.stores.authfile import AuthFiles, Credentials
+from imagepush.transforms.stores.registry.authfile import AuthFiles, Credentials
 from imagepush.transforms.stores.base import NotFound, StoreError
 from imagepush.transforms.errors import AUTH, NOT_FOUND, REFUSED, UNREACHABLE
 from imagepush.transforms.stores.options import StoreOptions
