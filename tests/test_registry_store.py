@@ -34,7 +34,7 @@ from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import parse_reference
 from imagepush.transforms.stores.registry import RegistryDestination, RegistryError, RegistrySource
-from imagepush.transforms.stores.registry.destination import LISTING_AHEAD
+from imagepush.transforms.stores.registry.listing import LISTING_AHEAD
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 

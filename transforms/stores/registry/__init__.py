@@ -3,7 +3,8 @@
 The rest of imagepush imports from here; the modules below are one concern each.
 """
 
-from imagepush.transforms.stores.registry.destination import RegistryDestination, RegistrySource
+from imagepush.transforms.stores.registry.destination import RegistryDestination
+from imagepush.transforms.stores.registry.source import RegistrySource
 from imagepush.transforms.stores.registry.transport import (
     AccessDenied,
     AuthenticationError,
