@@ -20,7 +20,7 @@ from imagepush.transforms.stores.registry.authfile import (
     normalize_key,
     split_key,
 )
-from imagepush.transforms.stores.registry.transport import scope_repository
+from imagepush.transforms.stores.registry.auth import scope_repository
 
 
 def b64(text: str) -> str:

@@ -19,21 +19,19 @@ import pytest
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.registry.transport import (
-    HOST_DOWN_SECONDS,
-    MAX_RESUMES,
+from imagepush.transforms.stores.registry import (
     AccessDenied,
-    Challenge,
+    ClientPool,
     RegistryClient,
     RegistryError,
     RegistryNotFound,
     RegistryUnavailable,
     RetriableUploadError,
-    host_matches,
-    parse_challenges,
-    registry_error_detail,
-    retry_after_seconds,
 )
+from imagepush.transforms.stores.registry.auth import Challenge, parse_challenges
+from imagepush.transforms.stores.registry.errors import registry_error_detail
+from imagepush.transforms.stores.registry.streams import MAX_RESUMES
+from imagepush.transforms.stores.registry.transport import HOST_DOWN_SECONDS, host_matches, retry_after_seconds
 
 
 #: A stub answer header (never sent) that drops the connection after that many body bytes.
@@ -490,8 +488,8 @@ def test_manifest_put_retried_on_500(stubs) -> None:
         return next(answers, (201, {"Docker-Content-Digest": _digest(body)}, b""))
 
     stub = stubs(registry)
-    dest = RegistryDestination(f"{stub.host}/r", StoreOptions(insecure_registries=(stub.host,)))
-    dest.client._sleep = lambda s: None  # type: ignore[attr-defined]  # no real backoff in tests
+    opts = StoreOptions(insecure_registries=(stub.host,))
+    dest = RegistryDestination(f"{stub.host}/r", opts, clients=ClientPool(opts, sleep=lambda s: None))
     dest.put_manifest(ManifestBlob(body, "application/vnd.oci.image.index.v1+json", _digest(body)))
     dest.publish([Publication("t", Descriptor("application/vnd.oci.image.index.v1+json", _digest(body), len(body)),
                               manifest=body)])

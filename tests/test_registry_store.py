@@ -33,7 +33,7 @@ from imagepush.transforms.stores.base import BlobSink as BlobSinkBase
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import parse_reference
-from imagepush.transforms.stores.registry import RegistryDestination, RegistryError, RegistrySource
+from imagepush.transforms.stores.registry import ClientPool, RegistryDestination, RegistryError, RegistrySource
 from imagepush.transforms.stores.registry.listing import LISTING_AHEAD
 from imagepush.transforms.stores.transports import open_destination, open_source
 
@@ -563,8 +563,7 @@ def test_tls_verification_and_ca_bundle(tmp_path: Path) -> None:
         trusted = RegistryDestination(f"{reg.host}/tls", StoreOptions(ca_bundle=str(reg.certificate)))
         _push_tiny_image(trusted, b"over tls", tag="1")
         assert trusted.client.base_url() == f"https://{reg.host}"
-        untrusted = RegistrySource(f"{reg.host}/tls", StoreOptions())
-        untrusted.client._sleep = lambda s: None  # type: ignore[attr-defined]
+        untrusted = RegistrySource(f"{reg.host}/tls", StoreOptions(), clients=ClientPool(StoreOptions(), sleep=lambda s: None))
         with pytest.raises(RegistryError) as info:
             untrusted.get_root("1")
         assert "SSLError" in str(info.value) and "\n" not in str(info.value)

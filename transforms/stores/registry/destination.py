@@ -26,9 +26,11 @@ from imagepush.transforms.stores.base import (
     StoreError,
 )
 from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
+from imagepush.transforms.stores.registry.client import ClientPool
+from imagepush.transforms.stores.registry.errors import RegistryError
 from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, fetch_manifest, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore, split_location
-from imagepush.transforms.stores.registry.transport import ClientPool, RegistryError, pull_scope, push_scope
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.stores.base import ImageEntry, StoreError
+from imagepush.transforms.stores.registry.auth import CATALOG_SCOPE, pull_scope
+from imagepush.transforms.stores.registry.errors import RegistryNotFound
 from imagepush.transforms.stores.registry.manifests import fetch_manifest, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
-from imagepush.transforms.stores.registry.transport import CATALOG_SCOPE, RegistryNotFound, pull_scope
 
 #: Repositories whose first tag page is fetched ahead while a registry is listed.
 LISTING_AHEAD = 4

@@ -12,7 +12,10 @@ from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import FormatError
 from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
 from imagepush.transforms.stores.base import ManifestBlob, StoreError
-from imagepush.transforms.stores.registry.transport import RegistryClient, RegistryError, Reply, pull_scope
+from imagepush.transforms.stores.registry.auth import pull_scope
+from imagepush.transforms.stores.registry.client import RegistryClient
+from imagepush.transforms.stores.registry.errors import RegistryError
+from imagepush.transforms.stores.registry.streams import Reply
 
 #: Distribution and containers/image cap manifests at 4 MiB; a larger body is not one.
 MANIFEST_LIMIT = 4 << 20

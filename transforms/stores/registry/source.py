@@ -16,9 +16,11 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, Source, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import listing
+from imagepush.transforms.stores.registry.auth import pull_scope
+from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.manifests import fetch_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
-from imagepush.transforms.stores.registry.transport import BlobStream, ClientPool, StreamedResponse, pull_scope
+from imagepush.transforms.stores.registry.streams import BlobStream, StreamedResponse
 
 _DIGEST_REF_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry.transport import ClientPool, RegistryClient
+from imagepush.transforms.stores.registry.client import ClientPool, RegistryClient
 
 
 def split_location(location: str) -> tuple[str, str]:

@@ -21,14 +21,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import BlobSink, StoreError
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry.transport import (
-    RegistryClient,
-    RegistryError,
-    Reply,
-    RetriableUploadError,
-    pull_scope,
-    push_scope,
-)
+from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
+from imagepush.transforms.stores.registry.client import RegistryClient
+from imagepush.transforms.stores.registry.errors import RegistryError, RetriableUploadError
+from imagepush.transforms.stores.registry.streams import Reply
 
 log = logging.getLogger(__name__)
 
