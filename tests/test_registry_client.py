@@ -497,6 +497,34 @@ def test_manifest_put_retried_on_500(stubs) -> None:
     assert puts == [f"/v2/r/manifests/{_digest(body)}"] * 3 + ["/v2/r/manifests/t"]
 
 
+def test_what_the_registry_stored_under_another_digest_is_a_mismatch(stubs) -> None:
+    from imagepush.transforms.stores.base import Mismatch, Publication
+
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+    other = "sha256:" + "7" * 64
+
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        if seen.method == "POST":
+            return 202, {"Location": "/v2/r/blobs/uploads/u"}, b""
+        if seen.method == "PUT":
+            return 201, {"Docker-Content-Digest": other}, b""
+        return 404, {}, b""
+
+    stub = stubs(registry)
+    dest = RegistryDestination(f"{stub.host}/r", StoreOptions(insecure_registries=(stub.host,)))
+    failed = dest.publish([Publication("t", Descriptor("application/vnd.oci.image.index.v1+json", _digest(body),
+                                                       len(body)), manifest=body)])
+    assert {i: (str(exc), exc.kind) for i, exc in failed.items()} == {
+        0: (f"{stub.host}/r: manifest t was stored as {other}, expected {_digest(body)}", "mismatch")}
+    layer = b"layer"
+    with pytest.raises(Mismatch) as info:
+        dest.put_blob(Descriptor("application/octet-stream", _digest(layer), len(layer)), layer)
+    assert str(info.value) == f"{stub.host}/r: the registry stored blob {_digest(layer)} as {other}"
+    assert info.value.kind == "mismatch"
+
+
 def test_failed_patch_asks_for_a_fresh_upload(stubs) -> None:
     def registry(seen: Seen):
         if seen.path == "/v2/":

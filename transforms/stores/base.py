@@ -73,7 +73,7 @@ class Publication:
     descriptor: Descriptor
     #: Config digest of a single image (docker-archive stores images by config); None for indexes.
     config_digest: str | None = None
-    #: The root manifest bytes, for stores that keep the primary manifest in a fixed file (dir:).
+    #: The root manifest bytes, for stores that write the root only when naming it (dir:, registries).
     manifest: bytes | None = None
 
 

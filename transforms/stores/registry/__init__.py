@@ -22,6 +22,7 @@ from imagepush.transforms.stores.registry.destination import RegistryDestination
 from imagepush.transforms.stores.registry.errors import (
     AccessDenied,
     AuthenticationError,
+    InvalidName,
     RegistryError,
     RegistryNotFound,
     RegistryUnavailable,
@@ -33,6 +34,7 @@ __all__ = [
     "AccessDenied",
     "AuthenticationError",
     "ClientPool",
+    "InvalidName",
     "RegistryClient",
     "RegistryDestination",
     "RegistryError",

@@ -21,6 +21,7 @@ from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
     ManifestBlob,
+    Mismatch,
     Publication,
     PublishErrors,
     StoreError,
@@ -28,8 +29,8 @@ from imagepush.transforms.stores.base import (
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import ClientPool
-from imagepush.transforms.stores.registry.errors import RegistryError
-from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, fetch_manifest, head_manifest
+from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
+from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore, split_location
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
@@ -180,7 +181,7 @@ class RegistryDestination(RegistryStore, Destination):
                 raise
         announced = reply.headers.get("Docker-Content-Digest")
         if announced and announced != digest:
-            raise StoreError(f"{where}: manifest {reference} was stored as {announced}, expected {digest}")
+            raise Mismatch(f"{where}: manifest {reference} was stored as {announced}, expected {digest}")
 
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         """PUT an index child by digest; a root is written once, by :meth:`publish`.
@@ -194,15 +195,14 @@ class RegistryDestination(RegistryStore, Destination):
             self._put_manifest(manifest.data, manifest.media_type, manifest.digest, manifest.digest)
 
     def _publication_bytes(self, pub: Publication) -> tuple[bytes, str]:
-        if pub.manifest is not None:
-            data = pub.manifest
-        else:  # published by another worker than the one that wrote it: read it back
-            data = fetch_manifest(self.client, self.repository, pub.descriptor.digest, pub.descriptor.digest, self.where()).data
+        """The root's bytes and type: the pipeline's publications carry them (a root is PUT only here)."""
+        if pub.manifest is None:
+            raise StoreError(f"{self.where()}: the publication of {pub.descriptor.digest} carries no manifest bytes")
         try:
-            media_type = detect_media_type(data, pub.descriptor.media_type)
+            media_type = detect_media_type(pub.manifest, pub.descriptor.media_type)
         except FormatError as exc:
             raise StoreError(f"{self.where()}: root {pub.descriptor.digest} is not a manifest ({exc})") from None
-        return data, media_type
+        return pub.manifest, media_type
 
     def publish(self, publications: list[Publication]) -> PublishErrors:
         """PUT every named root under its tag; a tag that fails fails alone."""
@@ -221,7 +221,7 @@ class RegistryDestination(RegistryStore, Destination):
             if ref != digest:
                 raise StoreError(f"{self.where()}: the destination names {ref} but the image written is {digest}")
         elif not _TAG_RE.match(ref):
-            raise StoreError(f"{self.where()}: {ref!r} is not a valid tag")
+            raise InvalidName(f"{self.where()}: {ref!r} is not a valid tag")
         data, media_type = self._publication_bytes(pub)
         self._put_manifest(data, media_type, ref, digest)
         with self._new_lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from imagepush.transforms.errors import AUTH, NOT_FOUND, REFUSED, UNREACHABLE
+from imagepush.transforms.errors import AUTH, INVALID_INPUT, NOT_FOUND, REFUSED, UNREACHABLE
 from imagepush.transforms.stores.base import NotFound, StoreError
 
 
@@ -71,6 +71,12 @@ class RetriableUploadError(RegistryError):
     The stream cannot be replayed, so the client does not retry it; the upload as a
     whole may succeed if the caller starts again with a fresh read of the source.
     """
+
+
+class InvalidName(StoreError):
+    """A name no registry takes (not a tag), refused before asking one."""
+
+    kind = INVALID_INPUT
 
 
 def collapse(text: str, limit: int = 200) -> str:

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.base import BlobSink, StoreError
+from imagepush.transforms.stores.base import BlobSink, Mismatch, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import RegistryClient
@@ -346,7 +346,7 @@ class RegistryBlobSink(BlobSink):
                 raise RetriableUploadError(str(exc), status=exc.status, code=exc.code) from None
             announced = reply.headers.get("Docker-Content-Digest")
             if announced and announced != digest:
-                raise StoreError(f"{self._where}: the registry stored blob {digest} as {announced}")
+                raise Mismatch(f"{self._where}: the registry stored blob {digest} as {announced}")
             self._finished = True
             self._on_present(digest)
         except BaseException:
