@@ -287,7 +287,9 @@ class Authenticator:
             code, message = registry_error_detail(body)
             detail = describe(status, code or "UNAUTHORIZED", message)
             who = "authentication failed" if creds is not None else "anonymous access refused"
-            raise AuthenticationError(f"{where}: {who} at token server {realm_host} ({detail})", status=status, code=code)
+            raise AuthenticationError(
+                f"{where}: {who} at token server {realm_host} ({detail})", status=status, code=code
+            )
         if status != 200:
             code, message = registry_error_detail(body)
             raise RegistryError(

@@ -338,7 +338,9 @@ class Transport:
             current_url, current_params = target, None
         raise RegistryError(f"{self.host}: too many redirects for {urlsplit(url).path}")
 
-    def _send_once(self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any) -> requests.Response:
+    def _send_once(
+        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any
+    ) -> requests.Response:
         """One request straight through the connection pool's adapter.
 
         ``Session.request`` merges environment settings, cookies and hooks on every call;
@@ -351,7 +353,9 @@ class Transport:
             method=method, url=url, headers={**self.session.headers, **headers}, data=body, params=params
         )
         adapter = self.session.get_adapter(url)
-        return adapter.send(prepared, stream=True, timeout=TIMEOUT, verify=self._verify(url), proxies=self._proxies(url))
+        return adapter.send(
+            prepared, stream=True, timeout=TIMEOUT, verify=self._verify(url), proxies=self._proxies(url)
+        )
 
     def _verify(self, url: str) -> bool | str:
         """TLS verification for ``url``: off only for this host when it is insecure."""
