@@ -16,15 +16,16 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
 from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import (
     AccessDenied,
     ClientPool,
     RegistryClient,
+    RegistryDestination,
     RegistryError,
     RegistryNotFound,
+    RegistrySource,
     RegistryUnavailable,
     RetriableUploadError,
 )
@@ -476,7 +477,6 @@ def test_manifest_answers_are_checked(stubs) -> None:
 def test_manifest_put_retried_on_500(stubs) -> None:
     """Distribution 2.8 answers 500 to racing tag writes; the PUT is simply sent again."""
     from imagepush.transforms.stores.base import ManifestBlob, Publication
-    from imagepush.transforms.stores.registry import RegistryDestination
 
     body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     answers = iter([(500, {}, ERR("UNKNOWN", "unknown error")), (500, {}, b"")])
