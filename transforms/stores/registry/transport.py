@@ -180,6 +180,7 @@ class Transport:
         self._down: tuple[float, str] | None = None
         concurrency = max(1, int(options.registry_concurrency))
         self._semaphore = threading.BoundedSemaphore(concurrency)
+        #: Public so that a test or an embedder can mount its own adapter for a URL prefix.
         self.session = requests.Session()
         # netrc and REQUESTS_CA_BUNDLE from the environment would change which credentials
         # and CAs requests use; options say that instead. Proxies are taken from the
