@@ -21,7 +21,7 @@ from imagepush.transforms.naming import copy_job
 from imagepush.transforms.engine.jobs import Output
 from imagepush.transforms.storecache import StoreCache, store_id
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry_client import RegistryUnavailable
+from imagepush.transforms.stores.registry import RegistryUnavailable
 
 
 log = logging.getLogger(__name__)

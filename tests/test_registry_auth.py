@@ -27,11 +27,16 @@ except ImportError:  # tests/ is not a package
 
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.authfile import find_credentials
+from imagepush.transforms.stores.registry.authfile import find_credentials
 from imagepush.transforms.stores.base import ManifestBlob, Publication, StoreError
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
-from imagepush.transforms.stores.registry_client import AuthenticationError, ClientPool, RegistryClient
+from imagepush.transforms.stores.registry import (
+    AuthenticationError,
+    ClientPool,
+    RegistryClient,
+    RegistryDestination,
+    RegistrySource,
+)
 
 PASSWORD = "s3cret-Pa55word!"
 TOKEN_PASSWORD = "t0ken-Pa55word?"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imagepush.transforms.stores.authfile import (
+from imagepush.transforms.stores.registry.authfile import (
     AuthFileError,
     AuthFiles,
     Credentials,
@@ -20,7 +20,7 @@ from imagepush.transforms.stores.authfile import (
     normalize_key,
     split_key,
 )
-from imagepush.transforms.stores.registry_client import scope_repository
+from imagepush.transforms.stores.registry.auth import scope_repository
 
 
 def b64(text: str) -> str:

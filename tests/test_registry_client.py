@@ -16,24 +16,23 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.registry_client import (
-    HOST_DOWN_SECONDS,
-    MAX_RESUMES,
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry import (
     AccessDenied,
-    Challenge,
+    ClientPool,
     RegistryClient,
+    RegistryDestination,
     RegistryError,
     RegistryNotFound,
+    RegistrySource,
     RegistryUnavailable,
     RetriableUploadError,
-    host_matches,
-    parse_challenges,
-    registry_error_detail,
-    retry_after_seconds,
 )
+from imagepush.transforms.stores.registry.auth import Challenge, parse_challenges
+from imagepush.transforms.stores.registry.errors import registry_error_detail
+from imagepush.transforms.stores.registry.streams import MAX_RESUMES
+from imagepush.transforms.stores.registry.transport import HOST_DOWN_SECONDS, host_matches, retry_after_seconds
 
 
 #: A stub answer header (never sent) that drops the connection after that many body bytes.
@@ -478,7 +477,6 @@ def test_manifest_answers_are_checked(stubs) -> None:
 def test_manifest_put_retried_on_500(stubs) -> None:
     """Distribution 2.8 answers 500 to racing tag writes; the PUT is simply sent again."""
     from imagepush.transforms.stores.base import ManifestBlob, Publication
-    from imagepush.transforms.stores.registry import RegistryDestination
 
     body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
     answers = iter([(500, {}, ERR("UNKNOWN", "unknown error")), (500, {}, b"")])
@@ -490,13 +488,41 @@ def test_manifest_put_retried_on_500(stubs) -> None:
         return next(answers, (201, {"Docker-Content-Digest": _digest(body)}, b""))
 
     stub = stubs(registry)
-    dest = RegistryDestination(f"{stub.host}/r", StoreOptions(insecure_registries=(stub.host,)))
-    dest.client._sleep = lambda s: None  # type: ignore[attr-defined]  # no real backoff in tests
+    opts = StoreOptions(insecure_registries=(stub.host,))
+    dest = RegistryDestination(f"{stub.host}/r", opts, clients=ClientPool(opts, sleep=lambda s: None))
     dest.put_manifest(ManifestBlob(body, "application/vnd.oci.image.index.v1+json", _digest(body)))
     dest.publish([Publication("t", Descriptor("application/vnd.oci.image.index.v1+json", _digest(body), len(body)),
                               manifest=body)])
     puts = [s.path for s in stub.seen if s.method == "PUT"]
     assert puts == [f"/v2/r/manifests/{_digest(body)}"] * 3 + ["/v2/r/manifests/t"]
+
+
+def test_what_the_registry_stored_under_another_digest_is_a_mismatch(stubs) -> None:
+    from imagepush.transforms.stores.base import Mismatch, Publication
+
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+    other = "sha256:" + "7" * 64
+
+    def registry(seen: Seen):
+        if seen.path == "/v2/":
+            return 200, {}, b"{}"
+        if seen.method == "POST":
+            return 202, {"Location": "/v2/r/blobs/uploads/u"}, b""
+        if seen.method == "PUT":
+            return 201, {"Docker-Content-Digest": other}, b""
+        return 404, {}, b""
+
+    stub = stubs(registry)
+    dest = RegistryDestination(f"{stub.host}/r", StoreOptions(insecure_registries=(stub.host,)))
+    failed = dest.publish([Publication("t", Descriptor("application/vnd.oci.image.index.v1+json", _digest(body),
+                                                       len(body)), manifest=body)])
+    assert {i: (str(exc), exc.kind) for i, exc in failed.items()} == {
+        0: (f"{stub.host}/r: manifest t was stored as {other}, expected {_digest(body)}", "mismatch")}
+    layer = b"layer"
+    with pytest.raises(Mismatch) as info:
+        dest.put_blob(Descriptor("application/octet-stream", _digest(layer), len(layer)), layer)
+    assert str(info.value) == f"{stub.host}/r: the registry stored blob {_digest(layer)} as {other}"
+    assert info.value.kind == "mismatch"
 
 
 def test_failed_patch_asks_for_a_fresh_upload(stubs) -> None:

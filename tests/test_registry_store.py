@@ -33,8 +33,8 @@ from imagepush.transforms.stores.base import BlobSink as BlobSinkBase
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import parse_reference
-from imagepush.transforms.stores.registry import LISTING_AHEAD, RegistryDestination, RegistrySource
-from imagepush.transforms.stores.registry_client import RegistryError
+from imagepush.transforms.stores.registry import ClientPool, RegistryDestination, RegistryError, RegistrySource
+from imagepush.transforms.stores.registry.listing import LISTING_AHEAD
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 
@@ -362,22 +362,22 @@ def test_mount_between_repositories(registry: Registry, options: StoreOptions) -
 def test_publish_tags_and_idempotence(registry: Registry, options: StoreOptions) -> None:
     dest = RegistryDestination(f"{registry.host}/published", options)
     blob, _ = _push_tiny_image(dest, b"published", tag=None)
-    assert dest.has_manifest(blob.digest)
-    assert not dest.has_manifest("sha256:" + "2" * 64)
+    assert source(registry, options, "published").get_manifest(blob.digest).data == blob.data  # untagged: by digest
     pub = [Publication(t, Descriptor(blob.media_type, blob.digest, len(blob.data)), manifest=blob.data)
            for t in ("a", "b", "c")]
     assert dest.publish(pub) == {}
     assert dest.publish(pub) == {}  # retried bundle: same result
     for tag in ("a", "b", "c"):
         assert skopeo_raw(registry.host, f"published:{tag}") == blob.data
-    # Without the bytes at hand, publish reads the manifest back from the registry.
-    assert dest.publish([Publication("d", Descriptor(blob.media_type, blob.digest, len(blob.data)))]) == {}
-    assert skopeo_raw(registry.host, "published:d") == blob.data
-    # A bad name fails alone; the names beside it are written.
+    # A bad name fails alone, and so does a publication without the root's bytes; the
+    # names beside them are written.
     failed = dest.publish([Publication(tag, Descriptor(blob.media_type, blob.digest, len(blob.data)), manifest=blob.data)
-                           for tag in ("e", "bad tag", "f")])
+                           for tag in ("e", "bad tag", "f")]
+                          + [Publication("d", Descriptor(blob.media_type, blob.digest, len(blob.data)))])
     assert {i: (str(exc), exc.kind) for i, exc in failed.items()} == {
-        1: (f"{registry.host}/published: 'bad tag' is not a valid tag", "refused")}
+        1: (f"{registry.host}/published: 'bad tag' is not a valid tag", "invalid_input"),
+        3: (f"{registry.host}/published: the publication of {blob.digest} carries no manifest bytes", "refused"),
+    }
     assert skopeo_raw(registry.host, "published:e") == skopeo_raw(registry.host, "published:f") == blob.data
 
 
@@ -564,8 +564,7 @@ def test_tls_verification_and_ca_bundle(tmp_path: Path) -> None:
         trusted = RegistryDestination(f"{reg.host}/tls", StoreOptions(ca_bundle=str(reg.certificate)))
         _push_tiny_image(trusted, b"over tls", tag="1")
         assert trusted.client.base_url() == f"https://{reg.host}"
-        untrusted = RegistrySource(f"{reg.host}/tls", StoreOptions())
-        untrusted.client._sleep = lambda s: None  # type: ignore[attr-defined]
+        untrusted = RegistrySource(f"{reg.host}/tls", StoreOptions(), clients=ClientPool(StoreOptions(), sleep=lambda s: None))
         with pytest.raises(RegistryError) as info:
             untrusted.get_root("1")
         assert "SSLError" in str(info.value) and "\n" not in str(info.value)

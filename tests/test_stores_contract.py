@@ -1,8 +1,9 @@
-"""One contract every file store pair (destination + matching source) must meet.
+"""One contract every store pair (destination + matching source) must meet.
 
 Runs against the OCI layout, dir: and docker-archive stores, each on a local temporary
 directory and on fsspec's ``memory://`` filesystem, so the stores are exercised through
-fsspec the way remote URLs (s3://, gs://) would use them.
+fsspec the way remote URLs (s3://, gs://) would use them; and against a registry: a
+real Docker Distribution, one repository per test, judged by what it keeps on disk.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ import pytest
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import Destination, ManifestBlob, NotFound, Publication, Source, StoreError
+from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import ImageReference
 from imagepush.transforms.stores.transports import open_destination, open_source
+from tests.conftest import require_tool
+from tests.registry_server import Registry, start_registry
 
 KINDS = ("oci", "dir", "docker-archive")
 LOCATIONS = ("local", "memory")
+#: A registry has one kind of location: a repository of a running Distribution.
+PAIRS = [(k, loc) for k in KINDS for loc in LOCATIONS] + [("docker", "distribution")]
 
 
 def sha256(data: bytes) -> str:
@@ -105,26 +111,55 @@ class StorePair:
     kind: str
     url: str
     fs: fsspec.AbstractFileSystem
+    #: Where the store keeps its files (for a registry: the repository in its storage).
     base: str
+    options: StoreOptions | None = None
 
     def destination(self) -> Destination:
-        return open_destination(ImageReference(self.kind, self.url))
+        return open_destination(ImageReference(self.kind, self.url), self.options)
 
     def source(self) -> Source:
-        return open_source(ImageReference(self.kind, self.url))
+        return open_source(ImageReference(self.kind, self.url), self.options)
 
     @property
     def ref(self) -> str | None:
-        return {"oci": "apps/web:1.0", "dir": None, "docker-archive": "example.com/apps/web:1.0"}[self.kind]
+        """The name an image is published under."""
+        return {"oci": "apps/web:1.0", "dir": None, "docker-archive": "example.com/apps/web:1.0",
+                "docker": "1.0"}[self.kind]
+
+    @property
+    def listed_ref(self) -> str:
+        """The ``ref`` the source lists for it: a registry lists ``repository:tag`` below the host."""
+        if self.kind == "docker":
+            return f"{self.url.split('/', 1)[1]}:{self.ref}"
+        return self.ref or ""
 
     def leftovers(self) -> list[str]:
-        """Temporary files a commit/abort/publish should not leave behind."""
-        return [p for p in self.fs.find(self.base) if "/.tmp-" in p]
+        """Temporary files a commit/abort/publish should not leave behind (a registry's: upload sessions)."""
+        marker = "/_uploads/" if self.kind == "docker" else "/.tmp-"
+        return [p for p in self.fs.find(self.base) if marker in p]
 
 
-@pytest.fixture(params=[(k, loc) for k in KINDS for loc in LOCATIONS], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module")
+def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    require_tool("docker-registry")
+    registry = start_registry(tmp_path_factory.mktemp("contract-registry"))
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(params=PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
 def pair(request: pytest.FixtureRequest, tmp_path) -> Iterator[StorePair]:
     kind, location = request.param
+    if kind == "docker":
+        registry: Registry = request.getfixturevalue("distribution")
+        repository = f"contract/{uuid.uuid4().hex[:12]}"
+        yield StorePair(kind, f"{registry.host}/{repository}", fsspec.filesystem("file"),
+                        str(registry.storage / "docker/registry/v2/repositories" / repository),
+                        StoreOptions(insecure_registries=(registry.host,)))
+        return
     leaf = "image.tar" if kind == "docker-archive" else "image"
     if location == "local":
         base = str(tmp_path)
@@ -213,7 +248,7 @@ def test_publish_and_read_back(pair: StorePair) -> None:
     root = source.get_root(pair.ref)
     entries = list(source.list_images())
     assert len(entries) == 1
-    assert entries[0].ref == (pair.ref or "")
+    assert entries[0].ref == pair.listed_ref
     assert entries[0].digest == root.digest
     assert source.get_manifest(root.digest) == root
     if pair.kind == "docker-archive":
@@ -270,6 +305,7 @@ def test_manifest_types_accepted(pair: StorePair) -> None:
         "oci": {mt.OCI_MANIFEST, mt.OCI_INDEX},
         "dir": set(mt.MANIFEST_TYPES),
         "docker-archive": {mt.OCI_MANIFEST, mt.DOCKER_SCHEMA2},
+        "docker": set(mt.MANIFEST_TYPES),  # schema1 too: a registry without it says so at PUT time
     }[pair.kind]
     assert {t for t in mt.MANIFEST_TYPES if dest.accepts_manifest(t)} == expected
     assert dest.preferred_format == ("v2s2" if pair.kind == "docker-archive" else "oci")
@@ -301,11 +337,10 @@ def test_index_with_children(pair: StorePair) -> None:
             dest.publish([root])
         return
     dest.put_manifest(ManifestBlob(index, mt.OCI_INDEX, index_desc.digest), root=True)
-    assert dest.has_manifest(amd64.root_desc.digest)
     dest.publish([root])
-    assert dest.has_manifest(index_desc.digest)
     source = pair.source()
     got = source.get_root(pair.ref)
     assert (got.data, got.media_type, got.digest) == (index, mt.OCI_INDEX, index_desc.digest)
-    child = source.get_manifest(arm64.root_desc.digest)
-    assert (child.data, child.media_type) == (arm64.manifest, arm64.types[0])
+    for img in (amd64, arm64):
+        child = source.get_manifest(img.root_desc.digest)
+        assert (child.data, child.media_type) == (img.manifest, img.types[0])

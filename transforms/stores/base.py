@@ -73,7 +73,7 @@ class Publication:
     descriptor: Descriptor
     #: Config digest of a single image (docker-archive stores images by config); None for indexes.
     config_digest: str | None = None
-    #: The root manifest bytes, for stores that keep the primary manifest in a fixed file (dir:).
+    #: The root manifest bytes, for stores that write the root only when naming it (dir:, registries).
     manifest: bytes | None = None
 
 
@@ -188,9 +188,6 @@ class Destination(abc.ABC):
         we would write means the whole image is present.
         """
         return None
-
-    @abc.abstractmethod
-    def has_manifest(self, digest: str) -> bool: ...
 
     @abc.abstractmethod
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:

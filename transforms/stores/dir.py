@@ -122,15 +122,6 @@ class DirDestination(FsStore, Destination):
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
         return AtomicFileSink(self.fs, self.path(_encoded(descriptor.digest)))
 
-    def has_manifest(self, digest: str) -> bool:
-        if self.fs.isfile(self.path(f"{_encoded(digest)}.manifest.json")):
-            return True
-        primary = self.path(MANIFEST_FILE)
-        if not self.fs.isfile(primary):
-            return False
-        data = self.fs.cat_file(primary)
-        return manifest_digest(data, _manifest_type(data, f"{self._where()}: manifest.json")) == digest
-
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         """Instances go to ``<hex>.manifest.json``; the root waits for :meth:`publish`."""
         if root:

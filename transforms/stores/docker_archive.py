@@ -621,10 +621,6 @@ class DockerArchiveDestination(FsStore, Destination):
             return _LayerSink(self, descriptor.digest)
         return AtomicFileSink(self.fs, self.blob_path(descriptor.digest))
 
-    def has_manifest(self, digest: str) -> bool:
-        """Archives keep no manifests, so none is ever present."""
-        return False
-
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         """Archives keep no manifests: ``docker load`` rebuilds the image from config and layers."""
 

@@ -230,9 +230,6 @@ class OCILayoutDestination(FsStore, Destination):
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
         return AtomicFileSink(self.fs, _root_blob(self, descriptor.digest))
 
-    def has_manifest(self, digest: str) -> bool:
-        return self.has_blob(digest)
-
     def current_digest(self, name: str) -> str | None:
         with self._lock:
             if self._names is None:

@@ -10,8 +10,7 @@ from imagepush.transforms.stores.docker_archive import DockerArchiveDestination,
 from imagepush.transforms.stores.oci_archive import OCIArchiveDestination, OCIArchiveSource
 from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
 from imagepush.transforms.stores.reference import ImageReference
-from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
-from imagepush.transforms.stores.registry_client import ClientPool
+from imagepush.transforms.stores.registry import ClientPool, RegistryDestination, RegistrySource
 from imagepush.transforms.stores.registry_storage import RegistryStorageSource
 
 if TYPE_CHECKING:

@@ -1,0 +1,203 @@
+"""The one retry loop of the registry transport: which outcomes are transient, and what follows.
+
+No sockets: a scripted requests adapter answers in place of the network, the sleep is
+recorded instead of waited, and the clock is a number the test moves.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping
+
+import pytest
+import requests
+import urllib3
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry import RegistryUnavailable, RetriableUploadError
+from imagepush.transforms.stores.registry.transport import HOST_DOWN_SECONDS, Transport, is_transient
+
+HOST = "registry.test"
+URL = f"https://{HOST}/v2/app/tags/list"
+
+#: One scripted outcome: an exception the adapter raises, or the (status, headers) it answers.
+Outcome = BaseException | tuple[int, Mapping[str, str]]
+
+
+class Scripted(BaseAdapter):
+    """A requests adapter that plays a script of outcomes and records what was sent."""
+
+    def __init__(self, script: list[Outcome]) -> None:
+        super().__init__()
+        self.script = list(script)
+        self.sent: list[requests.PreparedRequest] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+        self.sent.append(request)
+        outcome = self.script.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        status, headers = outcome
+        response = requests.Response()
+        response.status_code = status
+        response.headers = CaseInsensitiveDict(headers)
+        response.raw = urllib3.HTTPResponse(body=io.BytesIO(b""), status=status, preload_content=False)
+        response.url = request.url or ""
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def transport(clock: Clock, script: list[Outcome], prefix: str = f"https://{HOST}/") -> tuple[Transport, Scripted]:
+    t = Transport(HOST, StoreOptions(), max_attempts=3, sleep=clock.sleep, clock=clock)
+    adapter = Scripted(script)
+    t.session.mount(prefix, adapter)
+    return t, adapter
+
+
+def send(t: Transport, url: str = URL, **kw: object) -> int:
+    streamed = t.send("GET", url, where=f"{HOST}/app", what="tag list", **kw)  # type: ignore[arg-type]
+    streamed.close()
+    return streamed.status_code
+
+
+@pytest.mark.parametrize("outcome", [
+    requests.ConnectionError(), requests.exceptions.SSLError(), requests.exceptions.ProxyError(),
+    requests.ConnectTimeout(), requests.ReadTimeout(), 429, 500, 502, 503, 504,
+])
+def test_transient_outcomes(outcome: BaseException | int) -> None:
+    assert is_transient(outcome) is True
+
+
+@pytest.mark.parametrize("outcome", [
+    ValueError("a bug"), requests.exceptions.InvalidURL(), requests.TooManyRedirects(),
+    200, 201, 202, 206, 307, 400, 401, 403, 404, 405, 416,
+])
+def test_outcomes_that_are_answers(outcome: BaseException | int) -> None:
+    assert is_transient(outcome) is False
+
+
+def test_transient_answers_are_retried_with_backoff_and_retry_after() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [(503, {}), (429, {"Retry-After": "7"}), (200, {})])
+    assert send(t) == 200
+    assert len(adapter.sent) == 3
+    assert len(clock.sleeps) == 2 and 0.25 <= clock.sleeps[0] <= 0.5 and clock.sleeps[1] == 7.0
+
+
+def test_transient_exceptions_are_retried() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [requests.ConnectionError(), requests.ReadTimeout(), (200, {})])
+    assert send(t) == 200
+    assert len(adapter.sent) == 3 and len(clock.sleeps) == 2
+
+
+@pytest.mark.parametrize("status", [200, 400, 401, 403, 404])
+def test_answers_are_returned_at_once(status: int) -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [(status, {})])
+    assert send(t) == status
+    assert len(adapter.sent) == 1 and clock.sleeps == []
+
+
+def test_an_exception_that_is_no_transport_failure_is_raised_at_once() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [ValueError("a bug"), (200, {})])
+    with pytest.raises(ValueError, match="a bug"):
+        send(t)
+    assert len(adapter.sent) == 1 and clock.sleeps == []
+    t.fail_if_down(HOST, "next request")  # the host is not marked down
+    assert send(t) == 200
+
+
+def test_a_transient_answer_through_every_attempt_is_returned_for_the_caller_to_judge() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [(503, {})] * 3)
+    assert send(t) == 503
+    assert len(adapter.sent) == 3 and len(clock.sleeps) == 2
+    t.fail_if_down(HOST, "next request")  # it answered: not down
+
+
+def test_attempts_lower_the_budget_but_never_raise_it() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [(500, {})] * 3)
+    assert send(t, attempts=2) == 500
+    assert len(adapter.sent) == 2 and len(clock.sleeps) == 1
+    t, adapter = transport(clock, [(500, {})] * 3)
+    assert send(t, attempts=10) == 500
+    assert len(adapter.sent) == 3
+
+
+def test_a_host_that_never_answers_is_marked_down_until_its_cool_down() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [requests.ConnectionError()] * 3 + [(200, {})])
+    with pytest.raises(RegistryUnavailable) as info:
+        send(t)
+    assert str(info.value) == f"{HOST}/app: tag list failed: cannot reach {HOST} (ConnectionError) after 3 attempts"
+    assert info.value.kind == "unreachable" and len(clock.sleeps) == 2
+    with pytest.raises(RegistryUnavailable, match=rf"^{HOST}/other: manifest not attempted: cannot reach {HOST} "):
+        t.fail_if_down(f"{HOST}/other", "manifest")
+    clock.now = HOST_DOWN_SECONDS
+    t.fail_if_down(f"{HOST}/other", "manifest")
+    assert send(t) == 200
+
+
+def test_another_host_that_never_answers_does_not_mark_the_registry_down() -> None:
+    clock = Clock()
+    t, _ = transport(clock, [requests.ConnectTimeout()] * 3, prefix="https://auth.test/")
+    with pytest.raises(RegistryUnavailable, match=r"token request failed: cannot reach auth\.test \(ConnectTimeout"):
+        t.send("GET", "https://auth.test/token", where=f"{HOST}/app", what="token request", limited=False)
+    t.fail_if_down(HOST, "next request")
+
+
+def test_a_streamed_body_is_sent_once() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [requests.ConnectionError()])
+    with pytest.raises(RetriableUploadError, match=r"^registry\.test/app: upload interrupted \(ConnectionError\); "
+                                                   r"the upload must start again$"):
+        t.send("PATCH", URL, where=f"{HOST}/app", what="upload", body=iter([b"x"]), replayable=False)
+    t, adapter = transport(clock, [(503, {}), (202, {})])
+    streamed = t.send("PATCH", URL, where=f"{HOST}/app", what="upload", body=iter([b"x"]), replayable=False)
+    streamed.close()
+    assert streamed.status_code == 503 and len(adapter.sent) == 1
+    assert clock.sleeps == []
+
+
+class Renewing:
+    """An authorization that hands out a new header each time it is asked to renew."""
+
+    def __init__(self) -> None:
+        self.renewals: list[str] = []
+
+    def header(self) -> str | None:
+        return f"Bearer token{len(self.renewals)}"
+
+    def renew(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.renewals.append(headers.get("WWW-Authenticate", ""))
+
+
+def test_a_401_is_answered_by_renewing_once_within_the_same_budget() -> None:
+    clock = Clock()
+    challenge = {"WWW-Authenticate": 'Bearer realm="https://auth.test/token"'}
+    t, adapter = transport(clock, [(401, challenge), (503, {}), (401, challenge)])
+    authorization = Renewing()
+    assert send(t, authorization=authorization) == 401  # refused again: the caller says so
+    assert authorization.renewals == [challenge["WWW-Authenticate"]]
+    assert [r.headers["Authorization"] for r in adapter.sent] == ["Bearer token0", "Bearer token1", "Bearer token1"]
+    assert len(clock.sleeps) == 1  # only the 503 waited; the renewal counted as an attempt

@@ -1,0 +1,229 @@
+"""Writing images into one registry repository.
+
+Blobs go up through :class:`~.upload.RegistryBlobSink`, or are mounted from another
+repository of the same host that holds them. Manifests are PUT by digest; :meth:`publish`
+PUTs each root under its tag, one repository write at a time (Distribution 2.8 answers
+500 to concurrent tag writes in one repository; those are retried as well).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Sequence
+
+from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import detect_media_type
+from imagepush.transforms.stores.base import (
+    BlobSink,
+    Destination,
+    ManifestBlob,
+    Mismatch,
+    Publication,
+    PublishErrors,
+    StoreError,
+)
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
+from imagepush.transforms.stores.registry.client import ClientPool
+from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
+from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, head_manifest
+from imagepush.transforms.stores.registry.store import RegistryStore, split_location
+from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
+
+log = logging.getLogger(__name__)
+
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+
+
+class RegistryDestination(RegistryStore, Destination):
+    """Writes images into one registry repository."""
+
+    preferred_format = "oci"
+
+    def __init__(self, location: str, options: StoreOptions | None = None, *, clients: ClientPool | None = None) -> None:
+        super().__init__(location, options, clients=clients)
+        if not self.repository:
+            raise StoreError(f"docker://{self.host}: a destination needs a repository (docker://{self.host}/REPO)")
+        #: Serialises manifest writes to this repository (Distribution 2.8 races on tags).
+        self._manifest_lock = threading.Lock()
+        self._new_lock = threading.Lock()
+        self._new: bool | None = None
+        #: Blobs this store object uploaded or mounted: present without asking.
+        self._present: set[str] = set()
+
+    def _is_new_repository(self) -> bool:
+        """Whether the repository had no tags when this store first looked (one request).
+
+        A repository without tags has no tag to point anywhere, so a first migration
+        asks once instead of once per image whether its tag is current. It says nothing
+        about blobs: tags are written last, so a migration that was interrupted leaves a
+        repository with blobs and no tags, and those blobs must not be sent again.
+        """
+        with self._new_lock:
+            if self._new is None:
+                reply = self.client.request(
+                    "GET", f"/v2/{self.repository}/tags/list", params={"n": "1"},
+                    scopes=[push_scope(self.repository)], where=self.where(), what="tag list", ok=(200, 404),
+                )
+                self._new = reply.status == 404
+            return self._new
+
+    def _note_present(self, digest: str) -> None:
+        with self._new_lock:
+            self._present.add(digest)
+
+    def prepare(self) -> None:
+        """Fail early, on the launcher, when the registry cannot be reached or refuses us."""
+        self.client.base_url()
+
+    def accepts_manifest(self, media_type: str) -> bool:
+        # schema1 is accepted here; a registry without schema1 support says so at PUT time.
+        return media_type in mt.MANIFEST_TYPES
+
+    def has_blob(self, digest: str) -> bool:
+        """Asked of the registry (HEAD) unless this store put the blob there itself.
+
+        Always asked, tags or no tags: an interrupted run leaves blobs in a repository
+        that has no tag yet, and a rerun must find them instead of sending them again.
+        """
+        with self._new_lock:
+            if digest in self._present:
+                return True
+        return blob_exists(self.client, self.repository, digest, self.where())
+
+    def blob_sink(self, descriptor: Descriptor) -> BlobSink:
+        try:
+            digestlib.validate(descriptor.digest)
+        except digestlib.DigestError as exc:
+            raise StoreError(f"{self.where()}: {exc}") from None
+        return RegistryBlobSink(
+            self.client, self.repository, self.where(), self.options, descriptor, self._note_present
+        )
+
+    @property
+    def blob_domain(self) -> str:
+        """Every repository of one registry host shares its blobs (cross-repository mounts)."""
+        return f"docker://{self.host}"
+
+    def mount_blob(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
+        """Mount from the first repository of this host known to hold the blob; False: upload."""
+        for store in known_at:
+            if not store.startswith("docker://"):
+                continue
+            host, repository = split_location(store)
+            repository = re.split(r"[:@]", repository, maxsplit=1)[0] if repository else repository
+            if host != self.host or not repository or repository == self.repository:
+                continue
+            if self._mount_from(descriptor, repository):
+                return True
+        return False
+
+    def _mount_from(self, descriptor: Descriptor, source_repo: str) -> bool:
+        try:
+            reply = self.client.request(
+                "POST", f"/v2/{self.repository}/blobs/uploads/",
+                params={"mount": descriptor.digest, "from": source_repo},
+                scopes=[push_scope(self.repository), pull_scope(source_repo)], where=self.where(),
+                what=f"mount of blob {descriptor.digest} from {source_repo}", ok=(201, 202), body=b"",
+            )
+        except RegistryError as exc:
+            log.info("%s: mount from %s refused, uploading instead: %s", self.where(), source_repo, exc)
+            return False
+        if reply.status == 201:
+            log.debug("%s: mounted %s from %s", self.where(), descriptor.digest, source_repo)
+            self._note_present(descriptor.digest)
+            return True
+        location = reply.location()  # 202: an ordinary upload session we do not want
+        if location:
+            try:
+                self.client.request(
+                    "DELETE", location, scopes=[push_scope(self.repository)], where=self.where(),
+                    what="cancel upload", ok=(202, 204, 404),
+                )
+            except StoreError as exc:
+                log.debug("%s: could not cancel the unused upload: %s", self.where(), exc)
+        return False
+
+    def current_digest(self, name: str) -> str | None:
+        if name.startswith(("sha256:", "sha512:")) or not _TAG_RE.match(name) or self._is_new_repository():
+            return None
+        reply = head_manifest(self.client, self.repository, name, self.where())
+        return reply.headers.get("Docker-Content-Digest") if reply is not None else None
+
+    def _put_manifest(self, data: bytes, media_type: str, reference: str, digest: str) -> None:
+        where = self.where()
+        kind = media_type
+        with self._manifest_lock:
+            try:
+                reply = self.client.request(
+                    "PUT", f"/v2/{self.repository}/manifests/{reference}", scopes=[push_scope(self.repository)],
+                    where=where, what=f"manifest {reference}", ok=(201, 200, 202), body=data,
+                    headers={"Content-Type": media_type},
+                    # Distribution without schema1 support answers a schema1 PUT with a 500.
+                    attempts=2 if mt.is_schema1(media_type) else None,
+                )
+            except RegistryError as exc:
+                schema1_refused = mt.is_schema1(media_type) and (
+                    exc.code in ("MANIFEST_INVALID", "UNKNOWN", "UNSUPPORTED") or (exc.status or 0) >= 500
+                )
+                if exc.status in (400, 415) or (exc.code or "").startswith("MANIFEST") or schema1_refused:
+                    hint = ""
+                    if schema1_refused:
+                        hint = "; the registry may not accept schema1 at all (copy with --format v2s2 or oci)"
+                    raise RegistryError(
+                        f"{where}: registry refused a {kind} manifest ({exc.detail}){hint}",
+                        status=exc.status, code=exc.code, detail=exc.detail,
+                    ) from None
+                raise
+        announced = reply.headers.get("Docker-Content-Digest")
+        if announced and announced != digest:
+            raise Mismatch(f"{where}: manifest {reference} was stored as {announced}, expected {digest}")
+
+    def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
+        """PUT an index child by digest; a root is written once, by :meth:`publish`.
+
+        The root's PUT under its tag stores it as well, so writing it by digest first
+        would double the manifest writes of a sync; it still comes after every child.
+        """
+        if len(manifest.data) > MANIFEST_LIMIT:
+            raise StoreError(f"{self.where()}: manifest {manifest.digest} is larger than 4 MiB")
+        if not root:
+            self._put_manifest(manifest.data, manifest.media_type, manifest.digest, manifest.digest)
+
+    def _publication_bytes(self, pub: Publication) -> tuple[bytes, str]:
+        """The root's bytes and type: the pipeline's publications carry them (a root is PUT only here)."""
+        if pub.manifest is None:
+            raise StoreError(f"{self.where()}: the publication of {pub.descriptor.digest} carries no manifest bytes")
+        try:
+            media_type = detect_media_type(pub.manifest, pub.descriptor.media_type)
+        except FormatError as exc:
+            raise StoreError(f"{self.where()}: root {pub.descriptor.digest} is not a manifest ({exc})") from None
+        return pub.manifest, media_type
+
+    def publish(self, publications: list[Publication]) -> PublishErrors:
+        """PUT every named root under its tag; a tag that fails fails alone."""
+        failed: PublishErrors = {}
+        for i, pub in enumerate(publications):
+            try:
+                self._publish_one(pub)
+            except StoreError as exc:
+                failed[i] = exc
+        return failed
+
+    def _publish_one(self, pub: Publication) -> None:
+        digest = pub.descriptor.digest
+        ref = pub.ref or digest
+        if ref.startswith(("sha256:", "sha512:")):
+            if ref != digest:
+                raise StoreError(f"{self.where()}: the destination names {ref} but the image written is {digest}")
+        elif not _TAG_RE.match(ref):
+            raise InvalidName(f"{self.where()}: {ref!r} is not a valid tag")
+        data, media_type = self._publication_bytes(pub)
+        self._put_manifest(data, media_type, ref, digest)
+        with self._new_lock:
+            self._new = False  # it has a tag now; later questions go to the registry
+        log.debug("%s:%s -> %s", self.where(), ref, digest)

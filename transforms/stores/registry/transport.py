@@ -1,0 +1,374 @@
+"""The wire to one registry host: scheme, the one retry loop, redirects, limits, proxies.
+
+* **Scheme.** HTTPS with certificate verification (``ca_bundle`` adds trusted CAs).
+  A host listed in ``insecure_registries`` is tried over HTTPS *without* verification
+  first and over plain HTTP only if TLS cannot be spoken at all, as docker does.
+* **Retries.** Every request goes through :meth:`Transport.send`, whose loop asks
+  :func:`is_transient` of each outcome: connection errors, timeouts, 429 and 5xx are
+  tried again with exponential backoff and jitter, honouring ``Retry-After``,
+  ``registry_retries`` times (``--retry-times``). A request whose body is a *stream*
+  cannot be replayed; it fails with :class:`RetriableUploadError` so the caller restarts
+  the whole upload from a fresh read of the source. A host that could not be reached at
+  all is not asked again for :data:`HOST_DOWN_SECONDS`: its other requests fail at once.
+* **Redirects** are followed by hand, so ``Authorization`` is dropped whenever the target
+  is another host (blob GETs are redirected to object storage).
+* **Proxies.** ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either
+  case) choose a proxy per request URL as curl and skopeo do, for registries, token
+  servers and blob storage alike; the rest of the environment (netrc,
+  ``REQUESTS_CA_BUNDLE``) is ignored, since options say that instead.
+* **Limits.** One :class:`threading.BoundedSemaphore` per transport caps concurrent
+  requests at ``registry_concurrency``; a streamed response holds its slot until closed.
+
+urllib3's ``Retry`` is not used: it cannot mark a host down for the requests that come
+after, and would replay a streamed upload body it has already consumed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, RetriableUploadError
+from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedResponse
+
+log = logging.getLogger(__name__)
+
+#: First backoff delay and cap, in seconds; the delay doubles per attempt.
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 16.0
+#: A ``Retry-After`` longer than this is clipped: a worker must not sleep for hours.
+RETRY_AFTER_MAX = 60.0
+#: (connect, read) timeouts. Reads are long because a registry may hash a large blob
+#: before it answers the final PUT of an upload.
+TIMEOUT = (30.0, 300.0)
+MAX_REDIRECTS = 5
+#: After a request has used up its attempts without reaching the host, further requests
+#: to it fail at once for this long: with a registry down, thousands of images must not
+#: each wait out a full backoff before failing.
+HOST_DOWN_SECONDS = 30.0
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Docker Hub is named ``docker.io`` in references but served from another host.
+ENDPOINT_ALIASES = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+
+
+def is_transient(outcome: BaseException | int) -> bool:
+    """Whether the same request may succeed later: an exception raised sending it, or a status.
+
+    The connection failed or timed out, or the registry is busy (429) or failing (5xx).
+    Anything else is the registry's considered answer, and asking again changes nothing.
+    """
+    if isinstance(outcome, BaseException):
+        return isinstance(outcome, (requests.ConnectionError, requests.Timeout))
+    return outcome == 429 or outcome >= 500
+
+
+class Authorization(Protocol):
+    """What :meth:`Transport.send` needs of authentication, which it knows nothing else about."""
+
+    def header(self) -> str | None:
+        """The ``Authorization`` value for the next attempt (None: send none)."""
+
+    def renew(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Act on a 401 (its headers and body) so that the next attempt can succeed, or raise."""
+
+
+def host_matches(host: str, entries: Iterable[str]) -> bool:
+    """Whether ``host`` (``name[:port]``) is listed; an entry without a port covers every port."""
+    host = host.lower()
+    name = host.rsplit(":", 1)[0] if re.search(r":\d+$", host) else host
+    return any(entry.strip().lower() in (host, name) for entry in entries if entry.strip())
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: an integer, or an HTTP date in the future."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = datetime.now(timezone.utc).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, secret-free description of a transport exception.
+
+    requests' messages embed the full URL (never credentials here, but long and noisy);
+    the innermost cause names the actual problem (refused, reset, timed out).
+    """
+    inner: BaseException = exc
+    for _ in range(10):  # the chain is short; the bound only guards against odd exceptions
+        if inner.__context__ is None:
+            break
+        inner = inner.__context__
+    name = type(exc).__name__
+    reason = type(inner).__name__
+    return name if reason == name else f"{name}: {reason}"
+
+
+class _UnverifiedTLSAdapter(HTTPAdapter):
+    """TLS without verification for an ``--insecure-registry`` host, from one context.
+
+    Given no context, urllib3 loads the system CA store for every new TLS connection,
+    even one it will not verify: tens of milliseconds of CPU per connection, and every
+    worker's first request to an insecure host makes one to learn whether it speaks TLS.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._context.check_hostname = False
+        self._context.verify_mode = ssl.CERT_NONE
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # A TLS tunnel through a proxy needs the same unverified context.
+        return super().proxy_manager_for(proxy, ssl_context=self._context, **proxy_kwargs)
+
+
+class Transport:
+    """Requests to one registry host, and to the token servers and storage it sends us to.
+
+    Thread-safe: Beam runs several bundles per worker, and a blob fan-out uploads from
+    worker threads. The session and semaphore are per transport; nothing is
+    module-global. ``sleep``, ``clock`` and the backoff parameters exist so tests can
+    check retries and the host-down mark without waiting.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        options: StoreOptions,
+        *,
+        max_attempts: int | None = None,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_max: float = BACKOFF_MAX,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.options = options
+        self.endpoint = ENDPOINT_ALIASES.get(host, host)
+        self.insecure = host_matches(host, options.insecure_registries)
+        #: Attempts per request: the options' retries plus the first try, unless given.
+        self.max_attempts = max(1, max_attempts if max_attempts is not None else options.registry_retries + 1)
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._sleep = sleep
+        self._rng = random.Random()
+        self._clock = clock
+        self._lock = threading.Lock()
+        #: (until, reason): the host could not be reached; requests fail fast until then.
+        self._down: tuple[float, str] | None = None
+        concurrency = max(1, int(options.registry_concurrency))
+        self._semaphore = threading.BoundedSemaphore(concurrency)
+        #: Public so that a test or an embedder can mount its own adapter for a URL prefix.
+        self.session = requests.Session()
+        # netrc and REQUESTS_CA_BUNDLE from the environment would change which credentials
+        # and CAs requests use; options say that instead. Proxies are taken from the
+        # environment per URL (:meth:`_proxies`), as curl and skopeo take them.
+        self.session.trust_env = False
+        self._proxy_cache: dict[tuple[str, str], dict[str, str]] = {}
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency + 2, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        if self.insecure:  # only this host: redirects elsewhere (blob storage) stay verified
+            unverified = _UnverifiedTLSAdapter(pool_connections=1, pool_maxsize=concurrency + 2, max_retries=0)
+            for name in {host, self.endpoint}:
+                self.session.mount(f"https://{name}/", unverified)
+        self.session.headers.update({"User-Agent": "imagepush", "Accept-Encoding": "identity"})
+
+    def close(self) -> None:
+        self.session.close()
+
+    def ping(self) -> tuple[str, Reply]:
+        """Choose the scheme and ask ``GET /v2/``: the base URL and the answer.
+
+        The answer says how the host authenticates (a 401's challenge) or that it is no
+        registry (404); the caller remembers both, so this runs once per host.
+        """
+        self.fail_if_down(self.host, "registry check")
+        base = f"https://{self.endpoint}"
+        if self.insecure:
+            # One try, no retries: failing is the answer (this host speaks no TLS).
+            try:
+                response = self._send_raw("GET", f"{base}/v2/", {}, None, None)
+                return base, StreamedResponse(response, Lease(None), self.host).drain()
+            except (requests.exceptions.SSLError, requests.ConnectionError):
+                base = f"http://{self.endpoint}"
+                log.debug("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
+        streamed = self.send("GET", f"{base}/v2/", where=self.host, what="registry check", limited=False)
+        return base, streamed.drain()
+
+    def fail_if_down(self, where: str, what: str) -> None:
+        """Fail at once while the host is known to be unreachable (see HOST_DOWN_SECONDS)."""
+        with self._lock:
+            down = self._down
+            if down is not None and self._clock() >= down[0]:
+                self._down = down = None  # time to try again
+        if down is not None:
+            raise RegistryUnavailable(f"{where}: {what} not attempted: cannot reach {down[1]}")
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        where: str,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        params: Any = None,
+        follow_redirects: bool = False,
+        replayable: bool = True,
+        attempts: int | None = None,
+        limited: bool = True,
+        authorization: Authorization | None = None,
+    ) -> StreamedResponse:
+        """Send until the outcome is not transient or the attempts run out; the caller closes the answer.
+
+        The answer is returned whatever its status: what a status means is the caller's
+        business. ``replayable=False`` (a streamed body) sends exactly once, and a
+        transient exception then is a :class:`RetriableUploadError`. ``attempts`` lowers
+        the budget for requests whose server errors are more likely refusals than
+        hiccups. ``authorization`` is asked for a header before every attempt and, once
+        per request, to act on a 401. ``limited=False`` keeps the request out of the
+        concurrency limit (the ping and token requests, made while a slot may be held).
+        """
+        budget = min(attempts or self.max_attempts, self.max_attempts)
+        attempt, renewed = 0, False
+        while True:
+            attempt += 1
+            request_headers = dict(headers or {})
+            value = authorization.header() if authorization is not None else None
+            if value:
+                request_headers["Authorization"] = value
+            lease = self._lease() if limited else Lease(None)
+            try:
+                response = self._send_raw(method, url, request_headers, body, params, follow_redirects)
+            except BaseException as exc:
+                lease.release()
+                if not is_transient(exc):
+                    raise
+                if not replayable:
+                    raise RetriableUploadError(
+                        f"{where}: {what} interrupted ({describe_exception(exc)}); the upload must start again"
+                    ) from None
+                if attempt >= budget:
+                    raise self._unreachable(url, where, what, exc, attempt) from None
+                self._pause(attempt, None, where, what, describe_exception(exc))
+                continue
+            streamed = StreamedResponse(response, lease, where)
+            status = response.status_code
+            if status == 401 and authorization is not None and replayable and not renewed:
+                challenge = streamed.drain()
+                authorization.renew(challenge.headers, challenge.content)
+                renewed = True
+                continue
+            if is_transient(status) and replayable and attempt < budget:
+                streamed.drain()
+                self._pause(attempt, response, where, what, f"HTTP {status}")
+                continue
+            return streamed
+
+    def _lease(self) -> Lease:
+        self._semaphore.acquire()
+        return Lease(self._semaphore)
+
+    def _pause(self, attempt: int, response: requests.Response | None, where: str, what: str, reason: str) -> None:
+        """Wait before the next attempt: exponential backoff with jitter, at least ``Retry-After``."""
+        delay = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
+        delay *= 0.5 + self._rng.random() / 2  # jitter: spread retries of parallel workers
+        if response is not None:
+            wanted = retry_after_seconds(response.headers.get("Retry-After"))
+            if wanted is not None:
+                delay = max(delay, min(wanted, RETRY_AFTER_MAX))
+        log.info("%s: %s: %s; retrying in %.1fs", where, what, reason, delay)
+        self._sleep(delay)
+
+    def _unreachable(self, url: str, where: str, what: str, exc: BaseException, attempts: int) -> RegistryUnavailable:
+        """The final error for a host that never answered.
+
+        When that host is this registry (not a token server or a blob store it redirects
+        to), its other requests fail at once for :data:`HOST_DOWN_SECONDS`.
+        """
+        host = urlsplit(url).netloc
+        own = host == self.endpoint
+        reason = f"{self.host if own else host} ({describe_exception(exc)}) after {attempts} attempts"
+        if own:
+            with self._lock:
+                self._down = (self._clock() + HOST_DOWN_SECONDS, reason)
+        return RegistryUnavailable(f"{where}: {what} failed: cannot reach {reason}")
+
+    def _send_raw(
+        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any, follow_redirects: bool = False
+    ) -> requests.Response:
+        """One exchange (plus redirects when asked), streamed and never retried here."""
+        current_headers = dict(headers)
+        current_url, current_params = url, params
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send_once(method, current_url, current_headers, body, current_params)
+            location = response.headers.get("Location")
+            if not (follow_redirects and response.status_code in REDIRECT_STATUSES and location):
+                return response
+            response.close()
+            target = urljoin(response.url, location)
+            if urlsplit(target).netloc != urlsplit(current_url).netloc or (
+                urlsplit(target).scheme != urlsplit(current_url).scheme
+            ):
+                current_headers.pop("Authorization", None)
+            log.debug("following redirect to %s", urlsplit(target).netloc)
+            current_url, current_params = target, None
+        raise RegistryError(f"{self.host}: too many redirects for {urlsplit(url).path}")
+
+    def _send_once(
+        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any
+    ) -> requests.Response:
+        """One request straight through the connection pool's adapter.
+
+        ``Session.request`` merges environment settings, cookies and hooks on every call;
+        registries use none of them (``trust_env`` is off; proxies are looked up once per
+        host), and skipping that work halves the client's CPU per request — thousands
+        of requests in a sync of small images.
+        """
+        prepared = requests.PreparedRequest()
+        prepared.prepare(
+            method=method, url=url, headers={**self.session.headers, **headers}, data=body, params=params
+        )
+        adapter = self.session.get_adapter(url)
+        return adapter.send(
+            prepared, stream=True, timeout=TIMEOUT, verify=self._verify(url), proxies=self._proxies(url)
+        )
+
+    def _verify(self, url: str) -> bool | str:
+        """TLS verification for ``url``: off only for this host when it is insecure."""
+        if self.insecure and urlsplit(url).netloc in (self.host, self.endpoint):
+            return False
+        return self.options.ca_bundle or True
+
+    def _proxies(self, url: str) -> dict[str, str]:
+        """The environment's proxy for ``url`` (honouring ``NO_PROXY``), looked up once per host."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        found = self._proxy_cache.get(key)
+        if found is None:
+            found = self._proxy_cache[key] = requests.utils.get_environ_proxies(url)
+        return found

@@ -1,0 +1,372 @@
+"""Blob uploads: one upload session per blob, which the registry makes visible only at its end.
+
+Small blobs (known size ≤ :data:`SMALL_BLOB_LIMIT` and ≤ ``monolithic_upload_limit``)
+are held in memory and sent in one PUT at commit. Others go ``POST`` + streamed
+requests: the whole body in the final ``PUT ?digest=`` when its size is known and at
+most ``monolithic_upload_limit``, else one ``PATCH`` per ``upload_chunk_size`` and an
+empty final PUT. Nothing is visible under the digest before the caller has verified
+the bytes, and the registry hashes what it received and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from typing import Callable, Iterator
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.stores.base import BlobSink, Mismatch, StoreError
+from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
+from imagepush.transforms.stores.registry.client import RegistryClient
+from imagepush.transforms.stores.registry.errors import RegistryError, RetriableUploadError
+from imagepush.transforms.stores.registry.streams import Reply
+
+log = logging.getLogger(__name__)
+
+#: Blobs up to this size (and ``monolithic_upload_limit``) are held in memory and sent in one PUT.
+SMALL_BLOB_LIMIT = 1 << 20
+#: Pieces queued between ``write`` and the thread sending the PATCH body (backpressure).
+PIPE_DEPTH = 4
+#: A PATCH body waiting this long for the next ``write`` gives up (the writer died).
+PIPE_IDLE_TIMEOUT = 600.0
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with more query parameters, keeping the ones it has (Distribution's ``_state``)."""
+    parts = urlsplit(url)
+    extra = urlencode(params)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+def blob_exists(client: RegistryClient, repository: str, digest: str, where: str) -> bool:
+    """HEAD the blob. A redirect counts as present: registries redirect only to content they
+    hold, and a storage URL signed for GET may refuse a HEAD."""
+    reply = client.request(
+        "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=[pull_scope(repository)], where=where,
+        what=f"blob {digest}", ok=(200, 404, 301, 302, 303, 307, 308),
+    )
+    return reply.status != 404
+
+
+_END = object()
+_ABORT = object()
+
+
+class _PipeBody:
+    """The body of one streamed PATCH: pieces handed over by ``write`` through a queue.
+
+    ``__len__`` makes requests send ``Content-Length`` instead of chunked encoding when
+    the length is known (Distribution checks ``Content-Range`` only together with it).
+    Setting :attr:`aborted` makes the body raise, which cuts the request's connection.
+    """
+
+    def __init__(self, length: int | None) -> None:
+        self.length = length
+        self.queue: "queue.Queue[object]" = queue.Queue(maxsize=PIPE_DEPTH)
+        self.aborted = threading.Event()
+
+    def __len__(self) -> int:
+        return self.length or 0
+
+    def __bool__(self) -> bool:
+        # A zero __len__ (unknown length) must not make the body look absent to urllib3.
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        idle_since = time.monotonic()
+        while True:
+            if self.aborted.is_set():
+                raise _UploadAborted()
+            try:
+                item = self.queue.get(timeout=0.25)
+            except queue.Empty:
+                if time.monotonic() - idle_since > PIPE_IDLE_TIMEOUT:
+                    raise StoreError("upload stalled: no data from the source") from None
+                continue
+            idle_since = time.monotonic()
+            if item is _END:
+                return
+            if item is _ABORT or self.aborted.is_set():
+                raise _UploadAborted()
+            yield item  # type: ignore[misc]
+
+
+class _UploadAborted(Exception):
+    """Raised inside the PATCH body to cut the connection when the copy is aborted."""
+
+
+class _Patch:
+    """One streamed upload request (a PATCH chunk, or a whole-blob PUT) in a helper thread
+    while ``write`` feeds its body."""
+
+    def __init__(
+        self, sink: "RegistryBlobSink", start: int, length: int | None, capacity: int, *, monolithic: bool = False
+    ) -> None:
+        self.capacity = capacity  # bytes this request may carry
+        self.sent = 0
+        self.body = _PipeBody(length)
+        self.reply: Reply | None = None
+        self.error: BaseException | None = None
+        headers = {"Content-Type": "application/octet-stream"}
+        assert sink._location is not None
+        if monolithic:
+            # The whole blob in the final PUT: the registry hashes it as it arrives and
+            # links it only if it matches the digest, with no chunk state to save.
+            request = ("PUT", with_query(sink._location, digest=sink.descriptor.digest), (201, 204))
+        else:
+            request = ("PATCH", sink._location, (202,))
+            if length is not None:
+                headers["Content-Range"] = f"{start}-{start + length - 1}"
+        self._thread = threading.Thread(
+            target=self._run, args=(sink, request, headers), name="imagepush-upload", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, sink: "RegistryBlobSink", request: tuple[str, str, tuple[int, ...]], headers: dict[str, str]) -> None:
+        method, url, ok = request
+        try:
+            self.reply = sink._client.send_stream(
+                method, url, self.body, scopes=sink._scopes, where=sink._where,
+                what=f"upload of blob {sink.descriptor.digest}", ok=ok, headers=headers,
+            )
+        except BaseException as exc:  # handed to the writer thread, which raises it
+            self.error = exc
+            # Unblock a writer waiting on a full queue: nobody reads it any more.
+            while True:
+                try:
+                    self.body.queue.get_nowait()
+                except queue.Empty:
+                    break
+
+    @property
+    def room(self) -> int:
+        return self.capacity - self.sent
+
+    def put(self, item: object) -> None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.body.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    if self.error is not None:
+                        raise self.error
+                    raise StoreError("upload connection ended before the data was sent")
+
+    def finish(self) -> Reply:
+        self.put(_END)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+    def cancel(self) -> None:
+        """Cut the PATCH short; a thread stuck in a send ends at the socket timeout."""
+        self.body.aborted.set()
+        try:
+            self.body.queue.put_nowait(_ABORT)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=30)
+
+
+class RegistryBlobSink(BlobSink):
+    """Uploads one blob; the registry makes it visible only at the final PUT in :meth:`commit`.
+
+    The final ``PUT ?digest=`` makes the registry hash what it received and refuse a
+    mismatch (``DIGEST_INVALID``), so this sink :attr:`verifies_digest` itself.
+
+    Failures of the streamed part are :class:`RetriableUploadError`: the bytes are gone,
+    and the caller must copy again from a fresh source read.
+    """
+
+    verifies_digest = True
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        where: str,
+        options: StoreOptions,
+        descriptor: Descriptor,
+        on_present: Callable[[str], None],
+    ) -> None:
+        self.descriptor = descriptor
+        self._client = client
+        self._repository = repository
+        self._where = where
+        #: Told the digest once the blob is in the registry, however it got there.
+        self._on_present = on_present
+        self._scopes = [push_scope(repository)]
+        self._chunk = max(1, int(options.upload_chunk_size))
+        size = descriptor.size if descriptor.size is not None and descriptor.size >= 0 else None
+        self._size = size
+        limit = int(options.monolithic_upload_limit)
+        self._small = size is not None and size <= min(limit, SMALL_BLOB_LIMIT)
+        #: Known sizes up to the monolithic limit stream in one PUT; others in chunk-sized PATCHes.
+        self._monolithic = size is not None and 0 < size <= limit and not self._small
+        self._patch_size = size if self._monolithic else self._chunk
+        self._buffer = bytearray()
+        self._location: str | None = None
+        self._offset = 0
+        self._patch: _Patch | None = None
+        self._finished = False
+    def _start_session(self) -> None:
+        reply = self._client.request(
+            "POST", f"/v2/{self._repository}/blobs/uploads/", scopes=self._scopes, where=self._where,
+            what=f"upload of blob {self.descriptor.digest}", ok=(202,), body=b"",
+        )
+        location = reply.location()
+        if not location:
+            raise RegistryError(f"{self._where}: the registry started an upload without a Location")
+        self._location = location
+        minimum = reply.headers.get("OCI-Chunk-Min-Length", "")
+        if minimum.isdigit() and int(minimum) > self._chunk:
+            # Registries backed by multipart object storage refuse smaller chunks.
+            self._chunk = int(minimum)
+            if self._size is None or self._patch_size < self._chunk:
+                self._patch_size = self._chunk
+
+    def write(self, chunk: bytes) -> None:
+        if self._finished:
+            raise StoreError(f"{self._where}: write to blob {self.descriptor.digest} after commit or abort")
+        if not chunk:
+            return
+        if self._small:
+            self._buffer += chunk
+            if len(self._buffer) <= SMALL_BLOB_LIMIT:
+                return
+            # More than announced: stream it after all (the caller's size check will fail).
+            self._small, data = False, bytes(self._buffer)
+            self._buffer = bytearray()
+            self._feed(data)
+            return
+        self._feed(chunk)
+
+    def _feed(self, data: bytes) -> None:
+        if self._location is None:
+            self._start_session()
+        view = memoryview(data)
+        while view:
+            if self._patch is None:
+                self._begin_patch()
+            assert self._patch is not None
+            if self._patch.room == 0:  # only a whole-blob PUT stays open when full
+                raise StoreError(
+                    f"{self._where}: blob {self.descriptor.digest} has more than its {self._size} bytes"
+                )
+            piece = view[: self._patch.room]
+            self._patch.put(bytes(piece))
+            self._patch.sent += len(piece)
+            view = view[len(piece) :]
+            if self._patch.room == 0 and not self._monolithic:
+                self._end_patch()
+
+    def _begin_patch(self) -> None:
+        if self._size is not None:
+            left = self._size - self._offset
+            if left <= 0:
+                raise StoreError(
+                    f"{self._where}: blob {self.descriptor.digest} has more than its {self._size} bytes"
+                )
+            length: int | None = min(self._patch_size, left)
+            capacity = length
+        else:
+            length, capacity = None, self._chunk  # unknown size: chunked encoding, no range
+        self._patch = _Patch(self, self._offset, length, capacity, monolithic=self._monolithic)
+
+    def _finish_monolithic(self) -> Reply:
+        """End the whole-blob PUT; its answer is the commit."""
+        patch, self._patch = self._patch, None
+        if patch is None or patch.sent != self._size:
+            raise StoreError(f"{self._where}: blob {self.descriptor.digest} ended before its {self._size} bytes")
+        return patch.finish()
+
+    def _end_patch(self) -> None:
+        patch, self._patch = self._patch, None
+        assert patch is not None
+        reply = patch.finish()
+        self._offset += patch.sent
+        location = reply.location()
+        if location:
+            self._location = location  # always continue at the newest Location
+        received = reply.headers.get("Range")
+        if received and re.match(r"^(?:bytes=)?0-\d+$", received):
+            end = int(received.rsplit("-", 1)[1])
+            if end != self._offset - 1 and self._offset > 0:
+                raise RetriableUploadError(
+                    f"{self._where}: upload of blob {self.descriptor.digest} is at byte {end + 1}, "
+                    f"expected {self._offset}; the upload must start again"
+                )
+
+    def commit(self) -> None:
+        """The final PUT; the registry checks the digest itself and only then links the blob."""
+        if self._finished:
+            return
+        digest = self.descriptor.digest
+        try:
+            monolithic = self._monolithic and self._location is not None
+            if not monolithic:
+                if self._small or self._location is None:
+                    body = bytes(self._buffer)
+                    self._start_session()
+                else:
+                    if self._patch is not None:
+                        self._end_patch()
+                    body = b""
+            assert self._location is not None
+            try:
+                if monolithic:
+                    reply = self._finish_monolithic()
+                else:
+                    reply = self._client.request(
+                        "PUT", with_query(self._location, digest=digest), scopes=self._scopes, where=self._where,
+                        what=f"upload of blob {digest}", ok=(201, 204), body=body,
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
+            except RegistryError as exc:
+                # The PUT may have succeeded with its answer lost, and a retry then finds
+                # the session gone: the blob being there is what counts.
+                if blob_exists(self._client, self._repository, digest, self._where):
+                    log.debug("%s: blob %s present after a failed final PUT (%s)", self._where, digest, exc)
+                    self._finished = True
+                    self._on_present(digest)
+                    return
+                if isinstance(exc, RetriableUploadError):
+                    raise
+                raise RetriableUploadError(str(exc), status=exc.status, code=exc.code) from None
+            announced = reply.headers.get("Docker-Content-Digest")
+            if announced and announced != digest:
+                raise Mismatch(f"{self._where}: the registry stored blob {digest} as {announced}")
+            self._finished = True
+            self._on_present(digest)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._buffer = bytearray()
+        if self._patch is not None:
+            self._patch.cancel()
+            self._patch = None
+        if self._location is not None:
+            try:
+                self._client.request(
+                    "DELETE", self._location, scopes=self._scopes, where=self._where,
+                    what=f"cancel upload of {self.descriptor.digest}", ok=(202, 204, 404),
+                )
+            except StoreError as exc:  # the session expires on its own; cleanup is best effort
+                log.debug("%s: could not cancel an upload: %s", self._where, exc)
+            self._location = None
