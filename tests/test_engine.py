@@ -18,7 +18,7 @@ from imagepush.transforms.records import OK
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.reference import parse_reference
-from imagepush.transforms.stores.registry_client import RegistryUnavailable
+from imagepush.transforms.stores.registry import RegistryUnavailable
 
 RUN = "run-1"
 
