@@ -29,6 +29,7 @@ except ModuleNotFoundError:  # tests/ is a plain directory on sys.path (pytest's
     from conftest import FIXTURES  # type: ignore[no-redef]
     from test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
 from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.compression import DecompressionError
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.dir import DirDestination, DirSource
@@ -462,8 +463,7 @@ def test_docker_archive_layers_are_decompressed_by_magic(tmp_path: Path) -> None
     half0, half1 = len(tars[0]) // 2, len(tars[1]) // 3
     zstd = zstandard.ZstdCompressor()
     stored = [
-        # two gzip members, then zero padding
-        gzip.compress(tars[0][:half0]) + gzip.compress(tars[0][half0:]) + b"\0" * 512,
+        gzip.compress(tars[0][:half0]) + gzip.compress(tars[0][half0:]),  # two gzip members
         zstd.compress(tars[1][:half1]) + zstd.compress(tars[1][half1:]),  # two zstd frames
         tars[2],
     ]
@@ -491,6 +491,18 @@ def test_docker_archive_layers_are_decompressed_by_magic(tmp_path: Path) -> None
         "RepoTags": ["app:1", "mirror.io/app:latest"],
         "Layers": [f"{sha256(t)[7:]}.tar" for t in tars],
     }]
+
+
+def test_docker_archive_refuses_a_layer_with_bytes_after_its_gzip_stream(tmp_path: Path) -> None:
+    """Zero padding after the last member is refused, as skopeo refuses it (tests/test_compression.py)."""
+    dest = DockerArchiveDestination(str(tmp_path / "out.tar"))
+    dest.prepare()
+    padded = tiny_image().layer_gz + b"\0" * 512
+    with pytest.raises(DecompressionError, match="not a gzip member"):
+        write_blob(dest, Descriptor(mt.DOCKER_LAYER_GZIP, sha256(padded), len(padded)), padded, chunk=65536)
+    assert not dest.has_blob(sha256(padded))
+    staging = tmp_path / "out.tar.imagepush-staging"
+    assert [p for p in staging.rglob("*") if p.is_file()] == []
 
 
 def test_docker_archive_two_images_share_layers(tmp_path: Path) -> None:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 
 import orjson
-import zstandard
-from isal import igzip, isal_zlib
+from isal import igzip
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.compression import Decompressor, sniff
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.stores.base import (
     BlobSink,
@@ -55,35 +55,10 @@ from imagepush.transforms.stores.fs import (
 )
 
 STAGING_SUFFIX = ".imagepush-staging"
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
-_BZIP2_MAGIC = b"BZh"
 #: JSON members (manifest.json, configs) up to this size are kept from the first pass.
 _SMALL_JSON = 4 << 20
 #: Longest chain of symlinks/hardlinks followed inside an archive.
 _MAX_LINKS = 32
-
-
-def sniff(head: bytes) -> str:
-    """Compression of a stream from its first bytes: ``gzip``, ``zstd``, ``xz``, ``bzip2`` or ``none``.
-
-    Magic bytes, never media types, decide: real images label plain tars ``tar.gzip``.
-    """
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(_XZ_MAGIC):
-        return "xz"
-    if (
-        head.startswith(_BZIP2_MAGIC)
-        and head[3:4] in b"123456789"
-        and head[4:10] in (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
-    ):
-        # "BZh" alone could be the first file name of a plain tar; the block magic cannot.
-        return "bzip2"
-    return "none"
 
 
 def split_repo_tag(ref: str) -> tuple[str, str | None]:
@@ -441,103 +416,6 @@ def _docker_descriptor(desc: Descriptor) -> dict[str, Any]:
 # Writing
 
 
-class _Decompressor:
-    """Turns a layer's stored bytes into its uncompressed tar, in bounded output pieces.
-
-    The compression is sniffed from the first bytes (not the media type). Concatenated
-    gzip members (pigz, some registries) and zstd frames are followed to the end.
-    """
-
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._emit = emit
-        self._head = b""
-        self._mode: str | None = None
-        self._gz: Any = None
-        self._gz_pending = b""
-        self._zstd: Any = None
-
-    def write(self, chunk: bytes) -> None:
-        if self._mode is None:
-            self._head += chunk
-            if len(self._head) < len(_ZSTD_MAGIC):
-                return
-            chunk, self._head = self._head, b""
-            self._start(chunk)
-        self._feed(chunk)
-
-    def _start(self, head: bytes) -> None:
-        self._mode = sniff(head)
-        if self._mode == "zstd":
-            self._zstd = zstandard.ZstdDecompressor().stream_writer(
-                _CallbackWriter(self._emit), write_size=CHUNK_SIZE, closefd=False
-            )
-        elif self._mode != "gzip":
-            self._mode = "none"
-
-    def _feed(self, data: bytes) -> None:
-        if self._mode == "gzip":
-            self._feed_gzip(data)
-        elif self._mode == "zstd":
-            try:
-                self._zstd.write(data)
-            except zstandard.ZstdError as exc:
-                raise StoreError(f"layer is not valid zstd ({exc})") from None
-        else:
-            self._emit(data)
-
-    def _feed_gzip(self, data: bytes) -> None:
-        data, self._gz_pending = self._gz_pending + data, b""
-        while True:
-            if self._gz is None:  # at the start of a gzip member, or after the last one
-                if not data:
-                    return
-                if len(data) < len(_GZIP_MAGIC):
-                    self._gz_pending = data
-                    return
-                if not data.startswith(_GZIP_MAGIC):
-                    if data.strip(b"\0"):
-                        raise StoreError("layer has data after its gzip stream")
-                    return  # zero padding after the last member is tolerated
-                self._gz = isal_zlib.decompressobj(wbits=31)
-            try:
-                out = self._gz.decompress(data, CHUNK_SIZE)
-            except isal_zlib.error as exc:
-                raise StoreError(f"layer is not valid gzip ({exc})") from None
-            if out:
-                self._emit(out)
-            if self._gz.eof:
-                data, self._gz = self._gz.unused_data, None
-                continue
-            data = self._gz.unconsumed_tail
-            if not data and len(out) < CHUNK_SIZE:
-                return
-
-    def finish(self) -> None:
-        if self._mode is None:
-            head, self._head = self._head, b""
-            self._start(head)
-            self._feed(head)
-        if self._mode == "gzip" and (self._gz is not None or self._gz_pending):
-            raise StoreError("layer's gzip stream is truncated")
-        if self._mode == "zstd":
-            self._zstd.flush()
-            self._zstd.close()
-
-
-class _CallbackWriter:
-    """The file-like object zstandard's stream_writer writes decompressed output to."""
-
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._emit = emit
-
-    def write(self, data: bytes) -> int:
-        self._emit(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing is buffered here."""
-
-
 class _LayerSink(BlobSink):
     """Stores a layer decompressed as ``layers/<diffid-hex>.tar`` plus a blob-digest -> diff_id map.
 
@@ -550,7 +428,7 @@ class _LayerSink(BlobSink):
         self._blob_digest = blob_digest
         self._out = AtomicFileSink(dest.fs, join(dest.staging, "layers", "pending.tar"))
         self._hash = hashlib.sha256()
-        self._decompressor = _Decompressor(self._emit)
+        self._decompressor = Decompressor(CHUNK_SIZE)
 
     def _emit(self, data: bytes) -> None:
         self._hash.update(data)
@@ -558,14 +436,16 @@ class _LayerSink(BlobSink):
 
     def write(self, chunk: bytes) -> None:
         try:
-            self._decompressor.write(chunk)
+            for piece in self._decompressor.feed(chunk):
+                self._emit(piece)
         except BaseException:
             self.abort()
             raise
 
     def commit(self) -> None:
         try:
-            self._decompressor.finish()
+            for piece in self._decompressor.finish():
+                self._emit(piece)
             diff_id = f"sha256:{self._hash.hexdigest()}"
             self._out.commit_to(self._dest.layer_path(diff_id))
             write_atomic(self._dest.fs, self._dest.diffid_path(self._blob_digest), diff_id.encode())
