@@ -33,7 +33,9 @@ from imagepush.transforms.formats.compression import DecompressionError
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.dir import DirDestination, DirSource
-from imagepush.transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource, canonical_name
+from imagepush.transforms.stores.docker_archive.names import canonical_name
+from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSource
+from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDestination
 from imagepush.transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayoutSource, split_name
 from imagepush.transforms.stores.reference import parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source

@@ -1,11 +1,9 @@
-"""``docker save`` tarballs (``docker-archive:PATH[:REPO:TAG]``).
+"""Reading ``docker save`` tarballs: one pass indexes the tar, manifests are synthesised.
 
-An archive stores no registry manifest: ``manifest.json`` lists, per image, a config
-file and layer files (normally uncompressed tars whose sha256 is the diff_id). Reading
-synthesises a deterministic Docker schema2 manifest per image so the rest of the tool can
-treat the archive like any other store. Writing stages blobs beside the archive and
-builds the tarball once, at publish, because a tar cannot be appended to safely by
-parallel workers and ``docker load`` wants uncompressed layers.
+Reading synthesises a deterministic manifest per image so the rest of the tool can treat
+the archive like any other store. The tar is scanned once per store object: member
+offsets, small JSON members kept in memory, and the sha256 of compressed members (their
+blob digest), so a later blob read is one seek into the archive.
 
 Variants read here: the legacy layout (``<id>/layer.tar``, duplicate layers as symlinks),
 Docker 25+ (``manifest.json`` pointing into ``blobs/sha256``), ggcr's ``tarball.Write``
@@ -29,70 +27,16 @@ from isal import igzip
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
-from imagepush.transforms.formats.compression import Decompressor, sniff
+from imagepush.transforms.formats.compression import sniff
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
-from imagepush.transforms.stores.base import (
-    BlobSink,
-    Destination,
-    ImageEntry,
-    ManifestBlob,
-    NotFound,
-    Publication,
-    PublishErrors,
-    Source,
-    StoreError,
-)
-from imagepush.transforms.stores.fs import (
-    CHUNK_SIZE,
-    AtomicFileSink,
-    BoundedReader,
-    FsStore,
-    TarTarget,
-    copy_stream,
-    join,
-    tar_info,
-    write_atomic,
-)
+from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError
+from imagepush.transforms.stores.docker_archive.names import canonical_name, split_repo_tag
+from imagepush.transforms.stores.fs import CHUNK_SIZE, BoundedReader, FsStore, copy_stream
 
-STAGING_SUFFIX = ".imagepush-staging"
 #: JSON members (manifest.json, configs) up to this size are kept from the first pass.
 _SMALL_JSON = 4 << 20
 #: Longest chain of symlinks/hardlinks followed inside an archive.
 _MAX_LINKS = 32
-
-
-def split_repo_tag(ref: str) -> tuple[str, str | None]:
-    """``example.com:5000/a/b:tag`` -> ``("example.com:5000/a/b", "tag")``: the last ``:`` after the last ``/``."""
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return ref[:colon], ref[colon + 1 :] or None
-    return ref, None
-
-
-def _normalize_tag(ref: str) -> str:
-    """RepoTags always carry a tag; Docker defaults a bare repository to ``latest``."""
-    repository, tag = split_repo_tag(ref)
-    return f"{repository}:{tag or 'latest'}"
-
-
-def canonical_name(ref: str) -> str:
-    """A RepoTags entry in fully qualified form, so that spellings of one name compare equal.
-
-    Docker writes familiar names (``busybox:latest``), containers/image writes
-    ``docker.io/interop/base:2``; both mean ``docker.io/library/busybox:latest`` and
-    ``docker.io/interop/base:2``. A first component without ``.`` or ``:`` (and not
-    ``localhost``) is a Docker Hub path, and official images live under ``library/``.
-    """
-    name, tag = split_repo_tag(ref)
-    first, slash, rest = name.partition("/")
-    if not slash or ("." not in first and ":" not in first and first != "localhost"):
-        first, rest = "docker.io", name
-    if first == "index.docker.io":
-        first = "docker.io"
-    if first == "docker.io" and "/" not in rest:
-        rest = f"library/{rest}"
-    return f"{first}/{rest}:{tag or 'latest'}"
 
 
 def _member_name(name: str) -> str:
@@ -410,208 +354,3 @@ def _docker_descriptor(desc: Descriptor) -> dict[str, Any]:
     if desc.urls:
         out["urls"] = list(desc.urls)
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# Writing
-
-
-class _LayerSink(BlobSink):
-    """Stores a layer decompressed as ``layers/<diffid-hex>.tar`` plus a blob-digest -> diff_id map.
-
-    The diff_id is known only at the end, so the data goes to a temporary file that is
-    renamed once the hash of the uncompressed stream is complete.
-    """
-
-    def __init__(self, dest: "DockerArchiveDestination", blob_digest: str) -> None:
-        self._dest = dest
-        self._blob_digest = blob_digest
-        self._out = AtomicFileSink(dest.fs, join(dest.staging, "layers", "pending.tar"))
-        self._hash = hashlib.sha256()
-        self._decompressor = Decompressor(CHUNK_SIZE)
-
-    def _emit(self, data: bytes) -> None:
-        self._hash.update(data)
-        self._out.write(data)
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            for piece in self._decompressor.feed(chunk):
-                self._emit(piece)
-        except BaseException:
-            self.abort()
-            raise
-
-    def commit(self) -> None:
-        try:
-            for piece in self._decompressor.finish():
-                self._emit(piece)
-            diff_id = f"sha256:{self._hash.hexdigest()}"
-            self._out.commit_to(self._dest.layer_path(diff_id))
-            write_atomic(self._dest.fs, self._dest.diffid_path(self._blob_digest), diff_id.encode())
-        except BaseException:
-            self.abort()
-            raise
-
-    def abort(self) -> None:
-        self._out.abort()
-
-
-class DockerArchiveDestination(FsStore, Destination):
-    """Writes a ``docker save``-compatible tarball: blobs are staged, the tar is built at publish."""
-
-    preferred_format = "v2s2"
-    fixed_layer_compression = "none"
-
-    def _where(self) -> str:
-        return f"docker-archive:{self.url}"
-
-    @property
-    def staging(self) -> str:
-        return self.root + STAGING_SUFFIX
-
-    def blob_path(self, digest: str) -> str:
-        algorithm, encoded = _split(digest)
-        return join(self.staging, "blobs", algorithm, encoded)
-
-    def diffid_path(self, digest: str) -> str:
-        algorithm, encoded = _split(digest)
-        return join(self.staging, "diffids", algorithm, encoded)
-
-    def layer_path(self, diff_id: str) -> str:
-        return join(self.staging, "layers", f"{_split(diff_id)[1]}.tar")
-
-    def prepare(self) -> None:
-        fs = self.fs
-        if fs.isdir(self.root):
-            raise StoreError(f"{self._where()}: {self.url} is a directory, not an archive file")
-        parent = posixpath.dirname(self.root)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        fs.makedirs(self.staging, exist_ok=True)
-
-    def accepts_manifest(self, media_type: str) -> bool:
-        return media_type in mt.IMAGE_MANIFEST_TYPES
-
-    def has_blob(self, digest: str) -> bool:
-        return bool(self.fs.isfile(self.blob_path(digest)) or self.fs.isfile(self.diffid_path(digest)))
-
-    def blob_sink(self, descriptor: Descriptor) -> BlobSink:
-        if mt.layer_compression(descriptor.media_type) != "unknown":
-            return _LayerSink(self, descriptor.digest)
-        return AtomicFileSink(self.fs, self.blob_path(descriptor.digest))
-
-    def has_manifest(self, digest: str) -> bool:
-        """Archives keep no manifests, so none is ever present."""
-        return False
-
-    def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
-        """Archives keep no manifests: ``docker load`` rebuilds the image from config and layers."""
-
-    def publish(self, publications: list[Publication]) -> PublishErrors:
-        """Build the whole archive once: configs, each layer once, and manifest.json."""
-        if not publications:
-            return {}
-        groups = self._group(publications)
-        fs = self.fs
-        previous = DockerArchiveSource(self.url) if fs.isfile(self.root) else None
-        try:
-            images = [(digest, tags, self._config(digest, previous)) for digest, tags in groups.items()]
-            layers: dict[str, tuple[int, Callable[[], BinaryIO]]] = {}
-            entries = []
-            for config_digest, tags, config_bytes in images:
-                diff_ids = _diff_ids(config_bytes, config_digest, self._where())
-                for diff_id in diff_ids:
-                    if diff_id not in layers:
-                        layers[diff_id] = self._layer(diff_id, config_digest, previous)
-                entries.append({
-                    "Config": f"{_split(config_digest)[1]}.json",
-                    "RepoTags": tags or None,
-                    "Layers": [f"{_split(d)[1]}.tar" for d in diff_ids],
-                })
-            sink = AtomicFileSink(fs, self.root, overwrite=True)
-            try:
-                with tarfile.open(fileobj=TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
-                    for config_digest, _, config_bytes in images:
-                        name = f"{_split(config_digest)[1]}.json"
-                        tar.addfile(tar_info(name, len(config_bytes)), io.BytesIO(config_bytes))
-                    for diff_id, (size, opener) in layers.items():
-                        with opener() as layer:
-                            tar.addfile(tar_info(f"{_split(diff_id)[1]}.tar", size), layer)
-                    manifest = orjson.dumps(entries)
-                    tar.addfile(tar_info("manifest.json", len(manifest)), io.BytesIO(manifest))
-                sink.commit()
-            except BaseException:
-                sink.abort()
-                raise
-        finally:
-            if previous is not None:
-                previous.close()
-        if fs.exists(self.staging):
-            fs.rm(self.staging, recursive=True)
-        return {}
-
-    def _group(self, publications: list[Publication]) -> dict[str, list[str]]:
-        """Tags per config digest; a tag given twice goes to the last image that names it."""
-        groups: dict[str, list[str]] = {}
-        for pub in publications:
-            if pub.config_digest is None:
-                raise StoreError(
-                    f"{self._where()}: an archive holds single images; {pub.descriptor.digest} "
-                    f"({pub.descriptor.media_type}) has no config"
-                )
-            tags = groups.setdefault(pub.config_digest, [])
-            if pub.ref:
-                tag = _normalize_tag(pub.ref)
-                for other in groups.values():
-                    if tag in other:
-                        other.remove(tag)
-                tags.append(tag)
-        return groups
-
-    def _config(self, digest: str, previous: DockerArchiveSource | None) -> bytes:
-        path = self.blob_path(digest)
-        if self.fs.isfile(path):
-            return self.fs.cat_file(path)
-        if previous is not None:  # a retried publish after the staging folder was removed
-            try:
-                with previous.open_blob(digest) as f:
-                    return f.read()
-            except NotFound:
-                pass
-        raise StoreError(f"{self._where()}: config {digest} was never written")
-
-    def _layer(
-        self, diff_id: str, config_digest: str, previous: DockerArchiveSource | None
-    ) -> tuple[int, Callable[[], BinaryIO]]:
-        path = self.layer_path(diff_id)
-        fs = self.fs
-        if fs.isfile(path):
-            return int(fs.size(path)), lambda: fs.open(path, "rb")
-        if previous is not None:
-            try:
-                size = previous.blob_size(diff_id)
-            except NotFound:
-                pass
-            else:
-                return size, lambda: previous.open_blob(diff_id)
-        raise StoreError(f"{self._where()}: layer {diff_id} of image {config_digest} was never written")
-
-
-def _split(digest: str) -> tuple[str, str]:
-    try:
-        return digestlib.split(digest)
-    except digestlib.DigestError as exc:
-        raise StoreError(str(exc)) from None
-
-
-def _diff_ids(config: bytes, digest: str, where: str) -> list[str]:
-    try:
-        diff_ids = orjson.loads(config)["rootfs"]["diff_ids"] or []
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise StoreError(f"{where}: config {digest} has no rootfs.diff_ids") from None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise StoreError(f"{where}: config {digest} has an invalid rootfs.diff_ids")
-    for d in diff_ids:
-        _split(d)
-    return diff_ids

@@ -1,0 +1,37 @@
+"""The names an archive gives its images (``RepoTags``), in the spellings Docker and skopeo use."""
+
+from __future__ import annotations
+
+
+def split_repo_tag(ref: str) -> tuple[str, str | None]:
+    """``example.com:5000/a/b:tag`` -> ``("example.com:5000/a/b", "tag")``: the last ``:`` after the last ``/``."""
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1 :] or None
+    return ref, None
+
+
+def normalize_tag(ref: str) -> str:
+    """RepoTags always carry a tag; Docker defaults a bare repository to ``latest``."""
+    repository, tag = split_repo_tag(ref)
+    return f"{repository}:{tag or 'latest'}"
+
+
+def canonical_name(ref: str) -> str:
+    """A RepoTags entry in fully qualified form, so that spellings of one name compare equal.
+
+    Docker writes familiar names (``busybox:latest``), containers/image writes
+    ``docker.io/interop/base:2``; both mean ``docker.io/library/busybox:latest`` and
+    ``docker.io/interop/base:2``. A first component without ``.`` or ``:`` (and not
+    ``localhost``) is a Docker Hub path, and official images live under ``library/``.
+    """
+    name, tag = split_repo_tag(ref)
+    first, slash, rest = name.partition("/")
+    if not slash or ("." not in first and ":" not in first and first != "localhost"):
+        first, rest = "docker.io", name
+    if first == "index.docker.io":
+        first = "docker.io"
+    if first == "docker.io" and "/" not in rest:
+        rest = f"library/{rest}"
+    return f"{first}/{rest}:{tag or 'latest'}"
