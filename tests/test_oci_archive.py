@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from imagepush.pipeline.cli import EXIT_USAGE, main
-from imagepush.transforms.stores.oci_archive import OCIArchiveSource
+from imagepush.transforms.stores.layout.archive import OCIArchiveSource
 
 try:
     from tests.conftest import require_tool, run, sha256

@@ -103,7 +103,7 @@ def test_target_whose_name_already_points_at_the_digest_is_up_to_date(tmp_path):
     from imagepush.transforms.records import now
     from imagepush.transforms.plan import ImagePlan
     from imagepush.transforms.resolve import plan_target
-    from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
+    from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
     from imagepush.transforms.tree import resolve_tree
 
     write_oci_samples(str(tmp_path / "s"))

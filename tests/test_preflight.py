@@ -13,7 +13,7 @@ from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.naming import copy_job
 from imagepush.transforms.plan import Output, SyncSpec
 from imagepush.transforms.preflight import preflight
-from imagepush.transforms.stores.oci_layout import OCILayoutSource
+from imagepush.transforms.stores.layout.oci import OCILayoutSource
 from imagepush.transforms.stores.reference import parse_reference
 
 #: Columns that differ between two runs doing the same thing.

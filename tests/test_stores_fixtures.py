@@ -36,7 +36,8 @@ from imagepush.transforms.stores.dir import DirDestination, DirSource
 from imagepush.transforms.stores.docker_archive.names import canonical_name
 from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSource
 from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDestination
-from imagepush.transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayoutSource, split_name
+from imagepush.transforms.stores.layout.index import REF_NAME, split_name
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
 from imagepush.transforms.stores.reference import parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source
 

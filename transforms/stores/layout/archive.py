@@ -25,7 +25,8 @@ import fsspec
 
 from imagepush.transforms.stores.base import NotFound, Publication, PublishErrors, StoreError
 from imagepush.transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, tar_info
-from imagepush.transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
+from imagepush.transforms.stores.layout.index import INDEX_FILE, LAYOUT_FILE
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
 
 STAGING_SUFFIX = ".imagepush-staging"
 

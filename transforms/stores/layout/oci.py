@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any, BinaryIO, Iterator
 
-import orjson
-
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
@@ -29,36 +27,22 @@ from imagepush.transforms.stores.base import (
     StoreError,
 )
 from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.layout.index import (
+    INDEX_FILE,
+    LAYOUT_CONTENT,
+    LAYOUT_FILE,
+    REF_NAME,
+    add_entry,
+    dump_index,
+    entry_ref,
+    load_index,
+    split_name,
+)
 
-REF_NAME = "org.opencontainers.image.ref.name"
-LAYOUT_FILE = "oci-layout"
-INDEX_FILE = "index.json"
-LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
-#: Manifest types a layout can name in index.json unchanged (schema1 has no OCI place).
 #: What an OCI layout destination stores unchanged. Docker types are converted to OCI,
 #: as containers/image does: skopeo and umoci look up ref names among OCI entries only.
 ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
 _POSITION_RE = re.compile(r"^@(\d+)$")
-
-
-def split_name(ref: str) -> tuple[str, str | None]:
-    """Split a ref name into (repository, tag) for sync's name mapping.
-
-    ``apps/web:1.0`` -> ``("apps/web", "1.0")``; a bare ``latest`` is a tag (skopeo and
-    Docker 25 write only the tag); ``host:5000/app`` has no tag because the colon is
-    before the last ``/``; ``app@sha256:…`` names a digest, not a tag.
-    """
-    if not ref:
-        return "", None
-    if "@" in ref:
-        return ref.split("@", 1)[0], None
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return ref[:colon], ref[colon + 1 :] or None
-    if slash < 0:
-        return "", ref
-    return ref, None
 
 
 def _blob_parts(digest: str) -> tuple[str, str]:
@@ -90,21 +74,6 @@ def detect_from_content(data: bytes, declared: str | None) -> str:
         raise
 
 
-def _load_index(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        index = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise StoreError(f"{where}: index.json is not JSON ({exc})") from None
-    if not isinstance(index, dict):
-        raise StoreError(f"{where}: index.json is not a JSON object")
-    manifests = index.get("manifests")
-    if manifests is None:
-        index["manifests"] = []  # Docker 25's untagged save writes null
-    elif not isinstance(manifests, list):
-        raise StoreError(f"{where}: index.json 'manifests' is not a list")
-    return index
-
-
 class OCILayoutSource(FsStore, Source):
     """Reads images from an OCI image layout."""
 
@@ -119,7 +88,7 @@ class OCILayoutSource(FsStore, Source):
         with self._lock:
             if self._entries_cache is None:
                 data = read_bytes(self.fs, self.path(INDEX_FILE), f"{self._where()}: index.json")
-                index = _load_index(data, self._where())
+                index = load_index(data, self._where())
                 entries = []
                 for position, raw in enumerate(index["manifests"]):
                     try:
@@ -219,7 +188,7 @@ class OCILayoutDestination(FsStore, Destination):
         if not fs.exists(self.path(LAYOUT_FILE)):
             write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
         if not fs.exists(self.path(INDEX_FILE)):
-            write_atomic(fs, self.path(INDEX_FILE), _dump_index({"schemaVersion": 2, "manifests": []}))
+            write_atomic(fs, self.path(INDEX_FILE), dump_index({"schemaVersion": 2, "manifests": []}))
 
     def accepts_manifest(self, media_type: str) -> bool:
         return media_type in ACCEPTED
@@ -239,9 +208,9 @@ class OCILayoutDestination(FsStore, Destination):
                 path = self.path(INDEX_FILE)
                 names: dict[str, str] = {}
                 if self.fs.exists(path):
-                    index = _load_index(read_bytes(self.fs, path, f"{self._where()}: index.json"), self._where())
+                    index = load_index(read_bytes(self.fs, path, f"{self._where()}: index.json"), self._where())
                     for entry in index["manifests"]:
-                        ref = _entry_ref(entry)
+                        ref = entry_ref(entry)
                         if ref is not None and isinstance(entry.get("digest"), str):
                             names[ref] = entry["digest"]
                 self._names = names
@@ -264,7 +233,7 @@ class OCILayoutDestination(FsStore, Destination):
         fs = self.fs
         index_path = self.path(INDEX_FILE)
         if fs.exists(index_path):
-            index = _load_index(read_bytes(fs, index_path, f"{self._where()}: index.json"), self._where())
+            index = load_index(read_bytes(fs, index_path, f"{self._where()}: index.json"), self._where())
         else:
             if not fs.exists(self.path(LAYOUT_FILE)):
                 write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
@@ -273,67 +242,11 @@ class OCILayoutDestination(FsStore, Destination):
         # Publications arrive in whatever order the runner grouped them; sorted, the same
         # images always give the same index.json (and the same oci-archive bytes).
         for pub in sorted(publications, key=lambda p: (p.ref is None, p.ref or "", p.descriptor.digest)):
-            manifests = _add_entry(manifests, pub)
+            manifests = add_entry(manifests, pub)
         index["schemaVersion"] = 2
         index["mediaType"] = mt.OCI_INDEX
         index["manifests"] = manifests
-        write_atomic(fs, index_path, _dump_index(index))
+        write_atomic(fs, index_path, dump_index(index))
         return {}
 
 
-def _entry_ref(entry: Any) -> str | None:
-    if not isinstance(entry, dict):
-        return None
-    annotations = entry.get("annotations")
-    if isinstance(annotations, dict):
-        name = annotations.get(REF_NAME)
-        return name if isinstance(name, str) else None
-    return None
-
-
-def _add_entry(manifests: list[Any], pub: Publication) -> list[Any]:
-    """index.json entries after naming ``pub``: like umoci, a name moves to the new image.
-
-    Older entries with the same name are dropped, and so is an unnamed entry of the same
-    digest (it would be a duplicate). An entry that already says exactly this stays where
-    it is, so re-publishing (a retried bundle) changes nothing.
-    """
-    desc = pub.descriptor
-    annotations = dict(desc.annotations)
-    annotations.pop(REF_NAME, None)
-    if pub.ref:
-        annotations[REF_NAME] = pub.ref
-    new = desc.with_annotations(annotations).to_dict()
-
-    def same_digest(entry: Any) -> bool:
-        return isinstance(entry, dict) and entry.get("digest") == desc.digest
-
-    if not pub.ref:
-        if any(same_digest(e) and _entry_ref(e) is None for e in manifests):
-            return manifests
-        return [*manifests, new]
-    out: list[Any] = []
-    placed = False
-    for entry in manifests:
-        name = _entry_ref(entry)
-        if name == pub.ref:
-            if same_digest(entry) and not placed:
-                out.append(new)
-                placed = True
-            continue
-        if name is None and same_digest(entry):
-            continue
-        out.append(entry)
-    if not placed:
-        out.append(new)
-    return out
-
-
-def _dump_index(index: dict[str, Any]) -> bytes:
-    """index.json bytes: schemaVersion, mediaType, manifests first, other keys after."""
-    ordered: dict[str, Any] = {"schemaVersion": index.get("schemaVersion", 2), "mediaType": mt.OCI_INDEX}
-    ordered["manifests"] = index.get("manifests") or []
-    for key, value in index.items():
-        if key not in ordered:
-            ordered[key] = value
-    return orjson.dumps(ordered)
