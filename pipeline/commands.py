@@ -15,7 +15,7 @@ from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
-from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
+from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.naming import copy_job
 from imagepush.transforms.plan import Output

@@ -10,7 +10,7 @@ from imagepush.transforms.naming import copy_job, sync_target
 from imagepush.transforms.plan import ManifestNode, Output, blob_needs, choose_format, filter_platforms
 from imagepush.transforms.formats.manifest import parse_manifest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 
 
 def accepts_oci_and_docker(media_type: str) -> bool:

@@ -14,7 +14,7 @@ from imagepush.transforms.naming import copy_job
 from imagepush.transforms.plan import Output, SyncSpec
 from imagepush.transforms.preflight import preflight
 from imagepush.transforms.stores.layout.oci import OCILayoutSource
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 
 #: Columns that differ between two runs doing the same thing.
 PER_RUN = ("run_id", "started_at", "finished_at")

@@ -23,7 +23,7 @@ from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.stores.base import NotFound, StoreError
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.registry import RegistrySource
 from imagepush.transforms.stores.registry_storage import RegistryStorageSource
 from imagepush.transforms.stores.transports import open_source

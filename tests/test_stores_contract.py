@@ -23,7 +23,7 @@ import pytest
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import Destination, ManifestBlob, NotFound, Publication, Source, StoreError
-from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 KINDS = ("oci", "dir", "docker-archive")

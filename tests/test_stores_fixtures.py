@@ -38,7 +38,7 @@ from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSourc
 from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDestination
 from imagepush.transforms.stores.layout.index import REF_NAME, split_name
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 LAYOUTS = FIXTURES / "layouts"

@@ -6,7 +6,7 @@ from typing import Iterator
 
 from imagepush.transforms.plan import CopyJob, Output, SyncSpec, Target
 from imagepush.transforms.stores.base import ImageEntry, StoreError
-from imagepush.transforms.stores.reference import ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, parse_reference
 from imagepush.transforms.storecache import StoreCache, store_id
 
 

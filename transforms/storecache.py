@@ -11,7 +11,7 @@ import threading
 from imagepush.transforms.stores.base import Destination, Source
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry_client import ClientPool
-from imagepush.transforms.stores.reference import ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 

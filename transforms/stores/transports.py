@@ -10,7 +10,7 @@ from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSourc
 from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDestination
 from imagepush.transforms.stores.layout.archive import OCIArchiveDestination, OCIArchiveSource
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
-from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
 from imagepush.transforms.stores.registry_client import ClientPool
 from imagepush.transforms.stores.registry_storage import RegistryStorageSource
