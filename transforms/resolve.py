@@ -15,7 +15,7 @@ from imagepush.transforms import errors
 from imagepush.transforms.records import now
 from imagepush.transforms.concurrency import StoreDoFn
 from imagepush.transforms.plan import BlobRequest, CopyJob, ImagePlan, TargetPlan
-from imagepush.transforms.storecache import blob_domain
+from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.targets import job_key, plan_target
 from imagepush.transforms.tree import resolve_tree
 
