@@ -27,22 +27,17 @@ from isal import igzip
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
-from imagepush.transforms.formats.compression import sniff
+from imagepush.transforms.formats.compression import BZIP2, GZIP, NONE, XZ, ZSTD, sniff
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
+from imagepush.transforms.formats.manifest import oci_manifest, schema2_manifest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError
 from imagepush.transforms.stores.docker_archive.names import canonical_name, split_repo_tag
-from imagepush.transforms.stores.fs import CHUNK_SIZE, BoundedReader, FsStore, copy_stream
+from imagepush.transforms.stores.fs import CHUNK_SIZE, BoundedReader, FsStore, copy_stream, member_name
 
 #: JSON members (manifest.json, configs) up to this size are kept from the first pass.
 _SMALL_JSON = 4 << 20
 #: Longest chain of symlinks/hardlinks followed inside an archive.
 _MAX_LINKS = 32
-
-
-def _member_name(name: str) -> str:
-    """Tar member names compare after dropping ``./`` and leading ``/``."""
-    normalized = posixpath.normpath(name.lstrip("/"))
-    return "" if normalized == "." else normalized
 
 
 # ---------------------------------------------------------------------------------------
@@ -100,13 +95,13 @@ class DockerArchiveSource(FsStore, Source):
         if compression is None:
             compression = sniff(raw.read(16))
             raw.seek(0)
-        if compression == "gzip":
+        if compression == GZIP:
             stream: Any = igzip.IGzipFile(fileobj=raw, mode="rb")
-        elif compression == "xz":
+        elif compression == XZ:
             stream = lzma.LZMAFile(raw)
-        elif compression == "bzip2":
+        elif compression == BZIP2:
             stream = bz2.BZ2File(raw)
-        elif compression == "zstd":
+        elif compression == ZSTD:
             raw.close()
             raise StoreError(f"{self._where()}: zstd-compressed archives are not supported")
         else:
@@ -153,13 +148,13 @@ class DockerArchiveSource(FsStore, Source):
                 raise StoreError(f"{self._where()}: not a tar archive ({exc})") from None
             try:
                 for info in tar:
-                    name = _member_name(info.name)
+                    name = member_name(info.name)
                     if info.isreg():
                         archive.members[name] = self._scan_member(tar, info, name)
                     elif info.issym():
-                        links[name] = _member_name(posixpath.join(posixpath.dirname(name), info.linkname))
+                        links[name] = member_name(posixpath.join(posixpath.dirname(name), info.linkname))
                     elif info.islnk():
-                        links[name] = _member_name(info.linkname)
+                        links[name] = member_name(info.linkname)
             except tarfile.TarError as exc:
                 raise StoreError(f"{self._where()}: corrupt tar archive ({exc})") from None
         finally:
@@ -173,7 +168,7 @@ class DockerArchiveSource(FsStore, Source):
         assert f is not None  # regular files always have data
         head = f.read(16)
         member = _Member(name=name, offset=info.offset_data, size=info.size, head=head)
-        if sniff(head) in ("gzip", "zstd"):
+        if sniff(head) in (GZIP, ZSTD):
             h = hashlib.sha256(head)
             copy_stream(f, h.update)
             member.digest = f"sha256:{h.hexdigest()}"
@@ -185,7 +180,7 @@ class DockerArchiveSource(FsStore, Source):
         archive, links = self._scan()
 
         def resolve(path: str) -> _Member:
-            name = _member_name(path)
+            name = member_name(path)
             for _ in range(_MAX_LINKS):
                 if name in archive.members:
                     return archive.members[name]
@@ -245,14 +240,14 @@ class DockerArchiveSource(FsStore, Source):
                 except FormatError as exc:
                     raise StoreError(f"{where}: LayerSources[{diff_id}]: {exc}") from None
                 # The archive holds the layer's bytes, so serve them under their own digest.
-                archive.blobs.setdefault(diff_id if compression == "none" else str(member.digest), member.name)
+                archive.blobs.setdefault(diff_id if compression == NONE else str(member.digest), member.name)
                 layers.append((compression, desc))
                 continue
-            if compression == "gzip":
+            if compression == GZIP:
                 desc = Descriptor(mt.DOCKER_LAYER_GZIP, str(member.digest), member.size)
-            elif compression == "zstd":
+            elif compression == ZSTD:
                 desc = Descriptor(mt.OCI_LAYER_ZSTD, str(member.digest), member.size)
-            elif compression == "none":
+            elif compression == NONE:
                 desc = Descriptor(mt.DOCKER_LAYER, diff_id, member.size)
             else:
                 raise StoreError(f"{where}: layer {layer_name} is {compression}-compressed, which images cannot carry")
@@ -324,33 +319,18 @@ class DockerArchiveSource(FsStore, Source):
 
 
 def _synthesise(config: Descriptor, layers: list[tuple[str, Descriptor]]) -> ManifestBlob:
-    """The manifest a registry would serve for this image: compact JSON, same bytes every time.
+    """The manifest a registry would serve for this image: the same bytes every time.
 
     Docker schema2 cannot name zstd layers, so an image with one becomes an OCI manifest.
     """
-    if any(compression == "zstd" for compression, _ in layers):
-        oci_types = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD, "none": mt.OCI_LAYER}
-        config = Descriptor(mt.OCI_CONFIG, config.digest, config.size)
-        layer_dicts = [
-            (d if d.urls else Descriptor(oci_types[c], d.digest, d.size)).to_dict() for c, d in layers
-        ]
-        document = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": config.to_dict(), "layers": layer_dicts}
+    if any(compression == ZSTD for compression, _ in layers):
+        oci_types = {GZIP: mt.OCI_LAYER_GZIP, ZSTD: mt.OCI_LAYER_ZSTD, NONE: mt.OCI_LAYER}
+        data = oci_manifest(
+            Descriptor(mt.OCI_CONFIG, config.digest, config.size),
+            [d if d.urls else Descriptor(oci_types[c], d.digest, d.size) for c, d in layers],
+        )
         media_type = mt.OCI_MANIFEST
     else:
-        document = {
-            "schemaVersion": 2,
-            "mediaType": mt.DOCKER_SCHEMA2,
-            "config": _docker_descriptor(config),
-            "layers": [_docker_descriptor(d) for _, d in layers],
-        }
+        data = schema2_manifest(config, [d for _, d in layers])
         media_type = mt.DOCKER_SCHEMA2
-    data = orjson.dumps(document)
     return ManifestBlob(data=data, media_type=media_type, digest=digestlib.of_bytes(data))
-
-
-def _docker_descriptor(desc: Descriptor) -> dict[str, Any]:
-    """A schema2 descriptor in the key order Docker's Go structs emit (mediaType, size, digest)."""
-    out: dict[str, Any] = {"mediaType": desc.media_type, "size": desc.size, "digest": desc.digest}
-    if desc.urls:
-        out["urls"] = list(desc.urls)
-    return out

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-import tarfile
 from typing import BinaryIO, Callable
 
 import orjson
 
-from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import jsonio
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.compression import Decompressor
 from imagepush.transforms.formats.descriptor import Descriptor
@@ -33,16 +32,15 @@ from imagepush.transforms.stores.docker_archive.names import normalize_tag
 from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSource
 from imagepush.transforms.stores.fs import (
     CHUNK_SIZE,
+    STAGING_SUFFIX,
     AtomicFileSink,
     FsStore,
-    TarTarget,
+    atomic_tar,
+    digest_parts,
     join,
     tar_info,
     write_atomic,
 )
-
-STAGING_SUFFIX = ".imagepush-staging"
-
 
 class _LayerSink(BlobSink):
     """Stores a layer decompressed as ``layers/<diffid-hex>.tar`` plus a blob-digest -> diff_id map.
@@ -99,15 +97,15 @@ class DockerArchiveDestination(FsStore, Destination):
         return self.root + STAGING_SUFFIX
 
     def blob_path(self, digest: str) -> str:
-        algorithm, encoded = _split(digest)
+        algorithm, encoded = digest_parts(digest)
         return join(self.staging, "blobs", algorithm, encoded)
 
     def diffid_path(self, digest: str) -> str:
-        algorithm, encoded = _split(digest)
+        algorithm, encoded = digest_parts(digest)
         return join(self.staging, "diffids", algorithm, encoded)
 
     def layer_path(self, diff_id: str) -> str:
-        return join(self.staging, "layers", f"{_split(diff_id)[1]}.tar")
+        return join(self.staging, "layers", f"{digest_parts(diff_id)[1]}.tar")
 
     def prepare(self) -> None:
         fs = self.fs
@@ -153,25 +151,19 @@ class DockerArchiveDestination(FsStore, Destination):
                     if diff_id not in layers:
                         layers[diff_id] = self._layer(diff_id, config_digest, previous)
                 entries.append({
-                    "Config": f"{_split(config_digest)[1]}.json",
+                    "Config": f"{digest_parts(config_digest)[1]}.json",
                     "RepoTags": tags or None,
-                    "Layers": [f"{_split(d)[1]}.tar" for d in diff_ids],
+                    "Layers": [f"{digest_parts(d)[1]}.tar" for d in diff_ids],
                 })
-            sink = AtomicFileSink(fs, self.root, overwrite=True)
-            try:
-                with tarfile.open(fileobj=TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
-                    for config_digest, _, config_bytes in images:
-                        name = f"{_split(config_digest)[1]}.json"
-                        tar.addfile(tar_info(name, len(config_bytes)), io.BytesIO(config_bytes))
-                    for diff_id, (size, opener) in layers.items():
-                        with opener() as layer:
-                            tar.addfile(tar_info(f"{_split(diff_id)[1]}.tar", size), layer)
-                    manifest = orjson.dumps(entries)
-                    tar.addfile(tar_info("manifest.json", len(manifest)), io.BytesIO(manifest))
-                sink.commit()
-            except BaseException:
-                sink.abort()
-                raise
+            with atomic_tar(fs, self.root) as tar:
+                for config_digest, _, config_bytes in images:
+                    name = f"{digest_parts(config_digest)[1]}.json"
+                    tar.addfile(tar_info(name, len(config_bytes)), io.BytesIO(config_bytes))
+                for diff_id, (size, opener) in layers.items():
+                    with opener() as layer:
+                        tar.addfile(tar_info(f"{digest_parts(diff_id)[1]}.tar", size), layer)
+                manifest = jsonio.dumps(entries)
+                tar.addfile(tar_info("manifest.json", len(manifest)), io.BytesIO(manifest))
         finally:
             if previous is not None:
                 previous.close()
@@ -226,13 +218,6 @@ class DockerArchiveDestination(FsStore, Destination):
         raise StoreError(f"{self._where()}: layer {diff_id} of image {config_digest} was never written")
 
 
-def _split(digest: str) -> tuple[str, str]:
-    try:
-        return digestlib.split(digest)
-    except digestlib.DigestError as exc:
-        raise StoreError(str(exc)) from None
-
-
 def _diff_ids(config: bytes, digest: str, where: str) -> list[str]:
     try:
         diff_ids = orjson.loads(config)["rootfs"]["diff_ids"] or []
@@ -241,5 +226,5 @@ def _diff_ids(config: bytes, digest: str, where: str) -> list[str]:
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise StoreError(f"{where}: config {digest} has an invalid rootfs.diff_ids")
     for d in diff_ids:
-        _split(d)
+        digest_parts(d)
     return diff_ids

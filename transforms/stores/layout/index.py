@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from imagepush.transforms.formats import jsonio
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.stores.base import Publication, StoreError
 
@@ -109,4 +110,4 @@ def dump_index(index: dict[str, Any]) -> bytes:
     for key, value in index.items():
         if key not in ordered:
             ordered[key] = value
-    return orjson.dumps(ordered)
+    return jsonio.dumps(ordered)

@@ -26,7 +26,7 @@ from imagepush.transforms.stores.base import (
     Source,
     StoreError,
 )
-from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, digest_parts, open_read, read_bytes, write_atomic
 from imagepush.transforms.stores.layout.index import (
     INDEX_FILE,
     LAYOUT_CONTENT,
@@ -45,15 +45,8 @@ ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
 _POSITION_RE = re.compile(r"^@(\d+)$")
 
 
-def _blob_parts(digest: str) -> tuple[str, str]:
-    try:
-        return digestlib.split(digest)
-    except digestlib.DigestError as exc:
-        raise StoreError(str(exc)) from None
-
-
-def _root_blob(store: FsStore, digest: str) -> str:
-    algorithm, encoded = _blob_parts(digest)
+def _blob(store: FsStore, digest: str) -> str:
+    algorithm, encoded = digest_parts(digest)
     return store.path("blobs", algorithm, encoded)
 
 
@@ -99,7 +92,7 @@ class OCILayoutSource(FsStore, Source):
             return self._entries_cache
 
     def _read_manifest(self, digest: str, hint: str | None) -> ManifestBlob:
-        data = read_bytes(self.fs, _root_blob(self, digest), f"{self._where()}: manifest {digest}")
+        data = read_bytes(self.fs, _blob(self, digest), f"{self._where()}: manifest {digest}")
         if not digestlib.matches(digest, data):
             raise StoreError(f"{self._where()}: blob {digest} does not match its digest")
         try:
@@ -112,7 +105,7 @@ class OCILayoutSource(FsStore, Source):
     def _detected_type(self, desc: Descriptor) -> str:
         """Type of a root for listing; a root whose blob is missing keeps its declared type."""
         try:
-            data = read_bytes(self.fs, _root_blob(self, desc.digest), "blob")
+            data = read_bytes(self.fs, _blob(self, desc.digest), "blob")
         except NotFound:
             return desc.media_type
         return detect_from_content(data, desc.media_type)
@@ -158,7 +151,7 @@ class OCILayoutSource(FsStore, Source):
         return self._read_manifest(digest, hint)
 
     def open_blob(self, digest: str) -> BinaryIO:
-        return open_read(self.fs, _root_blob(self, digest), f"{self._where()}: blob {digest}")
+        return open_read(self.fs, _blob(self, digest), f"{self._where()}: blob {digest}")
 
 
 class OCILayoutDestination(FsStore, Destination):
@@ -188,16 +181,16 @@ class OCILayoutDestination(FsStore, Destination):
         if not fs.exists(self.path(LAYOUT_FILE)):
             write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
         if not fs.exists(self.path(INDEX_FILE)):
-            write_atomic(fs, self.path(INDEX_FILE), dump_index({"schemaVersion": 2, "manifests": []}))
+            write_atomic(fs, self.path(INDEX_FILE), dump_index({}))
 
     def accepts_manifest(self, media_type: str) -> bool:
         return media_type in ACCEPTED
 
     def has_blob(self, digest: str) -> bool:
-        return bool(self.fs.isfile(_root_blob(self, digest)))
+        return bool(self.fs.isfile(_blob(self, digest)))
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
-        return AtomicFileSink(self.fs, _root_blob(self, descriptor.digest))
+        return AtomicFileSink(self.fs, _blob(self, descriptor.digest))
 
     def has_manifest(self, digest: str) -> bool:
         return self.has_blob(digest)
@@ -220,7 +213,7 @@ class OCILayoutDestination(FsStore, Destination):
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         if not self.accepts_manifest(manifest.media_type):
             raise StoreError(f"{self._where()}: cannot store a {manifest.media_type} manifest")
-        path = _root_blob(self, manifest.digest)
+        path = _blob(self, manifest.digest)
         if not self.fs.exists(path):
             write_atomic(self.fs, path, manifest.data, overwrite=False)
 
@@ -237,8 +230,8 @@ class OCILayoutDestination(FsStore, Destination):
         else:
             if not fs.exists(self.path(LAYOUT_FILE)):
                 write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
-            index = {"schemaVersion": 2, "manifests": []}
-        manifests: list[Any] = list(index["manifests"])
+            index = {}
+        manifests: list[Any] = list(index.get("manifests") or [])
         # Publications arrive in whatever order the runner grouped them; sorted, the same
         # images always give the same index.json (and the same oci-archive bytes).
         for pub in sorted(publications, key=lambda p: (p.ref is None, p.ref or "", p.descriptor.digest)):
