@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imagepush.transforms.stores.base import ImageEntry, StoreError
-from imagepush.transforms.stores.refs import ImageReference, ReferenceError, blob_domain, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, ReferenceError, blob_domain, parse_reference, split_repo_tag
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -151,3 +151,17 @@ def test_registry_storage_is_no_destination() -> None:
 def test_an_unknown_transport_built_by_hand_is_refused() -> None:
     with pytest.raises(ReferenceError, match="ftp: is not a transport"):
         str(ImageReference("ftp", "/x"))
+
+
+@pytest.mark.parametrize(
+    "name, split",
+    [
+        ("example.com:5000/a/b:tag", ("example.com:5000/a/b", "tag")),
+        ("example.com:5000/a/b", ("example.com:5000/a/b", None)),
+        ("busybox", ("busybox", None)),
+        ("busybox:", ("busybox", None)),
+        ("localhost:5000", ("localhost", "5000")),
+    ],
+)
+def test_repository_and_tag_split_at_the_last_colon_after_the_last_slash(name: str, split: tuple) -> None:
+    assert split_repo_tag(name) == split

@@ -247,6 +247,18 @@ def parse_reference(text: str) -> ImageReference:
     return _RULES[transport].parse(transport, rest, text)
 
 
+def split_repo_tag(ref: str) -> tuple[str, str | None]:
+    """``example.com:5000/a/b:tag`` -> ``("example.com:5000/a/b", "tag")``: the last ``:`` after the last ``/``.
+
+    A ``:`` before the last ``/`` belongs to a registry host's port, not to a tag.
+    """
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        return ref[:colon], ref[colon + 1 :] or None
+    return ref, None
+
+
 def blob_domain(store: str) -> str:
     """The blob-sharing domain of a store given by its identity (:attr:`ImageReference.store`)."""
     return parse_reference(store).blob_domain

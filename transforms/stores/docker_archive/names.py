@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-
-def split_repo_tag(ref: str) -> tuple[str, str | None]:
-    """``example.com:5000/a/b:tag`` -> ``("example.com:5000/a/b", "tag")``: the last ``:`` after the last ``/``."""
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return ref[:colon], ref[colon + 1 :] or None
-    return ref, None
+from imagepush.transforms.stores.refs import split_repo_tag
 
 
 def normalize_tag(ref: str) -> str:

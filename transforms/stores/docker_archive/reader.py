@@ -30,8 +30,9 @@ from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.compression import BZIP2, GZIP, NONE, XZ, ZSTD, sniff
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import oci_manifest, schema2_manifest
-from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError
-from imagepush.transforms.stores.docker_archive.names import canonical_name, split_repo_tag
+from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError, select_unnamed
+from imagepush.transforms.stores.docker_archive.names import canonical_name
+from imagepush.transforms.stores.refs import split_repo_tag
 from imagepush.transforms.stores.fs import CHUNK_SIZE, BoundedReader, FsStore, copy_stream, member_name
 
 #: JSON members (manifest.json, configs) up to this size are kept from the first pass.
@@ -271,19 +272,9 @@ class DockerArchiveSource(FsStore, Source):
 
     def _select(self, ref: str | None) -> _Image:
         images = self._index().images
-        if not ref:
-            if not images:
-                raise NotFound(f"{self._where()} holds no images")
-            if len(images) > 1:
-                raise StoreError(
-                    f"{self._where()} holds {len(images)} images; name one with docker-archive:{self.url}:REPO:TAG"
-                )
-            return images[0]
-        if ref.startswith("@") and ref[1:].isdigit():  # containers/image's docker-archive:PATH:@N
-            n = int(ref[1:])
-            if n >= len(images):
-                raise NotFound(f"{self._where()} has no image @{n} ({len(images)} images)")
-            return images[n]
+        picked = select_unnamed(images, ref, self._where(), f"docker-archive:{self.url}:REPO:TAG")
+        if picked is not None:
+            return picked
         for image in images:
             if ref in image.repo_tags:
                 return image

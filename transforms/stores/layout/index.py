@@ -13,6 +13,7 @@ import orjson
 from imagepush.transforms.formats import jsonio
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.stores.base import Publication, StoreError
+from imagepush.transforms.stores.refs import split_repo_tag
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -31,13 +32,10 @@ def split_name(ref: str) -> tuple[str, str | None]:
         return "", None
     if "@" in ref:
         return ref.split("@", 1)[0], None
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return ref[:colon], ref[colon + 1 :] or None
-    if slash < 0:
+    repository, tag = split_repo_tag(ref)
+    if repository == ref and "/" not in ref:
         return "", ref
-    return ref, None
+    return repository, tag
 
 
 def load_index(data: bytes, where: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ with the declared type only as a hint.
 
 from __future__ import annotations
 
-import re
 from typing import Any, BinaryIO, Iterator
 
 from imagepush.transforms.formats import digest as digestlib
@@ -25,6 +24,7 @@ from imagepush.transforms.stores.base import (
     PublishErrors,
     Source,
     StoreError,
+    select_unnamed,
 )
 from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, digest_parts, open_read, read_bytes, write_atomic
 from imagepush.transforms.stores.layout.index import (
@@ -42,7 +42,6 @@ from imagepush.transforms.stores.layout.index import (
 #: What an OCI layout destination stores unchanged. Docker types are converted to OCI,
 #: as containers/image does: skopeo and umoci look up ref names among OCI entries only.
 ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
-_POSITION_RE = re.compile(r"^@(\d+)$")
 
 
 def _blob(store: FsStore, digest: str) -> str:
@@ -121,20 +120,9 @@ class OCILayoutSource(FsStore, Source):
 
     def _select(self, ref: str | None) -> Descriptor:
         entries = self._entries()
-        if ref is None or ref == "":
-            if not entries:
-                raise NotFound(f"{self._where()} holds no images")
-            if len(entries) > 1:
-                raise StoreError(
-                    f"{self._where()} holds {len(entries)} images; name one with oci:{self.url}:REF"
-                )
-            return entries[0]
-        position = _POSITION_RE.match(ref)
-        if position:  # skopeo's oci:DIR:@N selects index.json entry N
-            n = int(position.group(1))
-            if n >= len(entries):
-                raise NotFound(f"{self._where()} has no entry @{n} ({len(entries)} entries)")
-            return entries[n]
+        picked = select_unnamed(entries, ref, self._where(), f"{self._where()}:REF")
+        if picked is not None:
+            return picked
         found = [d for d in entries if d.annotation(REF_NAME) == ref]
         if not found:
             raise NotFound(f"{self._where()}: no image named {ref!r}")
