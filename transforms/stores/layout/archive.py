@@ -111,8 +111,10 @@ class OCIArchiveDestination(OCILayoutDestination):
     def publish(self, publications: list[Publication]) -> PublishErrors:
         if not publications:
             return {}
-        failed = super().publish(publications)
         fs = self.fs
+        if not fs.exists(self.root) and fs.isfile(self.archive):
+            return self._published_before(publications)
+        failed = super().publish(publications)
         files = {
             posixpath.relpath(path, self.root): info["size"]
             for path, info in fs.find(self.root, detail=True).items()
@@ -131,3 +133,22 @@ class OCIArchiveDestination(OCILayoutDestination):
                     tar.addfile(tar_info(name, files[name]), f)
         fs.rm(self.root, recursive=True)
         return failed
+
+    def _published_before(self, publications: list[Publication]) -> PublishErrors:
+        """A retried publish (Beam retries bundles) after the archive was packed and its staging removed.
+
+        Packing again would find no blobs left to pack; the archive already says whether
+        the retry has anything to add.
+        """
+        packed = OCIArchiveSource(self.url)
+        try:
+            entries = {(entry.ref, entry.digest) for entry in packed.list_images()}
+        finally:
+            packed.close()
+        for pub in publications:
+            if (pub.ref or "", pub.descriptor.digest) not in entries:
+                raise StoreError(
+                    f"{self._where()}: the archive was packed without {pub.ref or pub.descriptor.digest}, "
+                    "and its staged layout is gone; run again to rebuild it"
+                )
+        return {}
