@@ -39,7 +39,7 @@ from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDesti
 from imagepush.transforms.stores.layout.index import REF_NAME, split_name
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
 from imagepush.transforms.stores.refs import parse_reference
-from imagepush.transforms.stores.transports import open_destination, open_source
+from imagepush.transforms.stores.transports import open_destination
 
 LAYOUTS = FIXTURES / "layouts"
 MULTI = LAYOUTS / "containers-image_oci_delete_image_multiple_images"
@@ -545,24 +545,7 @@ def test_docker_archive_missing_layer_is_an_error(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-# --------------------------------------------------------------------------- transports
-
-
-def test_transports_dispatch(tmp_path: Path) -> None:
-    assert isinstance(open_source(parse_reference(f"oci:{GGCR_ONE}")), OCILayoutSource)
-    assert isinstance(open_source(parse_reference(f"dir:{SKOPEO_DIR}")), DirSource)
-    assert isinstance(open_source(parse_reference(f"docker-archive:{GGCR_TAR}:x:y")), DockerArchiveSource)
-    assert isinstance(open_destination(parse_reference(f"oci:{tmp_path}/o:tag")), OCILayoutDestination)
-    assert isinstance(open_destination(parse_reference(f"dir:{tmp_path}/d")), DirDestination)
-    assert isinstance(open_destination(parse_reference(f"docker-archive:{tmp_path}/a.tar")), DockerArchiveDestination)
-    from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
-    from imagepush.transforms.stores.registry_storage import RegistryStorageSource
-
-    assert isinstance(open_source(parse_reference("docker://registry.example/app:1")), RegistrySource)
-    assert isinstance(open_destination(parse_reference("docker://registry.example/app:1")), RegistryDestination)
-    assert isinstance(open_source(parse_reference(f"registry-storage:{tmp_path}/r")), RegistryStorageSource)
-    with pytest.raises(StoreError, match="not supported as a destination yet"):
-        open_destination(parse_reference(f"registry-storage:{tmp_path}/r"))
+# --------------------------------------------------------------------------- fsspec
 
 
 def test_memory_url_archive_read() -> None:
