@@ -27,7 +27,7 @@ from isal import igzip
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
-from imagepush.transforms.formats.compression import BZIP2, GZIP, NONE, XZ, ZSTD, sniff
+from imagepush.transforms.formats.compression import BZIP2, GZIP, NONE, SNIFF_SIZE, XZ, ZSTD, sniff
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import oci_manifest, schema2_manifest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError, select_unnamed
@@ -94,7 +94,7 @@ class DockerArchiveSource(FsStore, Source):
         except FileNotFoundError:
             raise NotFound(f"{self._where()}: no such archive") from None
         if compression is None:
-            compression = sniff(raw.read(16))
+            compression = sniff(raw.read(SNIFF_SIZE))
             raw.seek(0)
         if compression == GZIP:
             stream: Any = igzip.IGzipFile(fileobj=raw, mode="rb")
@@ -167,7 +167,7 @@ class DockerArchiveSource(FsStore, Source):
     def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str) -> _Member:
         f = tar.extractfile(info)
         assert f is not None  # regular files always have data
-        head = f.read(16)
+        head = f.read(SNIFF_SIZE)
         member = _Member(name=name, offset=info.offset_data, size=info.size, head=head)
         if sniff(head) in (GZIP, ZSTD):
             h = hashlib.sha256(head)
