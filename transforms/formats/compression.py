@@ -57,10 +57,11 @@ def sniff(head: bytes) -> str:
 
 
 class Decompressor:
-    """A layer's stored bytes in, its uncompressed tar out, never more than ``out_chunk`` at a time.
+    """A layer's stored bytes in, its uncompressed tar out, in pieces of at most ``out_chunk``.
 
-    Layers are gzip, zstd or plain; anything else (xz, bzip2) passes through unchanged,
-    as the bytes a layer of unknown compression is made of.
+    The bound is what lets many copies run side by side: 64 MiB of a sparse file's zeros
+    are 2 kB of zstd. Layers are gzip, zstd or plain; plain bytes (and xz or bzip2, which
+    no layer type names) pass through in the pieces they arrive in.
     """
 
     def __init__(self, out_chunk: int = OUT_CHUNK) -> None:
