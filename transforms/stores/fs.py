@@ -61,7 +61,7 @@ def digest_parts(digest: str, where: str = "") -> tuple[str, str]:
 
 
 def member_name(name: str) -> str:
-    """A tar member's name as archives are looked up: without ``./``, a leading ``/`` or ``..`` folds."""
+    """A tar member's name as archives look it up: ``./``, a leading ``/`` and ``dir/..`` folded away."""
     normalized = posixpath.normpath(name.lstrip("/"))
     return "" if normalized == "." else normalized
 
