@@ -17,7 +17,7 @@ import uuid
 from typing import Sequence
 
 from imagepush.transforms.errors import is_expected, one_line
-from imagepush.transforms.stores.reference import ReferenceError
+from imagepush.transforms.stores.refs import ReferenceError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -15,11 +15,11 @@ from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
-from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
+from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.naming import copy_job
 from imagepush.transforms.engine.jobs import Output
-from imagepush.transforms.storecache import StoreCache, store_id
+from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryUnavailable
 
@@ -117,8 +117,8 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
     for sync in spec.syncs:
         for out in sync.destinations:
             ref = parse_reference(out.ref)
-            if ref.transport != "docker":  # registry repositories are named per image
-                stores.setdefault(store_id(ref))
+            if not ref.per_repository:  # those stores are only known once the source is listed
+                stores.setdefault(ref.store)
     for store in stores:
         try:
             cache.destination(store).prepare()
@@ -205,15 +205,11 @@ def _size(n: int) -> str:
 def ls(args: argparse.Namespace) -> int:
     options = store_options(args)
     ref = _source(args.source, options)
-    source = open_source(ImageReference(ref.transport, ref.location), options)
+    source = open_source(ref.named(None), options)
     out = sys.stdout.buffer
     for entry in source.list_images():
-        shown = ImageReference(ref.transport, ref.location, entry.ref or None)
-        if ref.transport == "docker":
-            full_repo, _, tag = entry.ref.rpartition(":")
-            shown = ImageReference("docker", f"{ref.registry_host}/{full_repo}", tag)
         record = {
-            "ref": str(shown),
+            "ref": str(ref.listed(entry)),
             "repository": entry.repository,
             "tag": entry.tag,
             "digest": entry.digest,

@@ -30,7 +30,7 @@ from imagepush.transforms.naming import copy_job
 from imagepush.transforms.engine.jobs import Output
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.reference import SINGLE_IMAGE, parse_reference
+from imagepush.transforms.stores.refs import SINGLE_IMAGE, parse_reference
 
 Format = Literal["preserve", "oci", "v2s2"]
 Compression = Literal["preserve", "gzip", "zstd", "none"]

@@ -17,7 +17,7 @@ from imagepush.transforms.formats.descriptor import Descriptor, Platform
 from imagepush.transforms.formats.jsonio import dumps
 from imagepush.transforms.stores.base import ManifestBlob, Publication
 from imagepush.transforms.stores.dir import DirDestination
-from imagepush.transforms.stores.oci_layout import OCILayoutDestination
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 
 CREATED = "2017-06-01T00:00:00Z"
 

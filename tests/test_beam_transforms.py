@@ -16,7 +16,7 @@ from imagepush.transforms.beam.migrate import ListSyncs, MigrateImages, WriteAud
 from imagepush.transforms.engine.jobs import Output, SyncSpec
 from imagepush.transforms.naming import copy_job
 from imagepush.transforms.records import AuditRow
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 
 RUN = "run-beam"
 WHEN = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)

@@ -17,7 +17,7 @@ from imagepush.transforms.naming import copy_job
 from imagepush.transforms.records import OK
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.base import StoreError
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.registry import RegistryUnavailable
 
 RUN = "run-1"

@@ -8,14 +8,18 @@ import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from imagepush.pipeline.cli import EXIT_USAGE, main
-from imagepush.transforms.stores.oci_archive import OCIArchiveSource
+from imagepush.transforms.stores.base import StoreError
+from imagepush.transforms.stores.layout.archive import OCIArchiveDestination, OCIArchiveSource
 
 try:
     from tests.conftest import require_tool, run, sha256
+    from tests.test_stores_contract import publication, store_image, tiny_image
 except ImportError:  # tests/ is not a package
     from conftest import require_tool, run, sha256  # type: ignore[no-redef]
+    from test_stores_contract import publication, store_image, tiny_image  # type: ignore[no-redef]
 
 
 def blobs_match_their_names(layout: Path) -> None:
@@ -102,3 +106,19 @@ def test_archive_destination_that_is_a_directory_is_refused(layout: Path, tmp_pa
     assert main(["copy", f"oci:{layout}:demo/app:1.0", f"oci-archive:{tmp_path}:app"]) == EXIT_USAGE
     assert capsys.readouterr().err == (
         f"imagepush: oci-archive:{tmp_path}: {tmp_path} is a directory, not an archive file (use oci: for a layout)\n")
+
+
+def test_a_publish_retried_after_packing_keeps_the_archive_and_refuses_what_it_lacks(tmp_path: Path) -> None:
+    """Packing removes the staged layout: a retry can only confirm what the archive holds."""
+    archive = tmp_path / "a.tar"
+    dest = OCIArchiveDestination(str(archive))
+    dest.prepare()
+    image, other = tiny_image(b"packed\n", oci=True), tiny_image(b"never staged\n", oci=True)
+    store_image(dest, image)
+    assert dest.publish([publication(image, "app:1")]) == {}
+    packed = archive.read_bytes()
+    assert dest.publish([publication(image, "app:1")]) == {}
+    assert archive.read_bytes() == packed
+    with pytest.raises(StoreError, match="the archive was packed without app:2, and its staged layout is gone"):
+        dest.publish([publication(other, "app:2")])
+    assert archive.read_bytes() == packed

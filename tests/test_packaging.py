@@ -51,7 +51,7 @@ def test_a_project_with_its_own_transforms_and_pipeline_packages_can_embed_us(tm
 def test_the_public_transforms_load_on_first_use_and_formats_alone_do_not_import_beam():
     script = (
         "import sys\n"
-        "import imagepush.transforms.formats.manifest, imagepush.transforms.stores.oci_layout\n"
+        "import imagepush.transforms.formats.manifest, imagepush.transforms.stores.layout.oci\n"
         "print('apache_beam' in sys.modules)\n"
         "from imagepush.transforms import MigrateImages, WriteAudit, ListSyncs\n"
         "print(MigrateImages.__module__, 'apache_beam' in sys.modules)\n"

@@ -14,8 +14,8 @@ from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples, write_schema1_sample
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.stores.dir import DirSource
-from imagepush.transforms.stores.docker_archive import DockerArchiveSource
-from imagepush.transforms.stores.oci_layout import OCILayoutSource
+from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSource
+from imagepush.transforms.stores.layout.oci import OCILayoutSource
 
 
 @pytest.fixture(scope="module")

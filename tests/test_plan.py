@@ -10,7 +10,7 @@ from imagepush.transforms.naming import copy_job, sync_target
 from imagepush.transforms.engine.jobs import ManifestNode, Output, blob_needs, choose_format, filter_platforms
 from imagepush.transforms.formats.manifest import parse_manifest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 
 
 def accepts_oci_and_docker(media_type: str) -> bool:
@@ -103,7 +103,7 @@ def test_target_whose_name_already_points_at_the_digest_is_up_to_date(tmp_path):
     from imagepush.transforms.records import now
     from imagepush.transforms.engine.jobs import ImagePlan
     from imagepush.transforms.engine.plan import plan_target
-    from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
+    from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
     from imagepush.transforms.engine.resolve import resolve_tree
 
     write_oci_samples(str(tmp_path / "s"))

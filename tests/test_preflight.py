@@ -13,8 +13,8 @@ from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.naming import copy_job
 from imagepush.transforms.engine.jobs import Output, SyncSpec
 from imagepush.transforms.engine.preflight import preflight
-from imagepush.transforms.stores.oci_layout import OCILayoutSource
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.layout.oci import OCILayoutSource
+from imagepush.transforms.stores.refs import parse_reference
 
 #: Columns that differ between two runs doing the same thing.
 PER_RUN = ("run_id", "started_at", "finished_at")

@@ -15,15 +15,18 @@ import pytest
 try:
     from tests.conftest import require_tool, run
     from tests.registry_server import Registry, start_registry
+    from tests.test_stores_contract import store_image, tiny_image, write_registry_storage
 except ImportError:  # tests/ is not a package
     from conftest import require_tool, run  # type: ignore[no-redef]
     from registry_server import Registry, start_registry  # type: ignore[no-redef]
+    from test_stores_contract import store_image, tiny_image, write_registry_storage  # type: ignore[no-redef]
 
 from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.formats import mediatypes as mt
-from imagepush.transforms.stores.base import NotFound, StoreError
+from imagepush.transforms.stores.base import NotFound, Publication, StoreError
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.registry import RegistrySource
 from imagepush.transforms.stores.registry_storage import RegistryStorageSource
 from imagepush.transforms.stores.transports import open_source
@@ -124,3 +127,29 @@ def test_transport(registry: Registry) -> None:
     src = open_source(parse_reference(f"registry-storage:{registry.storage}"))
     assert isinstance(src, RegistryStorageSource)
     assert next(iter(src.list_images())).ref == "app:1.0"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_contracts_storage_writer_writes_what_distribution_writes(tmp_path: Path) -> None:
+    """tests/test_stores_contract.py builds registry-storage trees itself; a real push must give the same files."""
+    require_tool("docker-registry")
+    require_tool("skopeo")
+    image = tiny_image(b"pushed for real\n", oci=True)
+    layout = OCILayoutDestination(str(tmp_path / "layout"))
+    layout.prepare()
+    store_image(layout, image)
+    layout.publish([Publication("t", image.root_desc)])
+    reg = start_registry(tmp_path / "registry")
+    try:
+        run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{tmp_path}/layout:t",
+             f"docker://{reg.host}/apps/web:1.0"], timeout=60)
+    finally:
+        reg.stop()
+    write_registry_storage(fsspec.filesystem("file"), str(tmp_path / "ours"), "apps/web:1.0",
+                           [image.config, image.layer_gz], [image.manifest])
+    pushed = _files(reg.storage)
+    assert "docker/registry/v2/repositories/apps/web/_manifests/tags/1.0/current/link" in pushed
+    assert _files(tmp_path / "ours") == pushed

@@ -32,7 +32,7 @@ from imagepush.transforms.formats.schema1 import payload_of
 from imagepush.transforms.stores.base import BlobSink as BlobSinkBase
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.reference import parse_reference
+from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.registry import ClientPool, RegistryDestination, RegistryError, RegistrySource
 from imagepush.transforms.stores.registry.listing import LISTING_AHEAD
 from imagepush.transforms.stores.transports import open_destination, open_source

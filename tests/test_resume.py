@@ -20,7 +20,7 @@ from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.formats.jsonio import dumps
 from imagepush.transforms.stores.base import ManifestBlob, Publication
-from imagepush.transforms.stores.oci_layout import OCILayoutDestination
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from tests.conftest import require_tool
 from tests.http_proxy import HTTPProxy
 from tests.registry_server import start_registry

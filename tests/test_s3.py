@@ -15,7 +15,7 @@ import pytest
 
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
-from imagepush.transforms.stores.oci_layout import OCILayoutSource
+from imagepush.transforms.stores.layout.oci import OCILayoutSource
 
 
 def _free_port() -> int:

@@ -1,9 +1,11 @@
-"""One contract every store pair (destination + matching source) must meet.
+"""One contract for every store that is not a registry: what a source reads back, what a destination writes.
 
-Runs against the OCI layout, dir: and docker-archive stores, each on a local temporary
-directory and on fsspec's ``memory://`` filesystem, so the stores are exercised through
-fsspec the way remote URLs (s3://, gs://) would use them; and against a registry: a
-real Docker Distribution, one repository per test, judged by what it keeps on disk.
+The read side runs on every transport a file or bucket holds: oci, oci-archive, dir,
+docker-archive and registry-storage; the write side on those that are destinations. Each
+runs on a local temporary directory and on fsspec's ``memory://`` filesystem, so the
+stores are exercised through fsspec the way remote URLs (s3://, gs://) use them. A
+registry-storage tree is written here as Distribution writes it
+(test_registry_storage.py checks the writer against a real registry).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import pickle
 import tarfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -23,17 +26,27 @@ import pytest
 
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.base import Destination, ManifestBlob, NotFound, Publication, Source, StoreError
-from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.formats.manifest import schema2_manifest
+from imagepush.transforms.stores.base import (
+    Destination,
+    ImageEntry,
+    ManifestBlob,
+    NotFound,
+    Publication,
+    Source,
+    StoreError,
+)
+from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.stores.transports import open_destination, open_source
-from tests.conftest import require_tool
-from tests.registry_server import Registry, start_registry
 
-KINDS = ("oci", "dir", "docker-archive")
+WRITABLE = ("oci", "oci-archive", "dir", "docker-archive")
+READABLE = (*WRITABLE, "registry-storage")
 LOCATIONS = ("local", "memory")
-#: A registry has one kind of location: a repository of a running Distribution.
-PAIRS = [(k, loc) for k in KINDS for loc in LOCATIONS] + [("docker", "distribution")]
+#: The name each kind gives the contract's image: dir: names nothing, RepoTags carry a registry.
+NAMES = {"oci": "apps/web:1.0", "oci-archive": "apps/web:1.0", "dir": None,
+         "docker-archive": "example.com/apps/web:1.0", "registry-storage": "apps/web:1.0"}
+#: Kinds whose images must be OCI (their destinations convert Docker types to OCI).
+OCI_ONLY = frozenset({"oci", "oci-archive"})
 
 
 def sha256(data: bytes) -> str:
@@ -106,73 +119,111 @@ def tiny_image(text: bytes = b"hello\n", arch: str = "amd64", *, oci: bool = Fal
     return TinyImage(layer_tar, layer_gz, config, manifest, types)
 
 
+def write_registry_storage(fs: fsspec.AbstractFileSystem, root: str, name: str,
+                           blobs: list[bytes], manifests: list[bytes]) -> None:
+    """Distribution's storage tree after a push of ``manifests`` (the root last) tagged ``name``.
+
+    Blobs live once under ``blobs``; a repository links the layers and manifests it
+    holds, and a tag links its current manifest and every manifest it pointed at.
+    """
+    repository, tag = name.rsplit(":", 1)
+    v2 = f"{root}/docker/registry/v2"
+    repo = f"{v2}/repositories/{repository}"
+
+    def put(path: str, data: bytes) -> None:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, data)
+
+    for data in (*blobs, *manifests):
+        digest = sha256(data)
+        put(f"{v2}/blobs/sha256/{digest[7:9]}/{digest[7:]}/data", data)
+    for data in blobs:
+        put(f"{repo}/_layers/sha256/{sha256(data)[7:]}/link", sha256(data).encode())
+    for data in manifests:
+        put(f"{repo}/_manifests/revisions/sha256/{sha256(data)[7:]}/link", sha256(data).encode())
+    root_digest = sha256(manifests[-1])
+    put(f"{repo}/_manifests/tags/{tag}/current/link", root_digest.encode())
+    put(f"{repo}/_manifests/tags/{tag}/index/sha256/{root_digest[7:]}/link", root_digest.encode())
+
+
 @dataclass
-class StorePair:
+class Store:
+    """One store of one kind at one location, and what the contract wrote into it."""
+
     kind: str
     url: str
     fs: fsspec.AbstractFileSystem
-    #: Where the store keeps its files (for a registry: the repository in its storage).
     base: str
-    options: StoreOptions | None = None
 
     def destination(self) -> Destination:
-        return open_destination(ImageReference(self.kind, self.url), self.options)
+        return open_destination(ImageReference(self.kind, self.url))
 
     def source(self) -> Source:
-        return open_source(ImageReference(self.kind, self.url), self.options)
+        return open_source(ImageReference(self.kind, self.url))
 
     @property
-    def ref(self) -> str | None:
-        """The name an image is published under."""
-        return {"oci": "apps/web:1.0", "dir": None, "docker-archive": "example.com/apps/web:1.0",
-                "docker": "1.0"}[self.kind]
+    def name(self) -> str | None:
+        return NAMES[self.kind]
 
-    @property
-    def listed_ref(self) -> str:
-        """The ``ref`` the source lists for it: a registry lists ``repository:tag`` below the host."""
-        if self.kind == "docker":
-            return f"{self.url.split('/', 1)[1]}:{self.ref}"
-        return self.ref or ""
+    def image(self, text: bytes = b"hello\n", arch: str = "amd64") -> TinyImage:
+        return tiny_image(text, arch, oci=self.kind in OCI_ONLY)
+
+    def holds(self, roots: list[TinyImage], index: bytes | None = None) -> None:
+        """Store ``roots`` under the contract's name (an ``index`` of them, when given), as this kind is written."""
+        if self.kind == "registry-storage":
+            blobs = [data for image in roots for data in (image.config, image.layer_gz)]
+            manifests = [image.manifest for image in roots] + ([index] if index is not None else [])
+            write_registry_storage(self.fs, self.url, str(self.name), blobs, manifests)
+            return
+        dest = self.destination()
+        dest.prepare()
+        for image in roots:
+            write_blob(dest, image.config_desc, image.config)
+            write_blob(dest, image.layer_desc, image.layer_gz)
+            dest.put_manifest(image.manifest_blob, root=index is None)
+        if index is None:
+            [image] = roots
+            dest.publish([publication(image, self.name)])
+            return
+        index_desc = Descriptor(mt.OCI_INDEX, sha256(index), len(index))
+        dest.put_manifest(ManifestBlob(index, mt.OCI_INDEX, index_desc.digest), root=True)
+        dest.publish([Publication(ref=self.name, descriptor=index_desc, manifest=index)])
 
     def leftovers(self) -> list[str]:
-        """Temporary files a commit/abort/publish should not leave behind (a registry's: upload sessions)."""
-        marker = "/_uploads/" if self.kind == "docker" else "/.tmp-"
-        return [p for p in self.fs.find(self.base) if marker in p]
+        """Temporary files a commit/abort/publish should not leave behind."""
+        return [p for p in self.fs.find(self.base) if "/.tmp-" in p]
 
 
-@pytest.fixture(scope="module")
-def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    registry = start_registry(tmp_path_factory.mktemp("contract-registry"))
-    try:
-        yield registry
-    finally:
-        registry.stop()
-
-
-@pytest.fixture(params=PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
-def pair(request: pytest.FixtureRequest, tmp_path) -> Iterator[StorePair]:
-    kind, location = request.param
-    if kind == "docker":
-        registry: Registry = request.getfixturevalue("distribution")
-        repository = f"contract/{uuid.uuid4().hex[:12]}"
-        yield StorePair(kind, f"{registry.host}/{repository}", fsspec.filesystem("file"),
-                        str(registry.storage / "docker/registry/v2/repositories" / repository),
-                        StoreOptions(insecure_registries=(registry.host,)))
-        return
-    leaf = "image.tar" if kind == "docker-archive" else "image"
+@contextmanager
+def _store(kind: str, location: str, tmp_path) -> Iterator[Store]:
+    leaf = {"oci-archive": "image.tar", "docker-archive": "image.tar"}.get(kind, "image")
     if location == "local":
-        base = str(tmp_path)
-        url = str(tmp_path / leaf)
-        fs = fsspec.filesystem("file")
+        base, url, fs = str(tmp_path), str(tmp_path / leaf), fsspec.filesystem("file")
     else:
         name = f"imagepush-contract-{uuid.uuid4().hex}"
-        base = f"/{name}"
-        url = f"memory://{name}/{leaf}"
-        fs = fsspec.filesystem("memory")
-    yield StorePair(kind, url, fs, base)
-    if location == "memory" and fs.exists(base):
-        fs.rm(base, recursive=True)
+        base, url, fs = f"/{name}", f"memory://{name}/{leaf}", fsspec.filesystem("memory")
+    try:
+        yield Store(kind, url, fs, base)
+    finally:
+        if location == "memory" and fs.exists(base):
+            fs.rm(base, recursive=True)
+
+
+def _stores(kinds: tuple[str, ...]):
+    """A fixture giving an empty store of each of ``kinds``, at each location."""
+    @pytest.fixture(params=[(k, loc) for k in kinds for loc in LOCATIONS], ids=lambda p: f"{p[0]}-{p[1]}")
+    def fixture(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
+        with _store(*request.param, tmp_path) as store:
+            yield store
+
+    return fixture
+
+
+readable = _stores(READABLE)
+writable = _stores(WRITABLE)
+#: Every kind but docker-archive, which holds single images only.
+with_indexes = _stores(tuple(k for k in READABLE if k != "docker-archive"))
+writable_with_indexes = _stores(tuple(k for k in WRITABLE if k != "docker-archive"))
 
 
 def write_blob(dest: Destination, desc: Descriptor, data: bytes, chunk: int = 7) -> None:
@@ -193,129 +244,75 @@ def publication(image: TinyImage, ref: str | None) -> Publication:
                        manifest=image.manifest)
 
 
-def test_blob_visible_only_after_commit(pair: StorePair) -> None:
-    dest = pair.destination()
-    dest.prepare()
-    image = tiny_image(oci=pair.kind == "oci")
-    sink = dest.blob_sink(image.layer_desc)
-    sink.write(image.layer_gz[:10])
-    sink.write(image.layer_gz[10:])
-    assert dest.has_blob(image.layer_desc.digest) is False
-    sink.commit()
-    assert dest.has_blob(image.layer_desc.digest) is True
-    write_blob(dest, image.config_desc, image.config)
-    assert dest.has_blob(image.config_desc.digest) is True
-    assert pair.leftovers() == []
+def archived_manifest(image: TinyImage) -> bytes:
+    """What a docker-archive serves for ``image``: it keeps config and uncompressed layers only."""
+    return schema2_manifest(image.config_desc, [Descriptor(mt.DOCKER_LAYER, image.diff_id, len(image.layer_tar))])
 
 
-def test_aborted_blob_is_not_visible(pair: StorePair) -> None:
-    dest = pair.destination()
-    dest.prepare()
-    image = tiny_image(oci=pair.kind == "oci")
-    for desc, data in ((image.layer_desc, image.layer_gz), (image.config_desc, image.config)):
-        sink = dest.blob_sink(desc)
-        sink.write(data)
-        sink.abort()
-        sink.abort()  # safe twice
-        assert dest.has_blob(desc.digest) is False
-    assert pair.leftovers() == []
-    with pytest.raises(StoreError):
-        sink.write(b"more")
+# --------------------------------------------------------------------------- reading
 
 
-def test_commit_twice_is_idempotent(pair: StorePair) -> None:
-    dest = pair.destination()
-    dest.prepare()
-    image = tiny_image(oci=pair.kind == "oci")
-    write_blob(dest, image.layer_desc, image.layer_gz)
-    write_blob(dest, image.layer_desc, image.layer_gz, chunk=3)
-    dest.put_blob(image.config_desc, image.config)
-    dest.put_blob(image.config_desc, image.config)
-    assert dest.has_blob(image.layer_desc.digest)
-    assert dest.has_blob(image.config_desc.digest)
-    assert pair.leftovers() == []
+def test_lists_the_image_under_its_name(readable: Store) -> None:
+    image = readable.image()
+    readable.holds([image])
+    manifest = archived_manifest(image) if readable.kind == "docker-archive" else image.manifest
+    repository, _, tag = (readable.name or "").rpartition(":")
+    assert list(readable.source().list_images()) == [ImageEntry(
+        ref=readable.name or "", repository=repository, tag=tag or None,
+        digest=sha256(manifest), media_type=image.types[0],
+    )]
 
 
-def test_publish_and_read_back(pair: StorePair) -> None:
-    dest = pair.destination()
-    dest.prepare()
-    image = tiny_image(oci=pair.kind == "oci")
-    store_image(dest, image)
-    dest.publish([publication(image, pair.ref)])
-    assert pair.leftovers() == []
-
-    source = pair.source()
-    root = source.get_root(pair.ref)
-    entries = list(source.list_images())
-    assert len(entries) == 1
-    assert entries[0].ref == pair.listed_ref
-    assert entries[0].digest == root.digest
+def test_root_by_name_and_by_digest(readable: Store) -> None:
+    image = readable.image()
+    readable.holds([image])
+    source = readable.source()
+    root = source.get_root(readable.name)
+    manifest = archived_manifest(image) if readable.kind == "docker-archive" else image.manifest
+    assert root == ManifestBlob(manifest, image.types[0], sha256(manifest))
     assert source.get_manifest(root.digest) == root
-    if pair.kind == "docker-archive":
-        # Archives keep config and uncompressed layers only; the manifest is synthesised.
-        doc = orjson.loads(root.data)
-        assert root.media_type == image.types[0]
-        assert doc["config"]["digest"] == image.config_desc.digest
-        assert [layer["digest"] for layer in doc["layers"]] == [image.diff_id]
-        assert [layer["mediaType"] for layer in doc["layers"]] == [mt.DOCKER_LAYER]
-        assert (entries[0].repository, entries[0].tag) == ("example.com/apps/web", "1.0")
-        with source.open_blob(image.diff_id) as f:
-            assert f.read() == image.layer_tar
-    else:
-        assert root.data == image.manifest
-        assert root.digest == image.root_desc.digest
-        assert root.media_type == image.types[0]
-        with source.open_blob(image.layer_desc.digest) as f:
-            assert f.read() == image.layer_gz
-    with source.open_blob(image.config_desc.digest) as f:
-        assert f.read() == image.config
+
+
+def test_blobs_read_back_exactly(readable: Store) -> None:
+    image = readable.image()
+    readable.holds([image])
+    source = readable.source()
+    layer = {image.diff_id: image.layer_tar} if readable.kind == "docker-archive" else {
+        image.layer_desc.digest: image.layer_gz}
+    for digest, data in {image.config_desc.digest: image.config, **layer}.items():
+        with source.open_blob(digest) as f:
+            assert f.read() == data
+
+
+def test_what_is_not_there_is_not_found(readable: Store) -> None:
+    readable.holds([readable.image()])
+    source = readable.source()
     with pytest.raises(NotFound):
         source.open_blob(sha256(b"not stored"))
+    with pytest.raises(NotFound):
+        source.get_manifest(sha256(b"not stored"))
+    if readable.kind == "dir":
+        with pytest.raises(StoreError, match="holds one unnamed image"):
+            source.get_root("other:1")
+    else:
+        with pytest.raises(NotFound):
+            source.get_root("other:1")
 
 
-def test_publish_twice_is_idempotent(pair: StorePair) -> None:
-    dest = pair.destination()
-    dest.prepare()
-    image = tiny_image(oci=pair.kind == "oci")
-    store_image(dest, image)
-    dest.publish([publication(image, pair.ref)])
-    first = {p: pair.fs.cat_file(p) for p in pair.fs.find(pair.base)}
-    dest.publish([publication(image, pair.ref)])
-    second = {p: pair.fs.cat_file(p) for p in pair.fs.find(pair.base)}
-    assert second == first
-    assert len(list(pair.source().list_images())) == 1
+def test_source_pickles_cheaply_and_reads_the_same(readable: Store) -> None:
+    readable.holds([readable.image()])
+    source = readable.source()
+    root = source.get_root(readable.name)  # opens the filesystem and fills caches
+    assert len(pickle.dumps(source)) < 400
+    clone = pickle.loads(pickle.dumps(source))
+    assert type(clone) is type(source)
+    assert clone.get_root(readable.name) == root
 
 
-def test_pickles_cheaply(pair: StorePair) -> None:
-    dest = pair.destination()
-    dest.prepare()
-    image = tiny_image(oci=pair.kind == "oci")
-    write_blob(dest, image.config_desc, image.config)  # opens the filesystem and caches
-    clone = pickle.loads(pickle.dumps(dest))
-    assert len(pickle.dumps(dest)) < 400
-    assert clone.has_blob(image.config_desc.digest)
-    source = pair.source()
-    clone_source = pickle.loads(pickle.dumps(source))
-    assert type(clone_source) is type(source)
-
-
-def test_manifest_types_accepted(pair: StorePair) -> None:
-    dest = pair.destination()
-    expected = {
-        "oci": {mt.OCI_MANIFEST, mt.OCI_INDEX},
-        "dir": set(mt.MANIFEST_TYPES),
-        "docker-archive": {mt.OCI_MANIFEST, mt.DOCKER_SCHEMA2},
-        "docker": set(mt.MANIFEST_TYPES),  # schema1 too: a registry without it says so at PUT time
-    }[pair.kind]
-    assert {t for t in mt.MANIFEST_TYPES if dest.accepts_manifest(t)} == expected
-    assert dest.preferred_format == ("v2s2" if pair.kind == "docker-archive" else "oci")
-
-
-def test_index_with_children(pair: StorePair) -> None:
-    """A multi-image root: children stored as manifests, the index published as the root."""
-    dest = pair.destination()
-    dest.prepare()
-    amd64, arm64 = tiny_image(b"amd64\n", "amd64", oci=pair.kind == "oci"), tiny_image(b"arm64\n", "arm64", oci=pair.kind == "oci")
+def test_index_and_its_children(with_indexes: Store) -> None:
+    """A multi-image root is served as written, its children by digest."""
+    readable = with_indexes
+    amd64, arm64 = readable.image(b"amd64\n", "amd64"), readable.image(b"arm64\n", "arm64")
     index = orjson.dumps({
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
@@ -325,22 +322,114 @@ def test_index_with_children(pair: StorePair) -> None:
             for img, arch in ((amd64, "amd64"), (arm64, "arm64"))
         ],
     })
-    index_desc = Descriptor(mt.OCI_INDEX, sha256(index), len(index))
+    readable.holds([amd64, arm64], index)
+    source = readable.source()
+    assert source.get_root(readable.name) == ManifestBlob(index, mt.OCI_INDEX, sha256(index))
     for img in (amd64, arm64):
-        write_blob(dest, img.config_desc, img.config)
-        write_blob(dest, img.layer_desc, img.layer_gz)
-        dest.put_manifest(img.manifest_blob)
-    root = Publication(ref=pair.ref, descriptor=index_desc, manifest=index)
-    if pair.kind == "docker-archive":
+        assert source.get_manifest(img.root_desc.digest) == img.manifest_blob
+        with source.open_blob(img.layer_desc.digest) as f:
+            assert f.read() == img.layer_gz
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_blob_visible_only_after_commit(writable: Store) -> None:
+    dest = writable.destination()
+    dest.prepare()
+    image = writable.image()
+    sink = dest.blob_sink(image.layer_desc)
+    sink.write(image.layer_gz[:10])
+    sink.write(image.layer_gz[10:])
+    assert dest.has_blob(image.layer_desc.digest) is False
+    sink.commit()
+    assert dest.has_blob(image.layer_desc.digest) is True
+    write_blob(dest, image.config_desc, image.config)
+    assert dest.has_blob(image.config_desc.digest) is True
+    assert writable.leftovers() == []
+
+
+def test_aborted_blob_is_not_visible(writable: Store) -> None:
+    dest = writable.destination()
+    dest.prepare()
+    image = writable.image()
+    for desc, data in ((image.layer_desc, image.layer_gz), (image.config_desc, image.config)):
+        sink = dest.blob_sink(desc)
+        sink.write(data)
+        sink.abort()
+        sink.abort()  # safe twice
+        assert dest.has_blob(desc.digest) is False
+    assert writable.leftovers() == []
+    with pytest.raises(StoreError):
+        sink.write(b"more")
+
+
+def test_commit_twice_is_idempotent(writable: Store) -> None:
+    dest = writable.destination()
+    dest.prepare()
+    image = writable.image()
+    write_blob(dest, image.layer_desc, image.layer_gz)
+    write_blob(dest, image.layer_desc, image.layer_gz, chunk=3)
+    dest.put_blob(image.config_desc, image.config)
+    dest.put_blob(image.config_desc, image.config)
+    assert dest.has_blob(image.layer_desc.digest)
+    assert dest.has_blob(image.config_desc.digest)
+    assert writable.leftovers() == []
+
+
+def test_publish_leaves_no_temporary_files(writable: Store) -> None:
+    writable.holds([writable.image()])
+    assert writable.leftovers() == []
+
+
+def test_publish_twice_is_idempotent(writable: Store) -> None:
+    """Beam retries bundles: the same publish again changes no byte, even after an archive was packed."""
+    dest = writable.destination()
+    dest.prepare()
+    image = writable.image()
+    store_image(dest, image)
+    dest.publish([publication(image, writable.name)])
+    first = {p: writable.fs.cat_file(p) for p in writable.fs.find(writable.base)}
+    dest.publish([publication(image, writable.name)])
+    second = {p: writable.fs.cat_file(p) for p in writable.fs.find(writable.base)}
+    assert second == first
+    assert len(list(writable.source().list_images())) == 1
+
+
+def test_destination_pickles_cheaply(writable: Store) -> None:
+    dest = writable.destination()
+    dest.prepare()
+    image = writable.image()
+    write_blob(dest, image.config_desc, image.config)  # opens the filesystem and caches
+    clone = pickle.loads(pickle.dumps(dest))
+    assert len(pickle.dumps(dest)) < 400
+    assert clone.has_blob(image.config_desc.digest)
+
+
+def test_manifest_types_accepted(writable: Store) -> None:
+    dest = writable.destination()
+    expected = {
+        "oci": {mt.OCI_MANIFEST, mt.OCI_INDEX},
+        "oci-archive": {mt.OCI_MANIFEST, mt.OCI_INDEX},
+        "dir": set(mt.MANIFEST_TYPES),
+        "docker-archive": {mt.OCI_MANIFEST, mt.DOCKER_SCHEMA2},
+    }[writable.kind]
+    assert {t for t in mt.MANIFEST_TYPES if dest.accepts_manifest(t)} == expected
+    assert dest.preferred_format == ("v2s2" if writable.kind == "docker-archive" else "oci")
+
+
+def test_children_are_present_before_their_index(writable_with_indexes: Store) -> None:
+    dest = writable_with_indexes.destination()
+    dest.prepare()
+    child = writable_with_indexes.image()
+    dest.put_manifest(child.manifest_blob)
+
+
+def test_docker_archive_refuses_an_index(tmp_path) -> None:
+    with _store("docker-archive", "local", tmp_path) as store:
+        dest = store.destination()
+        dest.prepare()
+        index = orjson.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []})
         assert not dest.accepts_manifest(mt.OCI_INDEX)
-        with pytest.raises(StoreError, match="single images"):
-            dest.publish([root])
-        return
-    dest.put_manifest(ManifestBlob(index, mt.OCI_INDEX, index_desc.digest), root=True)
-    dest.publish([root])
-    source = pair.source()
-    got = source.get_root(pair.ref)
-    assert (got.data, got.media_type, got.digest) == (index, mt.OCI_INDEX, index_desc.digest)
-    for img in (amd64, arm64):
-        child = source.get_manifest(img.root_desc.digest)
-        assert (child.data, child.media_type) == (img.manifest, img.types[0])
+        with pytest.raises(StoreError, match="an archive holds single images"):
+            dest.publish([Publication(ref=store.name, descriptor=Descriptor(mt.OCI_INDEX, sha256(index), len(index)))])

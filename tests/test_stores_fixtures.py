@@ -29,13 +29,17 @@ except ModuleNotFoundError:  # tests/ is a plain directory on sys.path (pytest's
     from conftest import FIXTURES  # type: ignore[no-redef]
     from test_stores_contract import make_layer_tar, sha256, tiny_image, write_blob
 from imagepush.transforms.formats import mediatypes as mt
+from imagepush.transforms.formats.compression import DecompressionError
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import ManifestBlob, NotFound, Publication, StoreError
 from imagepush.transforms.stores.dir import DirDestination, DirSource
-from imagepush.transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource, canonical_name
-from imagepush.transforms.stores.oci_layout import REF_NAME, OCILayoutDestination, OCILayoutSource, split_name
-from imagepush.transforms.stores.reference import parse_reference
-from imagepush.transforms.stores.transports import open_destination, open_source
+from imagepush.transforms.stores.docker_archive.names import canonical_name
+from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSource
+from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDestination
+from imagepush.transforms.stores.layout.index import REF_NAME, split_name
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
+from imagepush.transforms.stores.refs import parse_reference
+from imagepush.transforms.stores.transports import open_destination
 
 LAYOUTS = FIXTURES / "layouts"
 MULTI = LAYOUTS / "containers-image_oci_delete_image_multiple_images"
@@ -462,8 +466,7 @@ def test_docker_archive_layers_are_decompressed_by_magic(tmp_path: Path) -> None
     half0, half1 = len(tars[0]) // 2, len(tars[1]) // 3
     zstd = zstandard.ZstdCompressor()
     stored = [
-        # two gzip members, then zero padding
-        gzip.compress(tars[0][:half0]) + gzip.compress(tars[0][half0:]) + b"\0" * 512,
+        gzip.compress(tars[0][:half0]) + gzip.compress(tars[0][half0:]),  # two gzip members
         zstd.compress(tars[1][:half1]) + zstd.compress(tars[1][half1:]),  # two zstd frames
         tars[2],
     ]
@@ -491,6 +494,18 @@ def test_docker_archive_layers_are_decompressed_by_magic(tmp_path: Path) -> None
         "RepoTags": ["app:1", "mirror.io/app:latest"],
         "Layers": [f"{sha256(t)[7:]}.tar" for t in tars],
     }]
+
+
+def test_docker_archive_refuses_a_layer_with_bytes_after_its_gzip_stream(tmp_path: Path) -> None:
+    """Zero padding after the last member is refused, as skopeo refuses it (tests/test_compression.py)."""
+    dest = DockerArchiveDestination(str(tmp_path / "out.tar"))
+    dest.prepare()
+    padded = tiny_image().layer_gz + b"\0" * 512
+    with pytest.raises(DecompressionError, match="not a gzip member"):
+        write_blob(dest, Descriptor(mt.DOCKER_LAYER_GZIP, sha256(padded), len(padded)), padded, chunk=65536)
+    assert not dest.has_blob(sha256(padded))
+    staging = tmp_path / "out.tar.imagepush-staging"
+    assert [p for p in staging.rglob("*") if p.is_file()] == []
 
 
 def test_docker_archive_two_images_share_layers(tmp_path: Path) -> None:
@@ -530,24 +545,7 @@ def test_docker_archive_missing_layer_is_an_error(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
-# --------------------------------------------------------------------------- transports
-
-
-def test_transports_dispatch(tmp_path: Path) -> None:
-    assert isinstance(open_source(parse_reference(f"oci:{GGCR_ONE}")), OCILayoutSource)
-    assert isinstance(open_source(parse_reference(f"dir:{SKOPEO_DIR}")), DirSource)
-    assert isinstance(open_source(parse_reference(f"docker-archive:{GGCR_TAR}:x:y")), DockerArchiveSource)
-    assert isinstance(open_destination(parse_reference(f"oci:{tmp_path}/o:tag")), OCILayoutDestination)
-    assert isinstance(open_destination(parse_reference(f"dir:{tmp_path}/d")), DirDestination)
-    assert isinstance(open_destination(parse_reference(f"docker-archive:{tmp_path}/a.tar")), DockerArchiveDestination)
-    from imagepush.transforms.stores.registry import RegistryDestination, RegistrySource
-    from imagepush.transforms.stores.registry_storage import RegistryStorageSource
-
-    assert isinstance(open_source(parse_reference("docker://registry.example/app:1")), RegistrySource)
-    assert isinstance(open_destination(parse_reference("docker://registry.example/app:1")), RegistryDestination)
-    assert isinstance(open_source(parse_reference(f"registry-storage:{tmp_path}/r")), RegistryStorageSource)
-    with pytest.raises(StoreError, match="not supported as a destination yet"):
-        open_destination(parse_reference(f"registry-storage:{tmp_path}/r"))
+# --------------------------------------------------------------------------- fsspec
 
 
 def test_memory_url_archive_read() -> None:

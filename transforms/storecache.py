@@ -1,4 +1,4 @@
-"""Per-DoFn-instance cache of opened stores, keyed by their reference strings.
+"""Per-DoFn-instance cache of opened stores, keyed by their identities (``ImageReference.store``).
 
 DoFns carry only reference strings (cheap to pickle); each worker opens a store the
 first time it needs it and reuses it (and its connection pools) across bundles.
@@ -10,25 +10,9 @@ import threading
 
 from imagepush.transforms.stores.base import Destination, Source
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.reference import ImageReference, parse_reference
 from imagepush.transforms.stores.registry import ClientPool
+from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source
-
-
-def store_id(ref: ImageReference) -> str:
-    """The identity of the store a reference points into (without the image name)."""
-    return str(ImageReference(ref.transport, ref.location, None))
-
-
-def blob_domain(store: str) -> str:
-    """The scope in which one digest names one blob: a registry host, or the store itself.
-
-    Two repositories of one registry hold the same bytes under the same digest, so a
-    blob needed by many of them is read once and uploaded once, then mounted.
-    """
-    if store.startswith("docker://"):
-        return "docker://" + store[len("docker://") :].split("/", 1)[0]
-    return store
 
 
 class StoreCache:

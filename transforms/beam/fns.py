@@ -33,7 +33,8 @@ from imagepush.transforms.engine.resolve import resolve_image
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.records import OK, AuditRow, now
-from imagepush.transforms.storecache import StoreCache, blob_domain
+from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")

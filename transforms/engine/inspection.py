@@ -11,7 +11,7 @@ from imagepush.transforms.engine.jobs import ManifestNode, choose_format
 from imagepush.transforms.engine.render import render_tree
 from imagepush.transforms.engine.resolve import resolve_tree
 from imagepush.transforms.stores.base import Source, StoreError
-from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.engine.streaming import BlobVerificationError
 from imagepush.transforms.storecache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions

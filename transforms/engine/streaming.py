@@ -16,6 +16,7 @@ import zstandard
 from isal import isal_zlib
 
 from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats.compression import Decompressor
 from imagepush.transforms.errors import DIGEST_MISMATCH, ImagepushError
 from imagepush.transforms.stores.base import BlobSink
 
@@ -23,87 +24,12 @@ log = logging.getLogger(__name__)
 
 #: Read size: large enough for throughput, small enough that N parallel copies stay bounded.
 DEFAULT_CHUNK = 1 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class BlobVerificationError(ImagepushError):
     """The bytes read do not match the digest or size that names them."""
 
     kind = DIGEST_MISMATCH
-
-
-class Decompressor:
-    """Turns a layer's stored bytes into its uncompressed tar, in bounded pieces.
-
-    The compression is sniffed from magic bytes rather than trusted from the media
-    type: real images label uncompressed tars as ``tar.gzip``. Output is produced at most
-    ``out_chunk`` bytes at a time, so a highly compressible layer cannot blow up memory.
-    """
-
-    def __init__(self, out_chunk: int = DEFAULT_CHUNK) -> None:
-        self._head = b""
-        self.mode: str | None = None
-        self._gz = None
-        self._zst = None
-        self._out_chunk = out_chunk
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        if self.mode is None:
-            self._head += chunk
-            if len(self._head) < 4:
-                return
-            chunk, self._head = self._head, b""
-            if chunk.startswith(_GZIP_MAGIC):
-                self.mode = "gzip"
-                self._gz = isal_zlib.decompressobj(wbits=31)
-            elif chunk.startswith(_ZSTD_MAGIC):
-                self.mode = "zstd"
-                self._zst = zstandard.ZstdDecompressor().decompressobj(write_size=self._out_chunk)
-            else:
-                self.mode = "none"
-        if self.mode == "none":
-            yield chunk
-        elif self.mode == "zstd":
-            yield from self._feed_zstd(chunk)
-        else:
-            yield from self._feed_gzip(chunk)
-
-    def _feed_zstd(self, data: bytes) -> Iterator[bytes]:
-        # zstandard has no output bound per call: feed it slices small enough that the
-        # output of one slice stays reasonable even at extreme ratios.
-        step = 1 << 14
-        for i in range(0, len(data), step):
-            out = self._zst.decompress(data[i : i + step])
-            if out:
-                yield out
-            if self._zst.eof:
-                rest = self._zst.unused_data + data[i + step :]
-                self._zst = zstandard.ZstdDecompressor().decompressobj(write_size=self._out_chunk)
-                if rest:
-                    yield from self._feed_zstd(rest)
-                return
-
-    def _feed_gzip(self, data: bytes) -> Iterator[bytes]:
-        while data:
-            out = self._gz.decompress(data, self._out_chunk)
-            if out:
-                yield out
-            if self._gz.eof:
-                # Concatenated gzip members are one stream (pigz, some layer builders).
-                data = self._gz.unused_data
-                self._gz = isal_zlib.decompressobj(wbits=31)
-                if data and not data.startswith(_GZIP_MAGIC):
-                    raise BlobVerificationError("trailing garbage after gzip stream")
-            else:
-                data = self._gz.unconsumed_tail
-
-    def finish(self) -> Iterator[bytes]:
-        if self.mode is None:  # fewer than 4 bytes in all: cannot be compressed
-            self.mode = "none"
-            head, self._head = self._head, b""
-            if head:
-                yield head
 
 
 class DiffIdHasher:

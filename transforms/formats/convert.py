@@ -18,13 +18,13 @@ bytes are returned untouched: a re-serialised manifest would get a new digest fo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import jsonio
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
-from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest
+from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, oci_manifest, schema2_manifest
 from imagepush.transforms.formats.schema1 import Schema1Manifest
 
 TARGET_OCI = "oci"
@@ -131,60 +131,6 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise FormatError(f"{where} is not a map of strings")
     return {key: value[key] for key in sorted(value)}
-
-
-def _docker_descriptor(d: Descriptor) -> dict[str, Any]:
-    """Docker schema2 descriptor fields in Go struct order (mediaType, size, digest, urls)."""
-    out: dict[str, Any] = {"mediaType": d.media_type, "size": d.size, "digest": d.digest}
-    if d.urls:
-        out["urls"] = list(d.urls)
-    return out
-
-
-def _oci_descriptor(d: Descriptor) -> dict[str, Any]:
-    """OCI descriptor fields in image-spec Go struct order; annotation keys sorted as Go does."""
-    out: dict[str, Any] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size}
-    if d.urls:
-        out["urls"] = list(d.urls)
-    if d.annotations:
-        out["annotations"] = dict(sorted(d.annotations))
-    if d.data is not None:
-        out["data"] = d.data
-    if d.platform is not None:
-        out["platform"] = d.platform.to_dict(docker=False)
-    if d.artifact_type:
-        out["artifactType"] = d.artifact_type
-    return out
-
-
-def _schema2_manifest(config: Descriptor, layers: Iterable[Descriptor]) -> bytes:
-    return jsonio.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.DOCKER_SCHEMA2,
-            "config": _docker_descriptor(config),
-            "layers": [_docker_descriptor(layer) for layer in layers],
-        }
-    )
-
-
-def _oci_manifest(
-    config: Descriptor,
-    layers: Iterable[Descriptor],
-    annotations: tuple[tuple[str, str], ...] = (),
-    subject: Descriptor | None = None,
-    artifact_type: str | None = None,
-) -> bytes:
-    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST}
-    if artifact_type:
-        doc["artifactType"] = artifact_type
-    doc["config"] = _oci_descriptor(config)
-    doc["layers"] = [_oci_descriptor(layer) for layer in layers]
-    if subject is not None:
-        doc["subject"] = _oci_descriptor(subject)
-    if annotations:
-        doc["annotations"] = dict(sorted(annotations))
-    return jsonio.dumps(doc)
 
 
 def _check_config_bytes(m: ImageManifest, config: bytes) -> None:
@@ -398,7 +344,7 @@ def _schema2_to_oci(m: ImageManifest, config: bytes) -> ConvertedImage:
     _check_config_bytes(m, config)
     oci_config = docker_config_to_oci(config)
     config_descriptor = Descriptor(mt.OCI_CONFIG, digestlib.of_bytes(oci_config), len(oci_config))
-    manifest = _oci_manifest(config_descriptor, layers)
+    manifest = oci_manifest(config_descriptor, layers)
     return ConvertedImage(
         manifest=manifest,
         media_type=mt.OCI_MANIFEST,
@@ -428,7 +374,7 @@ def _oci_to_schema2(m: ImageManifest, config: bytes) -> ConvertedImage:
         layers.append(Descriptor(new_type, layer.digest, layer.size, urls=layer.urls))
     _check_config_bytes(m, config)
     config_descriptor = Descriptor(mt.DOCKER_CONFIG, m.config.digest, len(config), urls=m.config.urls)
-    manifest = _schema2_manifest(config_descriptor, layers)
+    manifest = schema2_manifest(config_descriptor, layers)
     return ConvertedImage(
         manifest=manifest,
         media_type=mt.DOCKER_SCHEMA2,
@@ -457,9 +403,9 @@ def _from_schema1(m: Schema1Manifest, target_type: str, layer_info: dict[str, La
     config_descriptor = Descriptor(config_type, digestlib.of_bytes(config), len(config))
     layers = [Descriptor(layer_type, layer.blob_sum, info.size) for layer, info in zip(kept, infos)]
     if target_type == mt.OCI_MANIFEST:
-        manifest = _oci_manifest(config_descriptor, layers)
+        manifest = oci_manifest(config_descriptor, layers)
     else:
-        manifest = _schema2_manifest(config_descriptor, layers)
+        manifest = schema2_manifest(config_descriptor, layers)
     return ConvertedImage(
         manifest=manifest,
         media_type=target_type,
@@ -538,7 +484,7 @@ def _docker_list_entry(d: Descriptor) -> dict[str, Any]:
         raise FormatError(
             f"index entry {d.digest} is {d.media_type!r}, which a Docker manifest list cannot reference"
         )
-    out = _docker_descriptor(d)
+    out = d.to_docker_dict()
     out["platform"] = d.platform.to_dict(docker=True)
     return out
 
@@ -575,9 +521,9 @@ def convert_index(
     else:
         if index.artifact_type:
             doc["artifactType"] = index.artifact_type
-        doc["manifests"] = [_oci_descriptor(entry) for entry in entries]
+        doc["manifests"] = [entry.to_dict() for entry in entries]
         if index.subject is not None:
-            doc["subject"] = _oci_descriptor(index.subject)
+            doc["subject"] = index.subject.to_dict()
         if index.annotations:
             doc["annotations"] = dict(sorted(index.annotations))
     data = jsonio.dumps(doc)

@@ -114,24 +114,30 @@ class Descriptor:
             data=data.get("data"),
         )
 
-    def to_dict(self, *, docker: bool = False) -> dict[str, Any]:
-        """Serialise in the field order OCI and Docker tools use.
+    def to_dict(self) -> dict[str, Any]:
+        """The OCI descriptor in image-spec's Go field order, annotations sorted as Go emits a map.
 
-        ``docker=True`` drops what Docker schema2 has no place for (annotations,
-        artifactType, data) and keeps Docker's platform ``features``.
+        Documents we generate must have the bytes containers/image writes for the same
+        content: their digest is their identity.
         """
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.urls:
             out["urls"] = list(self.urls)
-        if not docker:
-            if self.annotations:
-                out["annotations"] = dict(self.annotations)
-            if self.data is not None:
-                out["data"] = self.data
-            if self.artifact_type:
-                out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations))
+        if self.data is not None:
+            out["data"] = self.data
         if self.platform is not None:
-            out["platform"] = self.platform.to_dict(docker=docker)
+            out["platform"] = self.platform.to_dict(docker=False)
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        return out
+
+    def to_docker_dict(self) -> dict[str, Any]:
+        """The Docker schema2 descriptor in its Go field order; schema2 has no place for the OCI extras."""
+        out: dict[str, Any] = {"mediaType": self.media_type, "size": self.size, "digest": self.digest}
+        if self.urls:
+            out["urls"] = list(self.urls)
         return out
 
     def annotation(self, key: str) -> str | None:

@@ -14,7 +14,7 @@ truth for anything copied unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import jsonio
@@ -291,3 +291,35 @@ def blobs_of(m: ImageManifest | ImageIndex | Schema1Manifest) -> list[Descriptor
         config = [m.config] if m.has_config_blob else []
         return config + list(m.layers)
     raise TypeError(f"not a manifest model: {type(m).__name__}")
+
+
+def schema2_manifest(config: Descriptor, layers: Iterable[Descriptor]) -> bytes:
+    """A Docker schema2 manifest we generate (conversion, a docker-archive's image)."""
+    return jsonio.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.DOCKER_SCHEMA2,
+            "config": config.to_docker_dict(),
+            "layers": [layer.to_docker_dict() for layer in layers],
+        }
+    )
+
+
+def oci_manifest(
+    config: Descriptor,
+    layers: Iterable[Descriptor],
+    annotations: tuple[tuple[str, str], ...] = (),
+    subject: Descriptor | None = None,
+    artifact_type: str | None = None,
+) -> bytes:
+    """An OCI image manifest we generate, fields in image-spec's Go order."""
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    doc["config"] = config.to_dict()
+    doc["layers"] = [layer.to_dict() for layer in layers]
+    if subject is not None:
+        doc["subject"] = subject.to_dict()
+    if annotations:
+        doc["annotations"] = dict(sorted(annotations))
+    return jsonio.dumps(doc)

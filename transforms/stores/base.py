@@ -12,8 +12,9 @@ to Beam workers; they open connections or filesystems lazily.
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence, TypeVar
 
 from imagepush.transforms.errors import MISMATCH, NOT_FOUND, REFUSED, ImagepushError
 from imagepush.transforms.formats.descriptor import Descriptor
@@ -80,6 +81,32 @@ class Publication:
 #: What :meth:`Destination.publish` returns: the error of each publication that was not
 #: made visible, by its position in the list given; the others were published.
 PublishErrors = dict[int, StoreError]
+
+
+_T = TypeVar("_T")
+_POSITION_RE = re.compile(r"^@(\d+)$")
+
+
+def select_unnamed(images: Sequence[_T], ref: str | None, where: str, syntax: str) -> _T | None:
+    """The image a reference picks without naming it, as skopeo picks in layouts and archives.
+
+    No name picks the store's only image; ``@N`` picks the Nth (from 0). Any other
+    ``ref`` is a name, which the store looks up itself: None. ``syntax`` tells the user
+    how to name an image when there are several.
+    """
+    if not ref:
+        if not images:
+            raise NotFound(f"{where} holds no images")
+        if len(images) > 1:
+            raise StoreError(f"{where} holds {len(images)} images; name one with {syntax}")
+        return images[0]
+    position = _POSITION_RE.match(ref)
+    if position is None:
+        return None
+    n = int(position.group(1))
+    if n >= len(images):
+        raise NotFound(f"{where} has no image @{n} ({len(images)} images)")
+    return images[n]
 
 
 class Source(abc.ABC):

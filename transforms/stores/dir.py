@@ -25,7 +25,7 @@ from imagepush.transforms.stores.base import (
     Source,
     StoreError,
 )
-from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, digest_parts, open_read, read_bytes, write_atomic
 
 VERSION_FILE = "version"
 VERSION_CONTENT = b"Directory Transport Version: 1.1\n"
@@ -41,10 +41,8 @@ def _manifest_type(data: bytes, where: str) -> str:
 
 
 def _encoded(digest: str) -> str:
-    try:
-        return digestlib.split(digest)[1]
-    except digestlib.DigestError as exc:
-        raise StoreError(str(exc)) from None
+    """dir: names blobs by the encoded part alone (the algorithm is always sha256 there)."""
+    return digest_parts(digest)[1]
 
 
 class DirSource(FsStore, Source):

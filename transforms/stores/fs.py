@@ -16,18 +16,22 @@ import posixpath
 import tarfile
 import threading
 import uuid
-from typing import Any, BinaryIO
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator
 
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.stores.base import BlobSink, NotFound, StoreError
 
 #: Copy granularity: big enough for throughput, small enough to keep many copies in memory.
 CHUNK_SIZE = 1 << 20
 #: Prefix of temporary files; stores skip such names when listing.
 TMP_PREFIX = ".tmp-"
+#: Appended to an archive's path for the folder its content is staged in until publish.
+STAGING_SUFFIX = ".imagepush-staging"
 
 
 def open_fs(url: str) -> tuple[AbstractFileSystem, str]:
@@ -42,6 +46,24 @@ def open_fs(url: str) -> tuple[AbstractFileSystem, str]:
 def join(root: str, *parts: str) -> str:
     """Join fsspec paths, which always use ``/`` whatever the local OS."""
     return posixpath.join(root, *parts) if root else posixpath.join(*parts)
+
+
+def digest_parts(digest: str, where: str = "") -> tuple[str, str]:
+    """The algorithm and the encoded part of a digest, which name a blob's folder and file.
+
+    Validated first, since a digest that only looks right could name a path outside the
+    store; a malformed one is refused like any other bad request to the store.
+    """
+    try:
+        return digestlib.split(digest)
+    except digestlib.DigestError as exc:
+        raise StoreError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def member_name(name: str) -> str:
+    """A tar member's name as archives look it up: ``./``, a leading ``/`` and ``dir/..`` folded away."""
+    normalized = posixpath.normpath(name.lstrip("/"))
+    return "" if normalized == "." else normalized
 
 
 def _replace(fs: AbstractFileSystem, src: str, dst: str) -> None:
@@ -212,7 +234,7 @@ class BoundedReader(io.RawIOBase):
         super().close()
 
 
-class TarTarget:
+class _TarTarget:
     """Adapts a sink to the ``write``/``tell`` file interface tarfile writes through."""
 
     def __init__(self, sink: AtomicFileSink) -> None:
@@ -224,6 +246,23 @@ class TarTarget:
 
     def tell(self) -> int:
         return self._sink.size
+
+
+@contextmanager
+def atomic_tar(fs: AbstractFileSystem, path: str) -> Iterator[tarfile.TarFile]:
+    """A tar built in a temporary sibling that replaces ``path`` only when the block ends without error.
+
+    Archives are written whole, once a run has everything (a tar cannot be appended to
+    safely by parallel workers), so a reader sees the old archive or the new one.
+    """
+    sink = AtomicFileSink(fs, path, overwrite=True)
+    try:
+        with tarfile.open(fileobj=_TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+            yield tar
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
 
 
 def tar_info(name: str, size: int, directory: bool = False) -> tarfile.TarInfo:

@@ -27,7 +27,7 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats.descriptor import FormatError
 from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob, NotFound, Source, StoreError
-from imagepush.transforms.stores.fs import FsStore, open_read, read_bytes
+from imagepush.transforms.stores.fs import FsStore, digest_parts, open_read, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ class RegistryStorageSource(FsStore, Source):
         return self.path(*V2, *parts)
 
     def _blob_path(self, digest: str) -> str:
-        try:
-            algorithm, encoded = digestlib.split(digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self._where()}: {exc}") from None
+        algorithm, encoded = digest_parts(digest, self._where())
         return self._v2("blobs", algorithm, encoded[:2], encoded, "data")
 
     def _read_link(self, path: str, what: str) -> str:

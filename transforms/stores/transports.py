@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING
 
 from imagepush.transforms.stores.base import Destination, Source, StoreError
 from imagepush.transforms.stores.dir import DirDestination, DirSource
-from imagepush.transforms.stores.docker_archive import DockerArchiveDestination, DockerArchiveSource
-from imagepush.transforms.stores.oci_archive import OCIArchiveDestination, OCIArchiveSource
-from imagepush.transforms.stores.oci_layout import OCILayoutDestination, OCILayoutSource
-from imagepush.transforms.stores.reference import ImageReference
+from imagepush.transforms.stores.docker_archive.reader import DockerArchiveSource
+from imagepush.transforms.stores.docker_archive.writer import DockerArchiveDestination
+from imagepush.transforms.stores.layout.archive import OCIArchiveDestination, OCIArchiveSource
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
+from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.stores.registry import ClientPool, RegistryDestination, RegistrySource
 from imagepush.transforms.stores.registry_storage import RegistryStorageSource
 

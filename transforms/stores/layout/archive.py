@@ -24,18 +24,13 @@ from typing import Any
 import fsspec
 
 from imagepush.transforms.stores.base import NotFound, Publication, PublishErrors, StoreError
-from imagepush.transforms.stores.fs import CHUNK_SIZE, AtomicFileSink, BoundedReader, TarTarget, tar_info
-from imagepush.transforms.stores.oci_layout import INDEX_FILE, LAYOUT_FILE, OCILayoutDestination, OCILayoutSource
-
-STAGING_SUFFIX = ".imagepush-staging"
+from imagepush.transforms.stores.fs import CHUNK_SIZE, STAGING_SUFFIX, BoundedReader, atomic_tar, member_name, tar_info
+from imagepush.transforms.stores.layout.index import INDEX_FILE, LAYOUT_FILE
+from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
 
 #: Read size while indexing: a remote archive is read header by header, not in the
 #: multi-megabyte blocks fsspec would otherwise fetch around every header.
 INDEX_BLOCK_SIZE = 64 << 10
-
-
-def _member(name: str) -> str:
-    return posixpath.normpath(name).lstrip("/")
 
 
 class ArchiveMembers:
@@ -50,7 +45,7 @@ class ArchiveMembers:
                     tarfile.open(fileobj=f, mode="r:") as tar:
                 for info in tar:
                     if info.isfile():
-                        self._members[_member(info.name)] = (info.offset_data, info.size)
+                        self._members[member_name(info.name)] = (info.offset_data, info.size)
         except FileNotFoundError:
             raise NotFound(f"{where}: {url} not found") from None
         except IsADirectoryError:
@@ -59,12 +54,12 @@ class ArchiveMembers:
             raise StoreError(f"{where}: {url} is not a tar archive ({exc})") from None
 
     def isfile(self, path: str) -> bool:
-        return _member(path) in self._members
+        return member_name(path) in self._members
 
     def open(self, path: str, mode: str = "rb") -> io.BufferedReader:
         if mode != "rb":
             raise StoreError(f"{self._where}: an oci-archive: is read only")
-        found = self._members.get(_member(path))
+        found = self._members.get(member_name(path))
         if found is None:
             raise FileNotFoundError(path)
         offset, size = found
@@ -116,8 +111,10 @@ class OCIArchiveDestination(OCILayoutDestination):
     def publish(self, publications: list[Publication]) -> PublishErrors:
         if not publications:
             return {}
-        failed = super().publish(publications)
         fs = self.fs
+        if not fs.exists(self.root) and fs.isfile(self.archive):
+            return self._published_before(publications)
+        failed = super().publish(publications)
         files = {
             posixpath.relpath(path, self.root): info["size"]
             for path, info in fs.find(self.root, detail=True).items()
@@ -125,20 +122,33 @@ class OCIArchiveDestination(OCILayoutDestination):
         }
         blobs = sorted(name for name in files if name not in (LAYOUT_FILE, INDEX_FILE))
         directories = sorted({posixpath.dirname(name) for name in blobs} | {"blobs"})
-        sink = AtomicFileSink(fs, self.archive, overwrite=True)
-        try:
-            with tarfile.open(fileobj=TarTarget(sink), mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
-                for name in (LAYOUT_FILE, INDEX_FILE):
-                    with fs.open(self.path(name), "rb") as f:
-                        tar.addfile(tar_info(name, files[name]), f)
-                for directory in directories:
-                    tar.addfile(tar_info(directory + "/", 0, directory=True))
-                for name in blobs:
-                    with fs.open(self.path(name), "rb") as f:
-                        tar.addfile(tar_info(name, files[name]), f)
-            sink.commit()
-        except BaseException:
-            sink.abort()
-            raise
+        with atomic_tar(fs, self.archive) as tar:
+            for name in (LAYOUT_FILE, INDEX_FILE):
+                with fs.open(self.path(name), "rb") as f:
+                    tar.addfile(tar_info(name, files[name]), f)
+            for directory in directories:
+                tar.addfile(tar_info(directory + "/", 0, directory=True))
+            for name in blobs:
+                with fs.open(self.path(name), "rb") as f:
+                    tar.addfile(tar_info(name, files[name]), f)
         fs.rm(self.root, recursive=True)
         return failed
+
+    def _published_before(self, publications: list[Publication]) -> PublishErrors:
+        """A retried publish (Beam retries bundles) after the archive was packed and its staging removed.
+
+        Packing again would find no blobs left to pack; the archive already says whether
+        the retry has anything to add.
+        """
+        packed = OCIArchiveSource(self.url)
+        try:
+            entries = {(entry.ref, entry.digest) for entry in packed.list_images()}
+        finally:
+            packed.close()
+        for pub in publications:
+            if (pub.ref or "", pub.descriptor.digest) not in entries:
+                raise StoreError(
+                    f"{self._where()}: the archive was packed without {pub.ref or pub.descriptor.digest}, "
+                    "and its staged layout is gone; run again to rebuild it"
+                )
+        return {}

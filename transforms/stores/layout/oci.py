@@ -8,10 +8,7 @@ with the declared type only as a hint.
 
 from __future__ import annotations
 
-import re
 from typing import Any, BinaryIO, Iterator
-
-import orjson
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
@@ -27,49 +24,28 @@ from imagepush.transforms.stores.base import (
     PublishErrors,
     Source,
     StoreError,
+    select_unnamed,
 )
-from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, digest_parts, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.layout.index import (
+    INDEX_FILE,
+    LAYOUT_CONTENT,
+    LAYOUT_FILE,
+    REF_NAME,
+    add_entry,
+    dump_index,
+    entry_ref,
+    load_index,
+    split_name,
+)
 
-REF_NAME = "org.opencontainers.image.ref.name"
-LAYOUT_FILE = "oci-layout"
-INDEX_FILE = "index.json"
-LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
-#: Manifest types a layout can name in index.json unchanged (schema1 has no OCI place).
 #: What an OCI layout destination stores unchanged. Docker types are converted to OCI,
 #: as containers/image does: skopeo and umoci look up ref names among OCI entries only.
 ACCEPTED = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
-_POSITION_RE = re.compile(r"^@(\d+)$")
 
 
-def split_name(ref: str) -> tuple[str, str | None]:
-    """Split a ref name into (repository, tag) for sync's name mapping.
-
-    ``apps/web:1.0`` -> ``("apps/web", "1.0")``; a bare ``latest`` is a tag (skopeo and
-    Docker 25 write only the tag); ``host:5000/app`` has no tag because the colon is
-    before the last ``/``; ``app@sha256:…`` names a digest, not a tag.
-    """
-    if not ref:
-        return "", None
-    if "@" in ref:
-        return ref.split("@", 1)[0], None
-    slash = ref.rfind("/")
-    colon = ref.rfind(":")
-    if colon > slash:
-        return ref[:colon], ref[colon + 1 :] or None
-    if slash < 0:
-        return "", ref
-    return ref, None
-
-
-def _blob_parts(digest: str) -> tuple[str, str]:
-    try:
-        return digestlib.split(digest)
-    except digestlib.DigestError as exc:
-        raise StoreError(str(exc)) from None
-
-
-def _root_blob(store: FsStore, digest: str) -> str:
-    algorithm, encoded = _blob_parts(digest)
+def _blob(store: FsStore, digest: str) -> str:
+    algorithm, encoded = digest_parts(digest)
     return store.path("blobs", algorithm, encoded)
 
 
@@ -90,21 +66,6 @@ def detect_from_content(data: bytes, declared: str | None) -> str:
         raise
 
 
-def _load_index(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        index = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise StoreError(f"{where}: index.json is not JSON ({exc})") from None
-    if not isinstance(index, dict):
-        raise StoreError(f"{where}: index.json is not a JSON object")
-    manifests = index.get("manifests")
-    if manifests is None:
-        index["manifests"] = []  # Docker 25's untagged save writes null
-    elif not isinstance(manifests, list):
-        raise StoreError(f"{where}: index.json 'manifests' is not a list")
-    return index
-
-
 class OCILayoutSource(FsStore, Source):
     """Reads images from an OCI image layout."""
 
@@ -119,7 +80,7 @@ class OCILayoutSource(FsStore, Source):
         with self._lock:
             if self._entries_cache is None:
                 data = read_bytes(self.fs, self.path(INDEX_FILE), f"{self._where()}: index.json")
-                index = _load_index(data, self._where())
+                index = load_index(data, self._where())
                 entries = []
                 for position, raw in enumerate(index["manifests"]):
                     try:
@@ -130,7 +91,7 @@ class OCILayoutSource(FsStore, Source):
             return self._entries_cache
 
     def _read_manifest(self, digest: str, hint: str | None) -> ManifestBlob:
-        data = read_bytes(self.fs, _root_blob(self, digest), f"{self._where()}: manifest {digest}")
+        data = read_bytes(self.fs, _blob(self, digest), f"{self._where()}: manifest {digest}")
         if not digestlib.matches(digest, data):
             raise StoreError(f"{self._where()}: blob {digest} does not match its digest")
         try:
@@ -143,7 +104,7 @@ class OCILayoutSource(FsStore, Source):
     def _detected_type(self, desc: Descriptor) -> str:
         """Type of a root for listing; a root whose blob is missing keeps its declared type."""
         try:
-            data = read_bytes(self.fs, _root_blob(self, desc.digest), "blob")
+            data = read_bytes(self.fs, _blob(self, desc.digest), "blob")
         except NotFound:
             return desc.media_type
         return detect_from_content(data, desc.media_type)
@@ -159,20 +120,9 @@ class OCILayoutSource(FsStore, Source):
 
     def _select(self, ref: str | None) -> Descriptor:
         entries = self._entries()
-        if ref is None or ref == "":
-            if not entries:
-                raise NotFound(f"{self._where()} holds no images")
-            if len(entries) > 1:
-                raise StoreError(
-                    f"{self._where()} holds {len(entries)} images; name one with oci:{self.url}:REF"
-                )
-            return entries[0]
-        position = _POSITION_RE.match(ref)
-        if position:  # skopeo's oci:DIR:@N selects index.json entry N
-            n = int(position.group(1))
-            if n >= len(entries):
-                raise NotFound(f"{self._where()} has no entry @{n} ({len(entries)} entries)")
-            return entries[n]
+        picked = select_unnamed(entries, ref, self._where(), f"{self._where()}:REF")
+        if picked is not None:
+            return picked
         found = [d for d in entries if d.annotation(REF_NAME) == ref]
         if not found:
             raise NotFound(f"{self._where()}: no image named {ref!r}")
@@ -189,7 +139,7 @@ class OCILayoutSource(FsStore, Source):
         return self._read_manifest(digest, hint)
 
     def open_blob(self, digest: str) -> BinaryIO:
-        return open_read(self.fs, _root_blob(self, digest), f"{self._where()}: blob {digest}")
+        return open_read(self.fs, _blob(self, digest), f"{self._where()}: blob {digest}")
 
 
 class OCILayoutDestination(FsStore, Destination):
@@ -219,16 +169,16 @@ class OCILayoutDestination(FsStore, Destination):
         if not fs.exists(self.path(LAYOUT_FILE)):
             write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
         if not fs.exists(self.path(INDEX_FILE)):
-            write_atomic(fs, self.path(INDEX_FILE), _dump_index({"schemaVersion": 2, "manifests": []}))
+            write_atomic(fs, self.path(INDEX_FILE), dump_index({}))
 
     def accepts_manifest(self, media_type: str) -> bool:
         return media_type in ACCEPTED
 
     def has_blob(self, digest: str) -> bool:
-        return bool(self.fs.isfile(_root_blob(self, digest)))
+        return bool(self.fs.isfile(_blob(self, digest)))
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
-        return AtomicFileSink(self.fs, _root_blob(self, descriptor.digest))
+        return AtomicFileSink(self.fs, _blob(self, descriptor.digest))
 
     def current_digest(self, name: str) -> str | None:
         with self._lock:
@@ -236,9 +186,9 @@ class OCILayoutDestination(FsStore, Destination):
                 path = self.path(INDEX_FILE)
                 names: dict[str, str] = {}
                 if self.fs.exists(path):
-                    index = _load_index(read_bytes(self.fs, path, f"{self._where()}: index.json"), self._where())
+                    index = load_index(read_bytes(self.fs, path, f"{self._where()}: index.json"), self._where())
                     for entry in index["manifests"]:
-                        ref = _entry_ref(entry)
+                        ref = entry_ref(entry)
                         if ref is not None and isinstance(entry.get("digest"), str):
                             names[ref] = entry["digest"]
                 self._names = names
@@ -248,7 +198,7 @@ class OCILayoutDestination(FsStore, Destination):
     def put_manifest(self, manifest: ManifestBlob, *, root: bool = False) -> None:
         if not self.accepts_manifest(manifest.media_type):
             raise StoreError(f"{self._where()}: cannot store a {manifest.media_type} manifest")
-        path = _root_blob(self, manifest.digest)
+        path = _blob(self, manifest.digest)
         if not self.fs.exists(path):
             write_atomic(self.fs, path, manifest.data, overwrite=False)
 
@@ -261,76 +211,20 @@ class OCILayoutDestination(FsStore, Destination):
         fs = self.fs
         index_path = self.path(INDEX_FILE)
         if fs.exists(index_path):
-            index = _load_index(read_bytes(fs, index_path, f"{self._where()}: index.json"), self._where())
+            index = load_index(read_bytes(fs, index_path, f"{self._where()}: index.json"), self._where())
         else:
             if not fs.exists(self.path(LAYOUT_FILE)):
                 write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
-            index = {"schemaVersion": 2, "manifests": []}
-        manifests: list[Any] = list(index["manifests"])
+            index = {}
+        manifests: list[Any] = list(index.get("manifests") or [])
         # Publications arrive in whatever order the runner grouped them; sorted, the same
         # images always give the same index.json (and the same oci-archive bytes).
         for pub in sorted(publications, key=lambda p: (p.ref is None, p.ref or "", p.descriptor.digest)):
-            manifests = _add_entry(manifests, pub)
+            manifests = add_entry(manifests, pub)
         index["schemaVersion"] = 2
         index["mediaType"] = mt.OCI_INDEX
         index["manifests"] = manifests
-        write_atomic(fs, index_path, _dump_index(index))
+        write_atomic(fs, index_path, dump_index(index))
         return {}
 
 
-def _entry_ref(entry: Any) -> str | None:
-    if not isinstance(entry, dict):
-        return None
-    annotations = entry.get("annotations")
-    if isinstance(annotations, dict):
-        name = annotations.get(REF_NAME)
-        return name if isinstance(name, str) else None
-    return None
-
-
-def _add_entry(manifests: list[Any], pub: Publication) -> list[Any]:
-    """index.json entries after naming ``pub``: like umoci, a name moves to the new image.
-
-    Older entries with the same name are dropped, and so is an unnamed entry of the same
-    digest (it would be a duplicate). An entry that already says exactly this stays where
-    it is, so re-publishing (a retried bundle) changes nothing.
-    """
-    desc = pub.descriptor
-    annotations = dict(desc.annotations)
-    annotations.pop(REF_NAME, None)
-    if pub.ref:
-        annotations[REF_NAME] = pub.ref
-    new = desc.with_annotations(annotations).to_dict()
-
-    def same_digest(entry: Any) -> bool:
-        return isinstance(entry, dict) and entry.get("digest") == desc.digest
-
-    if not pub.ref:
-        if any(same_digest(e) and _entry_ref(e) is None for e in manifests):
-            return manifests
-        return [*manifests, new]
-    out: list[Any] = []
-    placed = False
-    for entry in manifests:
-        name = _entry_ref(entry)
-        if name == pub.ref:
-            if same_digest(entry) and not placed:
-                out.append(new)
-                placed = True
-            continue
-        if name is None and same_digest(entry):
-            continue
-        out.append(entry)
-    if not placed:
-        out.append(new)
-    return out
-
-
-def _dump_index(index: dict[str, Any]) -> bytes:
-    """index.json bytes: schemaVersion, mediaType, manifests first, other keys after."""
-    ordered: dict[str, Any] = {"schemaVersion": index.get("schemaVersion", 2), "mediaType": mt.OCI_INDEX}
-    ordered["manifests"] = index.get("manifests") or []
-    for key, value in index.items():
-        if key not in ordered:
-            ordered[key] = value
-    return orjson.dumps(ordered)

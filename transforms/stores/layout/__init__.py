@@ -1,0 +1,1 @@
+"""OCI image layouts: a directory (``oci:``) and the same layout in one tar (``oci-archive:``)."""
