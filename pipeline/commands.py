@@ -17,9 +17,9 @@ from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
 from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
-from imagepush.transforms.naming import copy_job
+from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.engine.jobs import Output
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryUnavailable
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from imagepush.pipeline.cli import UsageError
 from imagepush.pipeline.graph import RunSpec
 from imagepush.transforms.formats.descriptor import FormatError, Platform
-from imagepush.transforms.naming import copy_job
+from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.engine.jobs import Output
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.options import StoreOptions

@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.beam.migrate import ListSyncs, MigrateImages, WriteAudit, _Sharded
 from imagepush.transforms.engine.jobs import Output, SyncSpec
-from imagepush.transforms.naming import copy_job
+from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.records import AuditRow
 from imagepush.transforms.stores.refs import parse_reference
 

@@ -13,9 +13,9 @@ from imagepush.transforms.engine.manifests import Finalized, finalize
 from imagepush.transforms.engine.plan import blob_requests, plan_targets
 from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
-from imagepush.transforms.naming import copy_job
+from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.records import OK
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.registry import RegistryUnavailable

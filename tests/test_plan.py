@@ -6,7 +6,7 @@ import json
 
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, Platform
-from imagepush.transforms.naming import copy_job, sync_target
+from imagepush.transforms.engine.naming import copy_job, sync_target
 from imagepush.transforms.engine.jobs import ManifestNode, Output, blob_needs, choose_format, filter_platforms
 from imagepush.transforms.formats.manifest import parse_manifest
 from imagepush.transforms.stores.base import ImageEntry, ManifestBlob

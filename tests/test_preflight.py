@@ -10,7 +10,7 @@ import pytest
 from imagepush.pipeline import commands
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
-from imagepush.transforms.naming import copy_job
+from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.engine.jobs import Output, SyncSpec
 from imagepush.transforms.engine.preflight import preflight
 from imagepush.transforms.stores.layout.oci import OCILayoutSource

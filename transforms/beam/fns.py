@@ -26,14 +26,14 @@ from imagepush.transforms import audit
 from imagepush.transforms.engine.deliver import BlobDelivery
 from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, finalize, listing_failed
-from imagepush.transforms.naming import sync_jobs
+from imagepush.transforms.engine.naming import sync_jobs
 from imagepush.transforms.engine.plan import plan_targets
 from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.records import OK, AuditRow, now
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.stores.options import StoreOptions
 

@@ -6,14 +6,14 @@ from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, DiffIdHasher
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.schema1 import Schema1Manifest
-from imagepush.transforms.naming import copy_job
+from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.engine.jobs import ManifestNode, choose_format
 from imagepush.transforms.engine.render import render_tree
 from imagepush.transforms.engine.resolve import resolve_tree
 from imagepush.transforms.stores.base import Source, StoreError
 from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.engine.streaming import BlobVerificationError
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 
 

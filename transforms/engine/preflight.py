@@ -24,11 +24,11 @@ from typing import Iterable
 from imagepush.transforms import errors
 from imagepush.transforms.records import OK, AuditRow, now
 from imagepush.transforms.engine.manifests import listing_failed, write_manifests
-from imagepush.transforms.naming import sync_jobs
+from imagepush.transforms.engine.naming import sync_jobs
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.engine.current import check_current
 from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")

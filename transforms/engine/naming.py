@@ -11,7 +11,7 @@ from typing import Iterator
 from imagepush.transforms.engine.jobs import CopyJob, Output, SyncSpec, Target
 from imagepush.transforms.stores.base import ImageEntry
 from imagepush.transforms.stores.refs import ImageReference, parse_reference
-from imagepush.transforms.storecache import StoreCache
+from imagepush.transforms.stores.cache import StoreCache
 
 
 def _target(destination: ImageReference, out: Output) -> Target:

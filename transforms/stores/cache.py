@@ -1,7 +1,9 @@
-"""Per-DoFn-instance cache of opened stores, keyed by their identities (``ImageReference.store``).
+"""The opened stores of one worker process, keyed by their identities (``ImageReference.store``).
 
-DoFns carry only reference strings (cheap to pickle); each worker opens a store the
-first time it needs it and reuses it (and its connection pools) across bundles.
+Beam elements carry only store identities (cheap to pickle); a worker opens a store the
+first time one of its steps needs it, and every step of that worker reuses it, with its
+connection pools and per-registry request limits (the DoFns share one cache through
+``apache_beam.utils.shared.Shared``). The launcher uses one for its preflight.
 """
 
 from __future__ import annotations
