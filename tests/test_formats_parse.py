@@ -495,3 +495,13 @@ def test_blobs_of_schema1_lists_every_blob_sum_base_first_with_unknown_size():
         "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4",
     ]
     assert {d.size for d in blobs} == {UNKNOWN_SIZE}
+
+
+def test_a_streaming_hash_names_the_digest_of_what_went_through_it():
+    from imagepush.transforms.formats import digest as digestlib
+
+    for digest in (sha256(b"layer bytes"), "sha512:" + __import__("hashlib").sha512(b"layer bytes").hexdigest()):
+        h = digestlib.hasher(digest)
+        h.update(b"layer ")
+        h.update(b"bytes")
+        assert digestlib.of_hasher(h) == digest

@@ -32,7 +32,7 @@ def measure_layers(source: Source, node: ManifestNode) -> dict[str, LayerInfo]:
                     h.update(chunk)
                     diff.update(chunk)
                     size += len(chunk)
-            if f"{layer.blob_sum.split(':')[0]}:{h.hexdigest()}" != layer.blob_sum:
+            if digestlib.of_hasher(h) != layer.blob_sum:
                 raise BlobVerificationError(f"layer {layer.blob_sum} does not match its digest")
             info[layer.blob_sum] = LayerInfo(size=size, diff_id=diff.digest())
     return info

@@ -112,7 +112,7 @@ def stream_blob(
                 f"blob {expected_digest} has {size} bytes, its descriptor says {expected_size}"
             )
         if h is not None:
-            actual = f"{expected_digest.split(':', 1)[0]}:{h.hexdigest()}"
+            actual = digestlib.of_hasher(h)
             if actual != expected_digest:
                 raise BlobVerificationError(f"blob content is {actual}, not {expected_digest}")
         diff_id = diff.digest() if diff is not None else None
@@ -212,7 +212,7 @@ def recompress(
     emit(comp.flush())
     if expected_size is not None and expected_size >= 0 and size != expected_size:
         raise BlobVerificationError(f"blob {expected_digest} has {size} bytes, its descriptor says {expected_size}")
-    actual = f"{expected_digest.split(':', 1)[0]}:{src_hash.hexdigest()}"
+    actual = digestlib.of_hasher(src_hash)
     if actual != expected_digest:
         raise BlobVerificationError(f"blob content is {actual}, not {expected_digest}")
     return Recompressed(digest=f"sha256:{out_hash.hexdigest()}", size=written, diff_id=f"sha256:{diff.hexdigest()}")

@@ -55,3 +55,8 @@ def of_bytes(data: bytes, algorithm: str = SHA256) -> str:
 def matches(digest: str, data: bytes) -> bool:
     algorithm, encoded = split(digest)
     return hashlib.new(algorithm, data).hexdigest() == encoded
+
+
+def of_hasher(h: "hashlib._Hash") -> str:
+    """The digest a finished streaming hash names: for blobs checked as they stream past."""
+    return f"{h.name}:{h.hexdigest()}"
