@@ -58,28 +58,37 @@ class _StoresHolder:
         self.stores = StoreCache(options)
 
 
-class BatchFn(beam.DoFn):
-    """Base of the I/O steps: ``process((shard, items))`` maps :meth:`work` over the items.
+class StoresFn(beam.DoFn):
+    """A DoFn that works on stores: only plain configuration is pickled, the stores are the worker's."""
 
-    Only plain configuration is pickled; the stores come from the worker's shared
-    holder and the thread pool is made in ``setup`` and kept across bundles.
+    def __init__(self, shared: Shared, options: StoreOptions | None) -> None:
+        self._shared = shared
+        self._options = options
+
+    def setup(self) -> None:
+        options = self._options
+        self._holder = self._shared.acquire(lambda: _StoresHolder(options))
+
+    @property
+    def stores(self) -> StoreCache:
+        return self._holder.stores
+
+
+class BatchFn(StoresFn):
+    """Base of the I/O steps: ``process((shard, items))`` runs the items on a bounded thread pool.
+
+    The pool is made in ``setup`` and kept across bundles.
     """
 
     name = "io"
 
     def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int) -> None:
-        self._shared = shared
-        self._options = options
+        super().__init__(shared, options)
         self._parallel = max(1, parallel)
 
     def setup(self) -> None:
-        options = self._options
-        self._holder = self._shared.acquire(lambda: _StoresHolder(options))
+        super().setup()
         self._executor = ThreadPoolExecutor(self._parallel, thread_name_prefix=f"imagepush-{self.name}")
-
-    @property
-    def stores(self) -> StoreCache:
-        return self._holder.stores
 
     def teardown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -88,25 +97,20 @@ class BatchFn(beam.DoFn):
         return bounded_map(fn, items, workers=self._parallel, executor=self._executor)
 
 
-class ListSyncFn(beam.DoFn):
+class ListSyncFn(StoresFn):
     """SyncSpec -> a CopyJob per image its source lists, or failed audit rows if it cannot be listed.
 
     A generator: a catalog can be huge, and jobs flow on while the listing goes on.
     """
 
     def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None) -> None:
-        self._shared = shared
+        super().__init__(shared, options)
         self._run_id = run_id
-        self._options = options
-
-    def setup(self) -> None:
-        options = self._options
-        self._holder = self._shared.acquire(lambda: _StoresHolder(options))
 
     def process(self, spec: SyncSpec) -> Iterator[CopyJob | AuditRow]:
         started = now()
         try:
-            yield from sync_jobs(spec, self._holder.stores)
+            yield from sync_jobs(spec, self.stores)
         except Exception as exc:
             yield from listing_failed(spec, self._run_id, exc, started)
 
