@@ -16,10 +16,9 @@ import sys
 import uuid
 from typing import Sequence
 
+from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.reference import ReferenceError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 EPILOG = """\
 references:
@@ -39,10 +38,6 @@ exit status: 0 all images done; 1 some images failed (the audit names each);
 2 bad usage or configuration (nothing written); 130 interrupted (Ctrl-C stops at
 once; a rerun skips what was finished).
 """
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for: reported in one line, exit 2."""
 
 
 def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
@@ -222,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if args.command in ("copy", "sync", "run") else EXIT_FAILED
     except KeyboardInterrupt:
         print("imagepush: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _stop_on_interrupt(signum: int, frame: object) -> None:
@@ -237,7 +232,7 @@ def _stop_on_interrupt(signum: int, frame: object) -> None:
     try:
         os.write(2, b"imagepush: interrupted\n")
     finally:
-        os._exit(130)
+        os._exit(EXIT_INTERRUPTED)
 
 
 def entry() -> None:

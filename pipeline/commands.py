@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from imagepush.pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
+from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
 from imagepush.transforms import audit, records

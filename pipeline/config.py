@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imagepush.pipeline.cli import UsageError
+from imagepush.pipeline.exits import UsageError
 from imagepush.pipeline.graph import RunSpec
 from imagepush.transforms.formats.descriptor import FormatError, Platform
 from imagepush.transforms.naming import copy_job
