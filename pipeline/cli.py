@@ -17,8 +17,12 @@ import uuid
 from typing import Sequence
 
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from imagepush.pipeline.options import BeamOptionError, BeamOptions, runner_name
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.reference import ReferenceError
+
+#: The commands that run a pipeline, and so take Beam options.
+RUNS = ("copy", "sync", "run")
 
 EPILOG = """\
 references:
@@ -126,15 +130,14 @@ def _quiet_beam_import_notes(record: logging.LogRecord) -> bool:
     return not (record.name == "root" and "apitools" in str(record.msg))
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imagepush: %(message)s"))
     handler.addFilter(_quiet_beam_import_notes)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.getLogger("imagepush").setLevel(level)
+    logging.getLogger("imagepush").setLevel(logging.INFO)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
 
@@ -149,25 +152,42 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate the ``--name value`` options we do not define (Beam's) from ours.
+    """Separate Beam's options from ours, before argparse sees the line.
 
-    Done before argparse sees the line, so that a Beam option's value is never taken
-    for a source or destination.
+    Beam's own parser says which options exist and which take a value: a Beam switch
+    never takes the next argument (a source, say) for its value, and an option nobody
+    knows is refused by its name alone, whatever follows it. Beam is imported only
+    when the line has an option that is not ours.
     """
     known = _option_strings(build_parser())
+
+    def foreign(arg: str) -> bool:
+        return arg.startswith("--") and len(arg) > 2 and arg.split("=", 1)[0] not in known
+
+    first = next((arg.split("=", 1)[0] for arg in argv if foreign(arg)), None)
+    if first is None:
+        return list(argv), []
+    if next((arg for arg in argv if not arg.startswith("-")), None) not in RUNS:
+        raise UsageError(f"unknown option {first}")  # only a pipeline has Beam options
     ours: list[str] = []
     beam_args: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--") and len(arg) > 2 and arg.split("=", 1)[0] not in known:
-            beam_args.append(arg)
-            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                beam_args.append(argv[i + 1])
-                i += 1
-        else:
-            ours.append(arg)
-        i += 1
+    try:
+        beam = BeamOptions(runner_name(argv))
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if not foreign(arg):
+                ours.append(arg)
+            else:
+                name, has_value, _ = arg.partition("=")
+                beam_args.append(arg)
+                if beam.takes_value(name) and not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                    beam_args.append(argv[i + 1])
+                    i += 1
+            i += 1
+        beam.check(beam_args)
+    except BeamOptionError as exc:
+        raise UsageError(str(exc)) from None
     return ours, beam_args
 
 
@@ -177,28 +197,29 @@ def new_run_id() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, beam_args = split_beam_args(argv)
-    args = build_parser().parse_args(ours)
-    _setup_logging(getattr(args, "verbose", False))
-    if getattr(args, "platform", None):
-        from imagepush.transforms.formats.descriptor import FormatError, Platform
-
-        try:
-            for text in args.platform:
-                Platform.parse(text)
-        except FormatError as exc:
-            print(f"imagepush: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    from imagepush.pipeline import commands
-
+    _setup_logging()  # first: Beam, when the line has options of its own, logs as it is imported
+    command = None
     try:
-        if args.command in ("copy", "sync", "run"):
+        ours, beam_args = split_beam_args(argv)
+        args = build_parser().parse_args(ours)
+        command = args.command
+        if getattr(args, "verbose", False):
+            logging.getLogger("imagepush").setLevel(logging.DEBUG)
+        if getattr(args, "platform", None):
+            from imagepush.transforms.formats.descriptor import FormatError, Platform
+
+            try:
+                for text in args.platform:
+                    Platform.parse(text)
+            except FormatError as exc:
+                raise UsageError(str(exc)) from None
+        from imagepush.pipeline import commands
+
+        if command in RUNS:
             return commands.run_job(args, beam_args, new_run_id())
-        if beam_args:
-            raise UsageError(f"unknown option {beam_args[0]!r} for {args.command}")
-        if args.command == "ls":
+        if command == "ls":
             return commands.ls(args)
-        if args.command == "audit":
+        if command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)
     except BrokenPipeError:
@@ -214,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Nothing could be read (ls, inspect) or a destination refused to be prepared
         # (copy, sync, run): a problem with the stores, not with the command line.
         print(f"imagepush: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE if args.command in ("copy", "sync", "run") else EXIT_FAILED
+        return EXIT_USAGE if command in RUNS else EXIT_FAILED
     except KeyboardInterrupt:
         print("imagepush: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

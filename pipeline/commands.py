@@ -12,7 +12,7 @@ import orjson
 
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
-from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
+from imagepush.pipeline.options import is_local, is_multiprocess
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
 from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, parse_reference
@@ -133,11 +133,6 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
-    if spec.beam_args:  # nothing to check (and Beam not to import) without them
-        try:
-            pipeline_options(spec.beam_args)
-        except UnknownBeamOption as exc:
-            raise UsageError(str(exc)) from None
     # One set of store objects on the launcher: a registry is pinged (or found
     # unreachable) once for the preparation and the preflight together.
     cache = StoreCache(spec.options)

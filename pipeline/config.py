@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from imagepush.pipeline.exits import UsageError
 from imagepush.pipeline.graph import RunSpec
+from imagepush.pipeline.options import DEFAULT_RUNNER, BeamOptionError, BeamOptions
 from imagepush.transforms.formats.descriptor import FormatError, Platform
 from imagepush.transforms.naming import copy_job
 from imagepush.transforms.plan import Output
@@ -102,15 +103,6 @@ class RunConfig(_Strict):
     jobs: list[JobConfig]
 
 
-def _beam_flags(runner: dict[str, Any]) -> list[str]:
-    flags = []
-    for name, value in runner.items():
-        if isinstance(value, bool):
-            value = str(value).lower()
-        flags.append(f"--{name}={value}")
-    return flags
-
-
 def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args: list[str]) -> RunSpec:
     try:
         raw = yaml.safe_load(text)
@@ -122,10 +114,16 @@ def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise UsageError(f"config: {where}: {first['msg']}") from None
+    beam_args: list[str] = []
+    if cfg.runner:  # Beam is imported only for a run that has Beam options
+        try:
+            beam_args = BeamOptions(str(cfg.runner.get("runner") or DEFAULT_RUNNER)).from_mapping(cfg.runner)
+        except BeamOptionError as exc:
+            raise UsageError(f"config: runner: {exc}") from None
     spec = RunSpec(
         run_id=run_id,
         audit_url=cfg.audit or default_audit,
-        beam_args=_beam_flags(cfg.runner) + list(extra_beam_args),
+        beam_args=beam_args + list(extra_beam_args),
         parallel=cfg.parallel,
         preflight=cfg.preflight,
         options=StoreOptions(
