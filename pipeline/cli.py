@@ -14,8 +14,11 @@ import os
 import signal
 import sys
 import uuid
-from typing import Sequence
+from typing import Any, Sequence
 
+from pydantic import BaseModel
+
+from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryConfig, RunConfig
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from imagepush.pipeline.options import BeamOptionError, BeamOptions, runner_name
 from imagepush.transforms.errors import is_expected, one_line
@@ -44,6 +47,11 @@ once; a rerun skips what was finished).
 """
 
 
+def _default(model: type[BaseModel], field: str) -> Any:
+    """A flag's default is the run model's, so that leaving out a flag or a YAML key means the same."""
+    return model.model_fields[field].default
+
+
 def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                    help="keep only these platforms of an index (repeatable; default: all)")
@@ -53,18 +61,18 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                    help="registry credentials in docker config.json / containers auth.json form "
                         "(default: the usual docker and containers locations)")
     p.add_argument("--ca-bundle", metavar="PEM", help="extra CA certificates to trust for registries")
-    p.add_argument("--registry-concurrency", type=int, default=8, metavar="N",
-                   help="concurrent requests per registry from each worker (default: 8)")
-    p.add_argument("--retry-times", type=int, default=4, metavar="N",
+    p.add_argument("--registry-concurrency", type=int, default=_default(RegistryConfig, "concurrency"), metavar="N",
+                   help="concurrent requests per registry from each worker (default: %(default)s)")
+    p.add_argument("--retry-times", type=int, default=_default(RegistryConfig, "retries"), metavar="N",
                    help="retries of a registry request after a connection error, 429 or 5xx, "
-                        "with exponential backoff (default: 4)")
-    p.add_argument("--parallel", type=int, default=8, metavar="N",
-                   help="images and blobs each worker handles at once in every step (default: 8)")
+                        "with exponential backoff (default: %(default)s)")
+    p.add_argument("--parallel", type=int, default=_default(RunConfig, "parallel"), metavar="N",
+                   help="images and blobs each worker handles at once in every step (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     if writes:
-        p.add_argument("--format", choices=("preserve", "oci", "v2s2"), default="preserve",
+        p.add_argument("--format", choices=FORMATS, default=_default(Defaults, "format"),
                        help="manifest/config format written (default: preserve bytes and digests)")
-        p.add_argument("--compression", choices=("preserve", "gzip", "zstd", "none"), default="preserve",
+        p.add_argument("--compression", choices=COMPRESSIONS, default=_default(Defaults, "compression"),
                        help="layer compression written (default: preserve, layers copied as they are); "
                             "zstd needs OCI manifests; docker-archive always stores layers uncompressed")
         p.add_argument("--no-preflight", dest="preflight", action="store_false",
@@ -205,14 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command
         if getattr(args, "verbose", False):
             logging.getLogger("imagepush").setLevel(logging.DEBUG)
-        if getattr(args, "platform", None):
-            from imagepush.transforms.formats.descriptor import FormatError, Platform
-
-            try:
-                for text in args.platform:
-                    Platform.parse(text)
-            except FormatError as exc:
-                raise UsageError(str(exc)) from None
         from imagepush.pipeline import commands
 
         if command in RUNS:
