@@ -94,22 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("copy", help="copy one image (or an index with its children) to every DST",
-                       epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("source", metavar="SRC", help="the image: a registry tag or digest, an oci: ref name, a dir:, "
-                   "a docker-archive: image")
-    p.add_argument("destinations", metavar="DST", nargs="+",
-                   help="where it goes, each with its own name (a tag, ref name or repo:tag)")
-    _common(p, writes=True)
-
-    p = sub.add_parser("sync", help="copy every image SRC holds (all repositories, all tags)",
-                       epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("source", metavar="SRC", help="a registry (docker://HOST), a repository prefix "
-                   "(docker://HOST/team) or repository, an OCI layout, a docker-archive, a registry-storage: tree")
-    p.add_argument("destinations", metavar="DST", nargs="+",
-                   help="a registry prefix (the repository path below SRC is appended, tags kept), "
-                   "an OCI layout (ref names REPO:TAG) or a docker-archive")
-    _common(p, writes=True)
+    jobs = (
+        ("copy", "copy one image (or an index with its children) to every DST",
+         "the image: a registry tag or digest, an oci: ref name, a dir:, a docker-archive: image",
+         "where it goes, each with its own name (a tag, ref name or repo:tag)"),
+        ("sync", "copy every image SRC holds (all repositories, all tags)",
+         "a registry (docker://HOST), a repository prefix (docker://HOST/team) or repository, an OCI layout, "
+         "a docker-archive, a registry-storage: tree",
+         "a registry prefix (the repository path below SRC is appended, tags kept), "
+         "an OCI layout (ref names REPO:TAG) or a docker-archive"),
+    )
+    for name, summary, source, destinations in jobs:
+        p = sub.add_parser(name, help=summary, epilog=EPILOG, formatter_class=fmt)
+        p.add_argument("source", metavar="SRC", help=source)
+        p.add_argument("destinations", metavar="DST", nargs="+", help=destinations)
+        _common(p, writes=True)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
                        epilog=EPILOG, formatter_class=fmt)
