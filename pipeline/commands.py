@@ -146,12 +146,13 @@ def summarize(audit_url: str, seconds: float) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def _size(n: float) -> str:
+    units = ("B", "KB", "MB", "GB")
+    scale = 0
+    while n >= 1000 and scale < len(units) - 1:
         n /= 1000
-    return f"{n} B"
+        scale += 1
+    return f"{n:.0f} B" if scale == 0 else f"{n:.1f} {units[scale]}"
 
 
 def ls(args: argparse.Namespace) -> int:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
-from imagepush.transforms.plan import CopyJob
+from imagepush.transforms.plan import CopyJob, SyncSpec
 from imagepush.transforms.stores.options import StoreOptions
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,8 +15,8 @@ class RunSpec:
     run_id: str
     audit_url: str
     jobs: list[CopyJob] = field(default_factory=list)
-    #: (source, destinations, format, platforms) to expand by listing the source.
-    syncs: list = field(default_factory=list)
+    #: Sources to list; each listed image becomes a job on the workers.
+    syncs: list[SyncSpec] = field(default_factory=list)
     beam_args: list[str] = field(default_factory=list)
     options: StoreOptions = field(default_factory=StoreOptions)
     #: Images and blobs handled at once by each I/O step of each worker.
