@@ -89,15 +89,14 @@ class BeamOptions:
     failed pipeline after the destinations were prepared.
     """
 
-    def __init__(self, runner: str | None = None) -> None:
+    def __init__(self, runner: str) -> None:
         from apache_beam.options.pipeline_options import PipelineOptions
         from apache_beam.runners.runner import create_runner
 
-        if runner is not None:
-            try:
-                create_runner(runner)
-            except (ImportError, ValueError) as exc:
-                raise BeamOptionError(f"--runner: {str(exc).splitlines()[0]}") from None
+        try:
+            create_runner(runner)
+        except (ImportError, ValueError) as exc:
+            raise BeamOptionError(f"--runner: {str(exc).splitlines()[0]}") from None
         parsers: list[argparse.ArgumentParser] = []
         # Beam builds this parser from every loaded option class and hands it to the callback.
         PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
@@ -117,17 +116,22 @@ class BeamOptions:
         return self._takes_value[flag]
 
     def check(self, flags: Sequence[str]) -> None:
-        """Parse ``flags`` (whose names are known) as Beam will, so that a value it refuses is a one-line error now."""
+        """Parse ``flags`` (whose names are known) as Beam will.
+
+        A value Beam refuses is then one line now, not Beam's usage text once the pipeline starts.
+        """
         try:
             self._parser.parse_known_args(list(flags))
         except argparse.ArgumentError as exc:
             raise BeamOptionError(str(exc)) from None
 
     def from_mapping(self, options: Mapping[str, Any]) -> list[str]:
-        """The flags of ``{name: value}`` options (a run file's ``runner``), as Beam's ``from_dictionary`` makes them.
+        """The flags of ``{name: value}`` options (a run file's ``runner``).
 
-        true/false switch a flag that takes no value on or off, a list repeats the flag, a
-        mapping is passed as JSON and null leaves the option out.
+        They mean what Beam's ``PipelineOptions.from_dictionary`` makes of the same
+        mapping: true/false switch a flag that takes no value on or off, a list repeats
+        the flag, a mapping is passed as JSON and null leaves the option out. Flags rather
+        than an options object, so that the command line's Beam options can follow them.
         """
         flags: list[str] = []
         for name, value in options.items():
