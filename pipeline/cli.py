@@ -37,9 +37,9 @@ references:
   registry-storage:URL                      source only: a registry's storage tree
   URL is a local path or any fsspec URL (memory://x, s3://bucket/x, gs://bucket/x).
 
-Any other --name value is passed to Apache Beam (--runner, --direct_num_workers,
---direct_running_mode, Dataflow's --project, --region, --temp_location ...).
-The default runner is the in-process FnApiRunner.
+Any other --name value is an Apache Beam option (--runner, --direct_num_workers,
+--direct_running_mode, Dataflow's --project, --region, --temp_location ...); one
+Beam does not know is refused. The default runner is the in-process FnApiRunner.
 
 exit status: 0 all images done; 1 some images failed (the audit names each);
 2 bad usage or configuration (nothing written); 130 interrupted (Ctrl-C stops at
@@ -149,6 +149,7 @@ def _setup_logging() -> None:
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option any of our commands defines: argparse has no public list of them."""
     names: set[str] = set()
     for action in parser._actions:
         names.update(action.option_strings)
@@ -174,8 +175,10 @@ def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     first = next((arg.split("=", 1)[0] for arg in argv if foreign(arg)), None)
     if first is None:
         return list(argv), []
+    # The command is the first word: nothing before it takes a value. Only a command
+    # that runs a pipeline has Beam options, so the others never need to import Beam.
     if next((arg for arg in argv if not arg.startswith("-")), None) not in RUNS:
-        raise UsageError(f"unknown option {first}")  # only a pipeline has Beam options
+        raise UsageError(f"unknown option {first}")
     ours: list[str] = []
     beam_args: list[str] = []
     try:

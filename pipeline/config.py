@@ -36,7 +36,6 @@ from imagepush.pipeline.exits import UsageError
 from imagepush.pipeline.graph import RunSpec
 from imagepush.pipeline.options import DEFAULT_RUNNER, BeamOptions
 from imagepush.transforms.formats.descriptor import Platform
-from imagepush.transforms.naming import copy_job
 from imagepush.transforms.plan import Output, SyncSpec
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.reference import SINGLE_IMAGE, ImageReference, ReferenceError, parse_reference
@@ -212,6 +211,10 @@ class RunConfig(_Strict):
 
     def to_spec(self, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = ()) -> RunSpec:
         """The run this model describes; Beam options of the command line come after the file's."""
+        # Imported here: naming brings the stores and their clients, which the command
+        # line's parser (built from this model's vocabularies and defaults) does not need.
+        from imagepush.transforms.naming import copy_job
+
         spec = RunSpec(
             run_id=run_id,
             audit_url=self.audit or default_audit,
