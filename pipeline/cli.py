@@ -52,6 +52,11 @@ def _default(model: type[BaseModel], field: str) -> Any:
     return model.model_fields[field].default
 
 
+def _one_of(values: tuple[str, ...]) -> str:
+    """The help's ``{a,b,c}``, as argparse shows choices: the values are the model's to check, not argparse's."""
+    return "{" + ",".join(values) + "}"
+
+
 def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                    help="keep only these platforms of an index (repeatable; default: all)")
@@ -61,18 +66,18 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                    help="registry credentials in docker config.json / containers auth.json form "
                         "(default: the usual docker and containers locations)")
     p.add_argument("--ca-bundle", metavar="PEM", help="extra CA certificates to trust for registries")
-    p.add_argument("--registry-concurrency", type=int, default=_default(RegistryConfig, "concurrency"), metavar="N",
+    p.add_argument("--registry-concurrency", default=_default(RegistryConfig, "concurrency"), metavar="N",
                    help="concurrent requests per registry from each worker (default: %(default)s)")
-    p.add_argument("--retry-times", type=int, default=_default(RegistryConfig, "retries"), metavar="N",
+    p.add_argument("--retry-times", default=_default(RegistryConfig, "retries"), metavar="N",
                    help="retries of a registry request after a connection error, 429 or 5xx, "
                         "with exponential backoff (default: %(default)s)")
-    p.add_argument("--parallel", type=int, default=_default(RunConfig, "parallel"), metavar="N",
+    p.add_argument("--parallel", default=_default(RunConfig, "parallel"), metavar="N",
                    help="images and blobs each worker handles at once in every step (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     if writes:
-        p.add_argument("--format", choices=FORMATS, default=_default(Defaults, "format"),
+        p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                        help="manifest/config format written (default: preserve bytes and digests)")
-        p.add_argument("--compression", choices=COMPRESSIONS, default=_default(Defaults, "compression"),
+        p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
                        help="layer compression written (default: preserve, layers copied as they are); "
                             "zstd needs OCI manifests; docker-archive always stores layers uncompressed")
         p.add_argument("--no-preflight", dest="preflight", action="store_false",

@@ -23,13 +23,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_unknown_format_is_refused_by_the_parser(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["copy", "--format", "v1", "oci:/a:b", "oci:/c"])
-    assert exc.value.code == EXIT_USAGE
-    assert "invalid choice: 'v1'" in capsys.readouterr().err
-
-
 def test_beam_options_are_split_from_ours_with_their_values():
     ours, beam = split_beam_args(
         ["copy", "--runner", "FnApiRunner", "oci:/a:b", "--format", "oci", "oci:/c", "--direct_num_workers=2"]

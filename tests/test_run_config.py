@@ -75,6 +75,27 @@ def test_a_platform_is_os_slash_arch(refused, out):
         f"imagepush: config: jobs.0.platforms.0: {message}")
 
 
+def test_a_format_is_preserve_oci_or_v2s2(refused, out):
+    message = "Input should be 'preserve', 'oci' or 'v2s2'"
+    assert refused(["copy", "--format", "v1", "oci:/in:a", out]) == f"imagepush: --format: {message}"
+    assert refused(yaml=f"jobs: [{{copy: 'oci:/in:a', to: [{{ref: '{out}', format: v1}}]}}]") == (
+        f"imagepush: config: jobs.0.to.0.format: {message}")
+
+
+def test_a_compression_is_preserve_gzip_zstd_or_none(refused, out):
+    message = "Input should be 'preserve', 'gzip', 'zstd' or 'none'"
+    assert refused(["sync", "--compression", "lz4", "oci:/in", out]) == f"imagepush: --compression: {message}"
+    assert refused(yaml=f"defaults: {{compression: lz4}}\njobs: [{{sync: 'oci:/in', to: ['{out}']}}]") == (
+        f"imagepush: config: defaults.compression: {message}")
+
+
+def test_counts_are_whole_numbers(refused, out):
+    message = "Input should be a valid integer, unable to parse string as an integer"
+    assert refused(["sync", "--parallel", "many", "oci:/in", out]) == f"imagepush: --parallel: {message}"
+    assert refused(yaml=f"parallel: many\njobs: [{{sync: 'oci:/in', to: ['{out}']}}]") == (
+        f"imagepush: config: parallel: {message}")
+
+
 def test_zstd_layers_need_oci_manifests(refused, out):
     message = "zstd needs OCI manifests; it cannot be combined with format v2s2"
     assert refused(["copy", "--format", "v2s2", "--compression", "zstd", "oci:/in:a", out]) == (
