@@ -14,12 +14,18 @@ import os
 import signal
 import sys
 import uuid
-from typing import Sequence
+from typing import Any, Sequence
 
+from pydantic import BaseModel
+
+from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryConfig, RunConfig
+from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+from imagepush.pipeline.options import BeamOptionError, BeamOptions, runner_name
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: The commands that run a pipeline, and so take Beam options.
+RUNS = ("copy", "sync", "run")
 
 EPILOG = """\
 references:
@@ -31,9 +37,9 @@ references:
   registry-storage:URL                      source only: a registry's storage tree
   URL is a local path or any fsspec URL (memory://x, s3://bucket/x, gs://bucket/x).
 
-Any other --name value is passed to Apache Beam (--runner, --direct_num_workers,
---direct_running_mode, Dataflow's --project, --region, --temp_location ...).
-The default runner is the in-process FnApiRunner.
+Any other --name value is an Apache Beam option (--runner, --direct_num_workers,
+--direct_running_mode, Dataflow's --project, --region, --temp_location ...); one
+Beam does not know is refused. The default runner is the in-process FnApiRunner.
 
 exit status: 0 all images done; 1 some images failed (the audit names each);
 2 bad usage or configuration (nothing written); 130 interrupted (Ctrl-C stops at
@@ -41,8 +47,14 @@ once; a rerun skips what was finished).
 """
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for: reported in one line, exit 2."""
+def _default(model: type[BaseModel], field: str) -> Any:
+    """A flag's default is the run model's, so that leaving out a flag or a YAML key means the same."""
+    return model.model_fields[field].default
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """The help's ``{a,b,c}``, as argparse shows choices: the values are the model's to check, not argparse's."""
+    return "{" + ",".join(values) + "}"
 
 
 def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
@@ -54,18 +66,18 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                    help="registry credentials in docker config.json / containers auth.json form "
                         "(default: the usual docker and containers locations)")
     p.add_argument("--ca-bundle", metavar="PEM", help="extra CA certificates to trust for registries")
-    p.add_argument("--registry-concurrency", type=int, default=8, metavar="N",
-                   help="concurrent requests per registry from each worker (default: 8)")
-    p.add_argument("--retry-times", type=int, default=4, metavar="N",
+    p.add_argument("--registry-concurrency", default=_default(RegistryConfig, "concurrency"), metavar="N",
+                   help="concurrent requests per registry from each worker (default: %(default)s)")
+    p.add_argument("--retry-times", default=_default(RegistryConfig, "retries"), metavar="N",
                    help="retries of a registry request after a connection error, 429 or 5xx, "
-                        "with exponential backoff (default: 4)")
-    p.add_argument("--parallel", type=int, default=8, metavar="N",
-                   help="images and blobs each worker handles at once in every step (default: 8)")
+                        "with exponential backoff (default: %(default)s)")
+    p.add_argument("--parallel", default=_default(RunConfig, "parallel"), metavar="N",
+                   help="images and blobs each worker handles at once in every step (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     if writes:
-        p.add_argument("--format", choices=("preserve", "oci", "v2s2"), default="preserve",
+        p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                        help="manifest/config format written (default: preserve bytes and digests)")
-        p.add_argument("--compression", choices=("preserve", "gzip", "zstd", "none"), default="preserve",
+        p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
                        help="layer compression written (default: preserve, layers copied as they are); "
                             "zstd needs OCI manifests; docker-archive always stores layers uncompressed")
         p.add_argument("--no-preflight", dest="preflight", action="store_false",
@@ -87,22 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("copy", help="copy one image (or an index with its children) to every DST",
-                       epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("source", metavar="SRC", help="the image: a registry tag or digest, an oci: ref name, a dir:, "
-                   "a docker-archive: image")
-    p.add_argument("destinations", metavar="DST", nargs="+",
-                   help="where it goes, each with its own name (a tag, ref name or repo:tag)")
-    _common(p, writes=True)
-
-    p = sub.add_parser("sync", help="copy every image SRC holds (all repositories, all tags)",
-                       epilog=EPILOG, formatter_class=fmt)
-    p.add_argument("source", metavar="SRC", help="a registry (docker://HOST), a repository prefix "
-                   "(docker://HOST/team) or repository, an OCI layout, a docker-archive, a registry-storage: tree")
-    p.add_argument("destinations", metavar="DST", nargs="+",
-                   help="a registry prefix (the repository path below SRC is appended, tags kept), "
-                   "an OCI layout (ref names REPO:TAG) or a docker-archive")
-    _common(p, writes=True)
+    jobs = (
+        ("copy", "copy one image (or an index with its children) to every DST",
+         "the image: a registry tag or digest, an oci: ref name, a dir:, a docker-archive: image",
+         "where it goes, each with its own name (a tag, ref name or repo:tag)"),
+        ("sync", "copy every image SRC holds (all repositories, all tags)",
+         "a registry (docker://HOST), a repository prefix (docker://HOST/team) or repository, an OCI layout, "
+         "a docker-archive, a registry-storage: tree",
+         "a registry prefix (the repository path below SRC is appended, tags kept), "
+         "an OCI layout (ref names REPO:TAG) or a docker-archive"),
+    )
+    for name, summary, source, destinations in jobs:
+        p = sub.add_parser(name, help=summary, epilog=EPILOG, formatter_class=fmt)
+        p.add_argument("source", metavar="SRC", help=source)
+        p.add_argument("destinations", metavar="DST", nargs="+", help=destinations)
+        _common(p, writes=True)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
                        epilog=EPILOG, formatter_class=fmt)
@@ -131,19 +142,19 @@ def _quiet_beam_import_notes(record: logging.LogRecord) -> bool:
     return not (record.name == "root" and "apitools" in str(record.msg))
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imagepush: %(message)s"))
     handler.addFilter(_quiet_beam_import_notes)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.getLogger("imagepush").setLevel(level)
+    logging.getLogger("imagepush").setLevel(logging.INFO)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option any of our commands defines: argparse has no public list of them."""
     names: set[str] = set()
     for action in parser._actions:
         names.update(action.option_strings)
@@ -154,25 +165,44 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate the ``--name value`` options we do not define (Beam's) from ours.
+    """Separate Beam's options from ours, before argparse sees the line.
 
-    Done before argparse sees the line, so that a Beam option's value is never taken
-    for a source or destination.
+    Beam's own parser says which options exist and which take a value: a Beam switch
+    never takes the next argument (a source, say) for its value, and an option nobody
+    knows is refused by its name alone, whatever follows it. Beam is imported only
+    when the line has an option that is not ours.
     """
     known = _option_strings(build_parser())
+
+    def foreign(arg: str) -> bool:
+        return arg.startswith("--") and len(arg) > 2 and arg.split("=", 1)[0] not in known
+
+    first = next((arg.split("=", 1)[0] for arg in argv if foreign(arg)), None)
+    if first is None:
+        return list(argv), []
+    # The command is the first word: nothing before it takes a value. Only a command
+    # that runs a pipeline has Beam options, so the others never need to import Beam.
+    if next((arg for arg in argv if not arg.startswith("-")), None) not in RUNS:
+        raise UsageError(f"unknown option {first}")
     ours: list[str] = []
     beam_args: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--") and len(arg) > 2 and arg.split("=", 1)[0] not in known:
-            beam_args.append(arg)
-            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-                beam_args.append(argv[i + 1])
-                i += 1
-        else:
-            ours.append(arg)
-        i += 1
+    try:
+        beam = BeamOptions(runner_name(argv))
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if not foreign(arg):
+                ours.append(arg)
+            else:
+                name, has_value, _ = arg.partition("=")
+                beam_args.append(arg)
+                if beam.takes_value(name) and not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                    beam_args.append(argv[i + 1])
+                    i += 1
+            i += 1
+        beam.check(beam_args)
+    except BeamOptionError as exc:
+        raise UsageError(str(exc)) from None
     return ours, beam_args
 
 
@@ -182,28 +212,21 @@ def new_run_id() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, beam_args = split_beam_args(argv)
-    args = build_parser().parse_args(ours)
-    _setup_logging(getattr(args, "verbose", False))
-    if getattr(args, "platform", None):
-        from imagepush.transforms.formats.descriptor import FormatError, Platform
-
-        try:
-            for text in args.platform:
-                Platform.parse(text)
-        except FormatError as exc:
-            print(f"imagepush: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    from imagepush.pipeline import commands
-
+    _setup_logging()  # first: Beam, when the line has options of its own, logs as it is imported
+    command = None
     try:
-        if args.command in ("copy", "sync", "run"):
+        ours, beam_args = split_beam_args(argv)
+        args = build_parser().parse_args(ours)
+        command = args.command
+        if getattr(args, "verbose", False):
+            logging.getLogger("imagepush").setLevel(logging.DEBUG)
+        from imagepush.pipeline import commands
+
+        if command in RUNS:
             return commands.run_job(args, beam_args, new_run_id())
-        if beam_args:
-            raise UsageError(f"unknown option {beam_args[0]!r} for {args.command}")
-        if args.command == "ls":
+        if command == "ls":
             return commands.ls(args)
-        if args.command == "audit":
+        if command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)
     except BrokenPipeError:
@@ -219,10 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Nothing could be read (ls, inspect) or a destination refused to be prepared
         # (copy, sync, run): a problem with the stores, not with the command line.
         print(f"imagepush: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE if args.command in ("copy", "sync", "run") else EXIT_FAILED
+        return EXIT_USAGE if command in RUNS else EXIT_FAILED
     except KeyboardInterrupt:
         print("imagepush: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _stop_on_interrupt(signum: int, frame: object) -> None:
@@ -237,7 +260,7 @@ def _stop_on_interrupt(signum: int, frame: object) -> None:
     try:
         os.write(2, b"imagepush: interrupted\n")
     finally:
-        os._exit(130)
+        os._exit(EXIT_INTERRUPTED)
 
 
 def entry() -> None:

@@ -10,15 +10,14 @@ import time
 
 import orjson
 
-from imagepush.pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError
+from imagepush.pipeline import config
+from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
-from imagepush.pipeline.options import UnknownBeamOption, is_local, is_multiprocess, pipeline_options
+from imagepush.pipeline.options import is_local, is_multiprocess
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
-from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
-from imagepush.transforms.engine.naming import copy_job
-from imagepush.transforms.engine.jobs import Output
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryUnavailable
@@ -32,33 +31,13 @@ MAX_LAUNCHER_JOBS = 10_000
 
 
 def store_options(args: argparse.Namespace) -> StoreOptions:
-    if args.registry_concurrency < 1:
-        raise UsageError("--registry-concurrency must be at least 1")
-    if args.retry_times < 0:
-        raise UsageError("--retry-times must be 0 or more")
-    return StoreOptions(
-        insecure_registries=tuple(args.insecure_registry),
-        authfile=args.authfile,
-        ca_bundle=args.ca_bundle,
-        registry_concurrency=args.registry_concurrency,
-        registry_retries=args.retry_times,
-    )
+    return config.from_flags(args).registries.store_options()
 
 
 def _source(text: str, options: StoreOptions) -> ImageReference:
     ref = parse_reference(text)
     open_source(ref, options)  # raises a one-line StoreError for transports that cannot be read
     return ref
-
-
-def _destinations(texts: list[str]) -> list[ImageReference]:
-    refs = []
-    for text in texts:
-        ref = parse_reference(text)
-        if ref.transport == "registry-storage":
-            raise UsageError(f"{text}: registry-storage: is a source only")
-        refs.append(ref)
-    return refs
 
 
 def _default_audit(run_id: str) -> str:
@@ -77,30 +56,8 @@ def _check_memory_urls(refs: list[str], beam_args: list[str]) -> None:
 
 def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> RunSpec:
     if args.command == "run":
-        from imagepush.pipeline.config import load_run_config
-
-        return load_run_config(args.config, run_id, beam_args, _default_audit(run_id))
-    options = store_options(args)
-    source = _source(args.source, options)
-    dests = _destinations(args.destinations)
-    platforms = tuple(args.platform)
-    if args.parallel < 1:
-        raise UsageError("--parallel must be at least 1")
-    spec = RunSpec(run_id=run_id, audit_url=args.audit or _default_audit(run_id), beam_args=beam_args,
-                   options=options, parallel=args.parallel, preflight=args.preflight)
-    if args.format == "v2s2" and args.compression == "zstd":
-        raise UsageError("--compression zstd needs OCI manifests; it cannot be combined with --format v2s2")
-    outputs = [Output(str(d), args.format, args.compression) for d in dests]
-    if args.command == "copy":
-        spec.jobs.append(copy_job(source, outputs, platforms))
-    else:
-        for d in dests:
-            if d.transport in SINGLE_IMAGE:
-                raise UsageError(f"{d}: a dir: holds one image; sync into oci:, docker-archive: or docker://")
-        from imagepush.transforms.engine.jobs import SyncSpec
-
-        spec.syncs.append(SyncSpec(str(source), tuple(outputs), platforms))
-    return spec
+        return config.spec_from_file(args.config, run_id, _default_audit(run_id), beam_args)
+    return config.spec_from_flags(args, run_id, _default_audit(run_id), beam_args)
 
 
 def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
@@ -133,11 +90,6 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
-    if spec.beam_args:  # nothing to check (and Beam not to import) without them
-        try:
-            pipeline_options(spec.beam_args)
-        except UnknownBeamOption as exc:
-            raise UsageError(str(exc)) from None
     # One set of store objects on the launcher: a registry is pinged (or found
     # unreachable) once for the preparation and the preflight together.
     cache = StoreCache(spec.options)
@@ -194,12 +146,13 @@ def summarize(audit_url: str, seconds: float) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def _size(n: float) -> str:
+    units = ("B", "KB", "MB", "GB")
+    scale = 0
+    while n >= 1000 and scale < len(units) - 1:
         n /= 1000
-    return f"{n} B"
+        scale += 1
+    return f"{n:.0f} B" if scale == 0 else f"{n:.1f} {units[scale]}"
 
 
 def ls(args: argparse.Namespace) -> int:
@@ -223,9 +176,10 @@ def ls(args: argparse.Namespace) -> int:
 def inspect(args: argparse.Namespace) -> int:
     from imagepush.transforms.engine.inspection import inspect_image
 
-    options = store_options(args)
+    settings = config.from_flags(args)
+    options = settings.registries.store_options()
     ref = _source(args.source, options)
-    data = inspect_image(ref, config=args.config, as_format=args.as_format, platforms=tuple(args.platform),
+    data = inspect_image(ref, config=args.config, as_format=args.as_format, platforms=tuple(settings.defaults.platforms),
                          options=options)
     sys.stdout.buffer.write(data if data.endswith(b"\n") else data + b"\n")
     sys.stdout.flush()

@@ -1,4 +1,10 @@
-"""The YAML batch job of ``imagepush run``, validated before anything is written.
+"""The one validated model of a run, filled from a YAML file or from the command line.
+
+``imagepush run`` reads the model from its YAML file; ``copy`` and ``sync`` fill the same
+model from their flags, and ``ls`` and ``inspect`` its registry and platform settings.
+Every rule about a run lives here once, so a flag and the YAML key that mean the same
+thing are refused with the same message: the flag names itself, the key its path in the
+file. The whole run is checked before anything is written.
 
 Example (relative paths are relative to the current directory)::
 
@@ -17,23 +23,81 @@ Example (relative paths are relative to the current directory)::
 
 from __future__ import annotations
 
+import argparse
 import re
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from imagepush.pipeline.cli import UsageError
+from imagepush.pipeline.exits import UsageError
 from imagepush.pipeline.graph import RunSpec
-from imagepush.transforms.formats.descriptor import FormatError, Platform
-from imagepush.transforms.engine.naming import copy_job
-from imagepush.transforms.engine.jobs import Output
-from imagepush.transforms.stores.base import StoreError
+from imagepush.pipeline.options import DEFAULT_RUNNER, BeamOptions
+from imagepush.transforms.formats.descriptor import Platform
+from imagepush.transforms.engine.jobs import Output, SyncSpec
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.refs import SINGLE_IMAGE, parse_reference
+from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, ReferenceError, parse_reference
 
 Format = Literal["preserve", "oci", "v2s2"]
 Compression = Literal["preserve", "gzip", "zstd", "none"]
+FORMATS: tuple[str, ...] = get_args(Format)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+
+#: A place in the model, as keys and list positions: the path of a key in the YAML file.
+Loc = tuple[str | int, ...]
+
+
+class RunConfigError(ValueError):
+    """A rule of the run model broken at ``loc``.
+
+    The message never repeats the value of a key the model does not know: a misspelt
+    ``password`` must not end up in a terminal or a CI log.
+    """
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _parsed(text: str) -> ImageReference:
+    try:
+        return parse_reference(text)
+    except ReferenceError as exc:  # a StoreError, which pydantic would not take for a validation error
+        raise ValueError(str(exc)) from None
+
+
+def _reference(text: str) -> str:
+    _parsed(text)
+    return text
+
+
+def _platform(text: str) -> str:
+    Platform.parse(text)
+    return text
+
+
+def _pattern(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {text!r}: {exc}") from None
+    return text
+
+
+def _beam_flags(options: object) -> object:
+    """``runner`` is a mapping of Beam options; the model keeps them as the flags Beam parses."""
+    if not isinstance(options, dict):
+        raise ValueError("give Beam options as a mapping, {name: value}")
+    if not options:
+        return []
+    return BeamOptions(str(options.get("runner") or DEFAULT_RUNNER)).from_mapping(options)
+
+
+Reference = Annotated[str, AfterValidator(_reference)]
+PlatformText = Annotated[str, AfterValidator(_platform)]
+Pattern = Annotated[str, AfterValidator(_pattern)]
 
 
 class _Strict(BaseModel):
@@ -41,15 +105,30 @@ class _Strict(BaseModel):
 
 
 class DestinationConfig(_Strict):
+    """Where a job writes, with its own format and compression; a bare reference stands for ``{ref: …}``."""
+
     ref: str
     format: Format | None = None
     compression: Compression | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_reference(cls, data: Any) -> Any:
+        return {"ref": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _writable(self) -> DestinationConfig:
+        # Checked on the whole destination, not on ``ref``, so that a problem is reported
+        # at the place the user wrote (``jobs.0.to.1``), whichever form they wrote it in.
+        if _parsed(self.ref).transport == "registry-storage":
+            raise ValueError(f"{self.ref!r}: registry-storage: is a source only")
+        return self
 
 
 class Defaults(_Strict):
     format: Format = "preserve"
     compression: Compression = "preserve"
-    platforms: list[str] = Field(default_factory=list)
+    platforms: list[PlatformText] = Field(default_factory=list)
 
 
 class RegistryConfig(_Strict):
@@ -59,121 +138,210 @@ class RegistryConfig(_Strict):
     concurrency: int = Field(default=8, ge=1)
     retries: int = Field(default=4, ge=0)
 
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(
+            insecure_registries=tuple(self.insecure),
+            authfile=self.authfile,
+            ca_bundle=self.ca_bundle,
+            registry_concurrency=self.concurrency,
+            registry_retries=self.retries,
+        )
+
 
 class JobConfig(_Strict):
-    copy_: str | None = Field(default=None, alias="copy")
-    sync: str | None = None
-    to: list[str | DestinationConfig]
+    """One ``copy`` (an image) or ``sync`` (every image of a store) to its destinations."""
+
+    copy_: Reference | None = Field(default=None, alias="copy")
+    sync: Reference | None = None
+    to: list[DestinationConfig] = Field(min_length=1)
     format: Format | None = None
     compression: Compression | None = None
-    platforms: list[str] | None = None
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
+    platforms: list[PlatformText] | None = None
+    include: list[Pattern] = Field(default_factory=list)
+    exclude: list[Pattern] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "JobConfig":
+    def _one_source(self) -> JobConfig:
         if (self.copy_ is None) == (self.sync is None):
             raise ValueError("each job needs exactly one of 'copy' or 'sync'")
-        if not self.to:
-            raise ValueError("each job needs at least one destination in 'to'")
         if self.copy_ is not None and (self.include or self.exclude):
             raise ValueError("'include'/'exclude' filter sync jobs only")
+        if self.sync is not None:
+            for dest in self.to:
+                transport = parse_reference(dest.ref).transport
+                if transport in SINGLE_IMAGE:
+                    raise ValueError(
+                        f"{dest.ref!r}: a {transport}: holds one image; sync into oci:, docker-archive: or docker://"
+                    )
         return self
 
-    @field_validator("include", "exclude")
-    @classmethod
-    def _regex(cls, patterns: list[str]) -> list[str]:
-        for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {p!r}: {exc}") from None
-        return patterns
+    @property
+    def source(self) -> str:
+        """The one of ``copy`` and ``sync`` that is set."""
+        return self.copy_ if self.copy_ is not None else str(self.sync)
 
 
 class RunConfig(_Strict):
+    """A whole run: what the file of ``imagepush run`` holds, and what the flags of the other commands fill in."""
+
     audit: str | None = None
     parallel: int = Field(default=8, ge=1)
     #: Check destinations on the launcher first (see ``--no-preflight``).
     preflight: bool = True
-    runner: dict[str, Any] = Field(default_factory=dict)
+    #: Beam options; written as the ``runner`` mapping, kept as the flags Beam parses.
+    beam_args: Annotated[list[str], BeforeValidator(_beam_flags)] = Field(default_factory=list, alias="runner")
     defaults: Defaults = Field(default_factory=Defaults)
     registries: RegistryConfig = Field(default_factory=RegistryConfig)
     jobs: list[JobConfig]
 
+    @classmethod
+    def parse(cls, data: object) -> RunConfig:
+        """The model of ``data``; the first problem found is a :class:`RunConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False, include_input=False)[0]
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            elif error["type"] == "value_error":
+                message = str(error["ctx"]["error"])  # our own words, without pydantic's "Value error, "
+            else:
+                message = error["msg"]
+            raise RunConfigError(tuple(error["loc"]), message) from None
 
-def _beam_flags(runner: dict[str, Any]) -> list[str]:
-    flags = []
-    for name, value in runner.items():
-        if isinstance(value, bool):
-            value = str(value).lower()
-        flags.append(f"--{name}={value}")
-    return flags
+    def to_spec(self, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = ()) -> RunSpec:
+        """The run this model describes; Beam options of the command line come after the file's."""
+        # Imported here: naming brings the stores and their clients, which the command
+        # line's parser (built from this model's vocabularies and defaults) does not need.
+        from imagepush.transforms.engine.naming import copy_job
+
+        spec = RunSpec(
+            run_id=run_id,
+            audit_url=self.audit or default_audit,
+            beam_args=self.beam_args + list(extra_beam_args),
+            options=self.registries.store_options(),
+            parallel=self.parallel,
+            preflight=self.preflight,
+        )
+        for n, job in enumerate(self.jobs):
+            platforms = tuple(self.defaults.platforms if job.platforms is None else job.platforms)
+            outputs = [self._output(n, i) for i in range(len(job.to))]
+            source = parse_reference(job.source)
+            if job.copy_ is not None:
+                spec.jobs.append(copy_job(source, outputs, platforms))
+            else:
+                spec.syncs.append(
+                    SyncSpec(str(source), tuple(outputs), platforms, tuple(job.include), tuple(job.exclude))
+                )
+        return spec
+
+    def _setting(self, name: str, n: int, i: int) -> tuple[str, Loc]:
+        """A destination's ``format`` or ``compression``, and where it was set (to name it in an error).
+
+        The destination's own setting wins, then its job's, then the defaults.
+        """
+        job = self.jobs[n]
+        levels = ((getattr(job.to[i], name), ("jobs", n, "to", i, name)), (getattr(job, name), ("jobs", n, name)))
+        for value, loc in levels:
+            if value is not None:
+                return value, loc
+        return getattr(self.defaults, name), ("defaults", name)
+
+    def _output(self, n: int, i: int) -> Output:
+        """How job ``n`` writes destination ``i``.
+
+        Format and compression may each come from another level, so whether they go
+        together is decided here, where they meet; the problem is reported where the
+        more specific of the two was set (the compression when both were set at once).
+        """
+        fmt, fmt_at = self._setting("format", n, i)
+        compression, compression_at = self._setting("compression", n, i)
+        if compression == "zstd" and fmt == "v2s2":
+            where = max(compression_at, fmt_at, key=len)
+            raise RunConfigError(where, "zstd needs OCI manifests; it cannot be combined with format v2s2")
+        return Output(str(parse_reference(self.jobs[n].to[i].ref)), fmt, compression)
 
 
-def parse_run_config(text: str, run_id: str, default_audit: str, extra_beam_args: list[str]) -> RunSpec:
+@contextmanager
+def _reported(where: Callable[[Loc], str]) -> Iterator[None]:
+    """A broken rule as a one-line usage error, its place named by ``where``."""
+    try:
+        yield
+    except RunConfigError as exc:
+        raise UsageError(f"{where(exc.loc)}{exc}") from None
+
+
+def _in_file(loc: Loc) -> str:
+    return "config: " + (".".join(str(part) for part in loc) + ": " if loc else "")
+
+
+def spec_from_yaml(text: str, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = ()) -> RunSpec:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UsageError(f"config is not valid YAML: {str(exc).splitlines()[0]}") from None
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UsageError(f"config: {where}: {first['msg']}") from None
-    spec = RunSpec(
-        run_id=run_id,
-        audit_url=cfg.audit or default_audit,
-        beam_args=_beam_flags(cfg.runner) + list(extra_beam_args),
-        parallel=cfg.parallel,
-        preflight=cfg.preflight,
-        options=StoreOptions(
-            insecure_registries=tuple(cfg.registries.insecure),
-            authfile=cfg.registries.authfile,
-            ca_bundle=cfg.registries.ca_bundle,
-            registry_concurrency=cfg.registries.concurrency,
-            registry_retries=cfg.registries.retries,
-        ),
-    )
-    from imagepush.transforms.engine.jobs import SyncSpec
-
-    try:
-        for n, job in enumerate(cfg.jobs):
-            platforms = tuple(job.platforms if job.platforms is not None else cfg.defaults.platforms)
-            for p in platforms:
-                Platform.parse(p)
-            fmt = job.format or cfg.defaults.format
-            compression = job.compression or cfg.defaults.compression
-            dests: list[Output] = []
-            for d in job.to:
-                if isinstance(d, str):
-                    d = DestinationConfig(ref=d)
-                out = Output(str(parse_reference(d.ref)), d.format or fmt, d.compression or compression)
-                if parse_reference(d.ref).transport == "registry-storage":
-                    raise UsageError(f"config: jobs.{n}: {d.ref}: registry-storage: is a source only")
-                if out.format == "v2s2" and out.compression == "zstd":
-                    raise UsageError(f"config: jobs.{n}: {d.ref}: zstd compression needs OCI manifests, not v2s2")
-                dests.append(out)
-            if job.copy_ is not None:
-                source = parse_reference(job.copy_)
-                spec.jobs.append(copy_job(source, dests, platforms))
-            else:
-                for out in dests:
-                    if parse_reference(out.ref).transport in SINGLE_IMAGE:
-                        raise UsageError(f"config: jobs.{n}: {out.ref}: a dir: holds one image; sync elsewhere")
-                spec.syncs.append(SyncSpec(
-                    str(parse_reference(job.sync)), tuple(dests), platforms, tuple(job.include), tuple(job.exclude),
-                ))
-    except (StoreError, FormatError) as exc:
-        raise UsageError(f"config: {exc}") from None
-    return spec
+    with _reported(_in_file):
+        return RunConfig.parse(raw).to_spec(run_id, default_audit, extra_beam_args)
 
 
-def load_run_config(path: str, run_id: str, extra_beam_args: list[str], default_audit: str) -> RunSpec:
+def spec_from_file(path: str, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = ()) -> RunSpec:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
-    return parse_run_config(text, run_id, default_audit, extra_beam_args)
+    return spec_from_yaml(text, run_id, default_audit, extra_beam_args)
+
+
+#: Where each flag of the command line goes in the model, and its argparse ``dest``.
+#: SRC and DST become the one job of ``copy`` and ``sync``.
+FLAGS: dict[Loc, tuple[str, str]] = {
+    ("audit",): ("--audit", "audit"),
+    ("parallel",): ("--parallel", "parallel"),
+    ("preflight",): ("--no-preflight", "preflight"),
+    ("defaults", "format"): ("--format", "format"),
+    ("defaults", "compression"): ("--compression", "compression"),
+    ("defaults", "platforms"): ("--platform", "platform"),
+    ("registries", "insecure"): ("--insecure-registry", "insecure_registry"),
+    ("registries", "authfile"): ("--authfile", "authfile"),
+    ("registries", "ca_bundle"): ("--ca-bundle", "ca_bundle"),
+    ("registries", "concurrency"): ("--registry-concurrency", "registry_concurrency"),
+    ("registries", "retries"): ("--retry-times", "retry_times"),
+}
+
+
+def _by_flag(loc: Loc) -> str:
+    """The flag a problem at ``loc`` came from; a problem with SRC or DST names the reference itself."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in FLAGS:
+            return FLAGS[loc[:end]][0] + ": "
+    return ""
+
+
+def _flag_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The model's input from a command line: the flags its command has, and for copy and sync one job."""
+    data: dict[str, Any] = {"jobs": []}
+    for loc, (_, dest) in FLAGS.items():
+        if hasattr(args, dest):
+            *parents, key = loc
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[key] = getattr(args, dest)
+    if args.command in ("copy", "sync"):
+        data["jobs"].append({args.command: args.source, "to": args.destinations})
+    return data
+
+
+def from_flags(args: argparse.Namespace) -> RunConfig:
+    """The settings of any command line (``ls`` and ``inspect`` use its registries and platforms)."""
+    with _reported(_by_flag):
+        return RunConfig.parse(_flag_data(args))
+
+
+def spec_from_flags(
+    args: argparse.Namespace, run_id: str, default_audit: str, beam_args: Sequence[str] = ()
+) -> RunSpec:
+    """The run of ``copy`` or ``sync``; ``beam_args`` were checked when they were split from ours."""
+    with _reported(_by_flag):
+        return RunConfig.parse(_flag_data(args)).to_spec(run_id, default_audit, beam_args)

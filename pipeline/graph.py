@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
-from imagepush.transforms.engine.jobs import CopyJob
+from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
 from imagepush.transforms.stores.options import StoreOptions
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,8 +15,8 @@ class RunSpec:
     run_id: str
     audit_url: str
     jobs: list[CopyJob] = field(default_factory=list)
-    #: (source, destinations, format, platforms) to expand by listing the source.
-    syncs: list = field(default_factory=list)
+    #: Sources to list; each listed image becomes a job on the workers.
+    syncs: list[SyncSpec] = field(default_factory=list)
     beam_args: list[str] = field(default_factory=list)
     options: StoreOptions = field(default_factory=StoreOptions)
     #: Images and blobs handled at once by each I/O step of each worker.
@@ -30,37 +27,12 @@ class RunSpec:
     settled_url: str | None = None
 
 
-#: Batches per step on a distributed runner: enough to keep a fleet of workers busy.
-DISTRIBUTED_SHARDS = 64
-
-
-def shard_count(beam_args: list[str]) -> int:
-    """How many batches each step's work is cut into: one per local process, more on a cluster.
-
-    In one process a single batch puts all of a step's work on its thread pool at once;
-    local worker processes each take a batch or two; a distributed runner spreads many.
-    """
-    from imagepush.pipeline.options import is_local, is_multiprocess
-
-    if not is_local(beam_args):
-        return DISTRIBUTED_SHARDS
-    if is_multiprocess(beam_args):
-        workers = 1
-        for i, arg in enumerate(beam_args):
-            if arg.startswith("--direct_num_workers="):
-                workers = int(arg.split("=", 1)[1] or 1)
-            elif arg == "--direct_num_workers" and i + 1 < len(beam_args):
-                workers = int(beam_args[i + 1])
-        return max(1, 2 * workers)
-    return 1
-
-
 def run(spec: RunSpec) -> None:
     """Build the pipeline and block until it finishes (the audit is then written)."""
     import apache_beam as beam
     from apache_beam.utils.shared import Shared
 
-    from imagepush.pipeline.options import pipeline_options
+    from imagepush.pipeline.options import pipeline_options, shard_count
     from imagepush.transforms.beam.migrate import ListSyncs, MigrateImages, WriteAudit
 
     shards = shard_count(spec.beam_args)

@@ -10,6 +10,7 @@ import argparse
 import gzip
 import io
 import tarfile
+from typing import Any
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
@@ -42,12 +43,12 @@ def gz(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
-def _desc(media_type: str, data: bytes, **kw) -> Descriptor:
+def _desc(media_type: str, data: bytes, **kw: Any) -> Descriptor:
     return Descriptor(media_type=media_type, digest=digestlib.of_bytes(data), size=len(data), **kw)
 
 
-def _image(dest, arch: str, layers: list[bytes], extra_env: str) -> tuple[Descriptor, bytes]:
-    """Write one OCI image's blobs and manifest; return its descriptor and manifest."""
+def _image(dest: OCILayoutDestination, arch: str, layers: list[bytes], extra_env: str) -> Descriptor:
+    """Write one OCI image's blobs and manifest; return the manifest's descriptor (with its platform)."""
     diff_ids = [digestlib.of_bytes(t) for t in layers]
     blobs = [gz(t) for t in layers]
     config = dumps({
@@ -86,7 +87,7 @@ def _image(dest, arch: str, layers: list[bytes], extra_env: str) -> tuple[Descri
     })
     desc = _desc(mt.OCI_MANIFEST, manifest, platform=Platform(architecture=arch, os="linux"))
     dest.put_manifest(ManifestBlob(manifest, mt.OCI_MANIFEST, desc.digest))
-    return desc, manifest
+    return desc
 
 
 def write_oci_samples(url: str) -> None:
@@ -95,11 +96,10 @@ def write_oci_samples(url: str) -> None:
     dest.prepare()
     base = tar_layer({"etc/os-release": b"NAME=sample\n", "bin/hello": b"#!/bin/sh\necho hello\n"})
     app = tar_layer({"srv/app.txt": b"application layer\n"})
-    single, _ = _image(dest, "amd64", [base, app], "APP=single")
+    single = _image(dest, "amd64", [base, app], "APP=single")
     entries = []
     for arch in ("amd64", "arm64"):
-        desc, _ = _image(dest, arch, [base, tar_layer({"srv/arch": arch.encode()})], f"ARCH={arch}")
-        entries.append(desc)
+        entries.append(_image(dest, arch, [base, tar_layer({"srv/arch": arch.encode()})], f"ARCH={arch}"))
     index = dumps({
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,

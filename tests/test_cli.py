@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from imagepush.pipeline.cli import EXIT_USAGE, UsageError, main, split_beam_args
-from imagepush.pipeline.config import parse_run_config
+from imagepush.pipeline.cli import main, split_beam_args
+from imagepush.pipeline.exits import EXIT_USAGE
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -23,38 +23,67 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["copy", "nonsense", "oci:/tmp/x"], "is not a reference"),
-        (["copy", "oci:/tmp/in:a", "registry-storage:/tmp/x"], "registry-storage: is a source only"),
-        (["copy", "--platform", "linux", "oci:/tmp/in:a", "oci:/tmp/x"], "is not OS/ARCH"),
-        (["copy", "docker://", "oci:/tmp/x"], "no registry host"),
-        (["sync", "oci:/tmp/in", "dir:/tmp/out"], "a dir: holds one image"),
-        (["run", "/nonexistent/config.yaml"], "cannot read config"),
-    ],
-)
-def test_user_mistakes_exit_2_with_one_line(capsys, argv, message):
-    code, out, err = run_cli(capsys, *argv)
-    assert code == EXIT_USAGE
-    assert message in err
-    assert len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
-
-
-def test_unknown_format_is_refused_by_the_parser(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["copy", "--format", "v1", "oci:/a:b", "oci:/c"])
-    assert exc.value.code == EXIT_USAGE
-    assert "invalid choice: 'v1'" in capsys.readouterr().err
-
-
 def test_beam_options_are_split_from_ours_with_their_values():
     ours, beam = split_beam_args(
         ["copy", "--runner", "FnApiRunner", "oci:/a:b", "--format", "oci", "oci:/c", "--direct_num_workers=2"]
     )
     assert ours == ["copy", "oci:/a:b", "--format", "oci", "oci:/c"]
     assert beam == ["--runner", "FnApiRunner", "--direct_num_workers=2"]
+
+
+def test_a_beam_switch_does_not_take_the_next_argument_for_a_value():
+    assert split_beam_args(["copy", "--save_main_session", "oci:/a:b", "oci:/c"]) == (
+        ["copy", "oci:/a:b", "oci:/c"], ["--save_main_session"])
+
+
+@pytest.mark.parametrize("beam", [
+    ["--direct_running_mode", "multi_processing", "--direct_num_workers", "4"],
+    ["--direct_running_mode=multi_processing", "--direct_num_workers=4"],
+    ["--runner", "DataflowRunner", "--project", "P", "--region", "R", "--temp_location", "gs://b/tmp",
+     "--setup_file", "./pyproject.toml"],
+    ["--runner=DataflowRunner", "--project=P", "--region=R", "--temp_location=gs://b/tmp", "--setup_file=./pyproject.toml"],
+])
+def test_the_documented_beam_options_pass_through(beam):
+    assert split_beam_args(["sync", "oci:/in", *beam, "oci:/out", "--parallel", "2"]) == (
+        ["sync", "oci:/in", "oci:/out", "--parallel", "2"], beam)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--s3_secret_acess_key", "hunter2"],
+    ["--s3_secret_acess_key=hunter2"],
+])
+def test_an_option_nobody_knows_is_refused_by_name_without_its_value(capsys, tmp_path, argv):
+    code, out, err = run_cli(capsys, "copy", "oci:/in:a", f"oci:{tmp_path}/o", *argv)
+    assert (code, out, err) == (EXIT_USAGE, "", "imagepush: unknown option --s3_secret_acess_key\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_option_before_a_destination_does_not_swallow_it(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "copy", "oci:/in:a", "--bogus", f"oci:{tmp_path}/o")
+    assert (code, err) == (EXIT_USAGE, "imagepush: unknown option --bogus\n")
+
+
+def test_commands_that_run_no_pipeline_take_no_beam_options_and_do_not_import_beam(tmp_path):
+    code = ("import sys\n"
+            "from imagepush.pipeline.cli import main\n"
+            f"code = main(['ls', 'oci:{tmp_path}', '--runner', 'DataflowRunner'])\n"
+            "print(code, 'apache_beam' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.stdout, proc.stderr) == ("2 False\n", "imagepush: unknown option --runner\n")
+
+
+def test_a_rerun_with_nothing_to_do_never_imports_beam(tmp_path):
+    from imagepush.pipeline.samples import write_oci_samples
+
+    write_oci_samples(str(tmp_path / "s"))
+    copy = ["copy", f"oci:{tmp_path}/s:demo/app:1.0", f"oci:{tmp_path}/o:app", "--audit", str(tmp_path / "a.parquet")]
+    assert main(copy) == 0
+    code = ("import sys\n"
+            "from imagepush.pipeline.cli import main\n"
+            f"code = main({copy!r})\n"
+            "print(code, 'apache_beam' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.splitlines()[-1] == "0 False", proc.stderr
 
 
 def test_help_explains_references_and_exit_status():
@@ -84,53 +113,6 @@ def test_only_runners_that_run_here_count_as_local():
     assert is_local(["--runner=DirectRunner"]) and is_local(["--runner", "apache_beam.runners.direct.DirectRunner"])
     assert not is_local(["--runner", "DataflowRunner", "--project", "p"])
     assert not is_local(["--runner=FlinkRunner"])
-
-
-def test_run_config_rejects_unknown_keys_in_one_line():
-    from imagepush.pipeline.cli import UsageError
-
-    with pytest.raises(UsageError, match=r"config: jobs\.0\.tags: Extra inputs are not permitted"):
-        parse_run_config("jobs:\n  - copy: oci:/a:b\n    to: [oci:/c]\n    tags: 1\n", "r", "/tmp/a", [])
-
-
-def test_run_config_gives_each_destination_its_own_format():
-    spec = parse_run_config(
-        "runner: {direct_num_workers: 2}\n"
-        "defaults: {format: v2s2}\n"
-        "jobs:\n"
-        "  - copy: oci:/a:app:1\n"
-        "    to: [oci:/b:app:1, {ref: 'dir:/c', format: oci}]\n"
-        "  - sync: oci:/a\n"
-        "    include: ['^app']\n"
-        "    to: [oci:/m]\n",
-        "run1", "/tmp/audit.parquet", ["--runner=FnApiRunner"],
-    )
-    assert spec.beam_args == ["--direct_num_workers=2", "--runner=FnApiRunner"]
-    assert [(t.destination, t.format) for t in spec.jobs[0].targets] == [("oci:/b:app:1", "v2s2"), ("dir:/c", "oci")]
-    assert [(o.ref, o.format, o.compression) for o in spec.syncs[0].destinations] == [("oci:/m", "v2s2", "preserve")]
-    assert spec.syncs[0].include == ("^app",)
-
-
-def test_registry_settings_of_a_run_config_reach_the_stores():
-    spec = parse_run_config(
-        "registries: {insecure: ['127.0.0.1:5000'], concurrency: 3, retries: 0}\n"
-        "jobs:\n  - copy: oci:/a:app:1\n    to: [oci:/b:app:1]\n",
-        "r", "/tmp/a", [],
-    )
-    assert (spec.options.insecure_registries, spec.options.registry_concurrency, spec.options.registry_retries) == (
-        ("127.0.0.1:5000",), 3, 0)
-    with pytest.raises(UsageError, match=r"^config: registries\.retries: Input should be greater than or equal to 0$"):
-        parse_run_config("registries: {retries: -1}\njobs:\n  - copy: oci:/a:b\n    to: [oci:/c]\n", "r", "/tmp/a", [])
-
-
-def test_preflight_is_on_unless_the_config_or_the_command_line_turns_it_off():
-    jobs = "jobs:\n  - copy: oci:/a:app:1\n    to: [oci:/b:app:1]\n"
-    assert parse_run_config(jobs, "r", "/tmp/a", []).preflight is True
-    assert parse_run_config("preflight: false\n" + jobs, "r", "/tmp/a", []).preflight is False
-    from imagepush.pipeline.cli import build_parser
-
-    assert build_parser().parse_args(["sync", "oci:/a", "oci:/b"]).preflight is True
-    assert build_parser().parse_args(["sync", "oci:/a", "oci:/b", "--no-preflight"]).preflight is False
 
 
 def test_inspect_of_a_missing_layout_fails_with_exit_1_in_one_line(capsys, tmp_path):
@@ -173,17 +155,6 @@ def test_inspect_as_oci_converts_a_schema1_config_with_measured_diff_ids(capsys,
                 for d in reversed(kept)]
     assert config["rootfs"] == {"type": "layers", "diff_ids": expected}
     assert [h["created_by"] for h in config["history"]][0] == "/bin/sh -c #(nop) ADD file:base in /"
-
-
-def test_a_misspelt_beam_option_is_a_usage_error_not_ignored(capsys, tmp_path):
-    from imagepush.pipeline.samples import write_oci_samples
-
-    write_oci_samples(str(tmp_path / "s"))
-    code, out, err = run_cli(capsys, "copy", f"oci:{tmp_path}/s:demo/app:1.0", f"oci:{tmp_path}/o",
-                             "--direct_num_worker", "2")
-    assert code == EXIT_USAGE
-    assert err.strip() == "imagepush: unknown options: ['--direct_num_worker', '2']"
-    assert not (tmp_path / "o").exists()
 
 
 def _slow_registry(layer: bytes) -> tuple[ThreadingHTTPServer, str, threading.Event]:
