@@ -17,6 +17,7 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import detect_media_type
+from imagepush.transforms.stores import refs
 from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
@@ -31,7 +32,7 @@ from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
 from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, head_manifest
-from imagepush.transforms.stores.registry.store import RegistryStore, split_location
+from imagepush.transforms.stores.registry.store import RegistryStore
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
 log = logging.getLogger(__name__)
@@ -107,16 +108,23 @@ class RegistryDestination(RegistryStore, Destination):
     @property
     def blob_domain(self) -> str:
         """Every repository of one registry host shares its blobs (cross-repository mounts)."""
-        return f"docker://{self.host}"
+        return self.reference.blob_domain
 
     def mount_blob(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
-        """Mount from the first repository of this host known to hold the blob; False: upload."""
+        """Mount from the first other repository of this host known to hold the blob; False: upload.
+
+        A store of another blob domain (another host, or not a registry) cannot lend its
+        blobs, and neither can a store id that is no reference at all.
+        """
         for store in known_at:
-            if not store.startswith("docker://"):
+            try:
+                holder = refs.parse_reference(store)
+            except refs.ReferenceError:
                 continue
-            host, repository = split_location(store)
-            repository = re.split(r"[:@]", repository, maxsplit=1)[0] if repository else repository
-            if host != self.host or not repository or repository == self.repository:
+            if holder.blob_domain != self.blob_domain:
+                continue
+            repository = holder.repository
+            if not repository or repository == self.repository:
                 continue
             if self._mount_from(descriptor, repository):
                 return True
