@@ -9,7 +9,6 @@ PUTs each root under its tag, one repository write at a time (Distribution 2.8 a
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Sequence
 
@@ -36,8 +35,6 @@ from imagepush.transforms.stores.registry.store import RegistryStore
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
 log = logging.getLogger(__name__)
-
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 class RegistryDestination(RegistryStore, Destination):
@@ -157,7 +154,7 @@ class RegistryDestination(RegistryStore, Destination):
         return False
 
     def current_digest(self, name: str) -> str | None:
-        if name.startswith(("sha256:", "sha512:")) or not _TAG_RE.match(name) or self._is_new_repository():
+        if name.startswith(("sha256:", "sha512:")) or not refs.TAG_RE.match(name) or self._is_new_repository():
             return None
         reply = head_manifest(self.client, self.repository, name, self.where())
         return reply.headers.get("Docker-Content-Digest") if reply is not None else None
@@ -228,7 +225,7 @@ class RegistryDestination(RegistryStore, Destination):
         if ref.startswith(("sha256:", "sha512:")):
             if ref != digest:
                 raise StoreError(f"{self.where()}: the destination names {ref} but the image written is {digest}")
-        elif not _TAG_RE.match(ref):
+        elif not refs.TAG_RE.match(ref):
             raise InvalidName(f"{self.where()}: {ref!r} is not a valid tag")
         data, media_type = self._publication_bytes(pub)
         self._put_manifest(data, media_type, ref, digest)
