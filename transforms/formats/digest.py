@@ -10,7 +10,9 @@ from imagepush.transforms.errors import INVALID_INPUT, ImagepushError
 SHA256 = "sha256"
 SHA512 = "sha512"
 
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+#: ``algorithm:encoded`` in the OCI digest grammar: only the shape of a digest (``repo:tag``
+#: can have it too); :func:`validate` also checks the algorithm and the encoded length.
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _ENCODED_LEN = {SHA256: 64, SHA512: 128}
 _HEX_RE = re.compile(r"^[a-f0-9]+$")
 
@@ -27,7 +29,7 @@ def validate(digest: str) -> str:
     Registered algorithms must have exactly the registered length of lowercase hex;
     a digest that merely looks right could otherwise name a path outside a blob store.
     """
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
         raise DigestError(f"invalid digest {digest!r}")
     algorithm, encoded = digest.split(":", 1)
     if algorithm not in _ENCODED_LEN:
