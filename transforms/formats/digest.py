@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Callable
 
 from imagepush.transforms.errors import INVALID_INPUT, ImagepushError
 
@@ -43,6 +44,19 @@ def split(digest: str) -> tuple[str, str]:
     """``sha256:abc`` -> ``("sha256", "abc")`` after validation."""
     algorithm, encoded = validate(digest).split(":", 1)
     return algorithm, encoded
+
+
+def checked(digest: str, where: str, error: Callable[[str], Exception]) -> tuple[str, str]:
+    """:func:`split` for a store: a bad digest is raised as ``error``, prefixed with ``where`` when given.
+
+    Stores name files and URLs after the digests they are asked for, so they check each
+    one first; a malformed digest is then a bad request to that store, reported as the
+    store's own error (``error``: formats cannot import the stores' error classes).
+    """
+    try:
+        return split(digest)
+    except DigestError as exc:
+        raise error(f"{where}: {exc}" if where else str(exc)) from None
 
 
 def hasher(digest: str) -> "hashlib._Hash":

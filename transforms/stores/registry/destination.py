@@ -94,10 +94,7 @@ class RegistryDestination(RegistryStore, Destination):
         return blob_exists(self.client, self.repository, digest, self.where())
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
-        try:
-            digestlib.validate(descriptor.digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self.where()}: {exc}") from None
+        digestlib.checked(descriptor.digest, self.where(), StoreError)
         return RegistryBlobSink(
             self.client, self.repository, self.where(), self.options, descriptor, self._note_present
         )

@@ -74,18 +74,12 @@ class RegistrySource(RegistryStore, Source):
         return fetch_manifest(self.client, repository, reference, expected, self.where(repository))
 
     def get_manifest(self, digest: str) -> ManifestBlob:
-        try:
-            digestlib.validate(digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self.where()}: {exc}") from None
+        digestlib.checked(digest, self.where(), StoreError)
         return fetch_manifest(self.client, self._require(self.repository), digest, digest, self.where())
 
     def open_blob(self, digest: str) -> BinaryIO:
         repository = self._require(self.repository)
-        try:
-            digestlib.validate(digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self.where()}: {exc}") from None
+        digestlib.checked(digest, self.where(), StoreError)
         where, path, scopes = self.where(), f"/v2/{repository}/blobs/{digest}", [pull_scope(repository)]
 
         def open_at(offset: int) -> StreamedResponse:
