@@ -1,11 +1,13 @@
-"""One contract for every store that is not a registry: what a source reads back, what a destination writes.
+"""One contract for every store: what a source reads back, what a destination writes.
 
-The read side runs on every transport a file or bucket holds: oci, oci-archive, dir,
-docker-archive and registry-storage; the write side on those that are destinations. Each
-runs on a local temporary directory and on fsspec's ``memory://`` filesystem, so the
-stores are exercised through fsspec the way remote URLs (s3://, gs://) use them. A
-registry-storage tree is written here as Distribution writes it
-(test_registry_storage.py checks the writer against a real registry).
+The read side runs on every transport: oci, oci-archive, dir, docker-archive,
+registry-storage and a registry (docker); the write side on those that are destinations.
+Each file transport runs on a local temporary directory and on fsspec's ``memory://``
+filesystem, so the stores are exercised through fsspec the way remote URLs (s3://, gs://)
+use them. A registry-storage tree is written here as Distribution writes it
+(test_registry_storage.py checks the writer against a real registry). The registry is a
+real Docker Distribution started once for the module, with one fresh repository per test,
+and is judged by what it keeps on disk below that repository.
 """
 
 from __future__ import annotations
@@ -36,15 +38,24 @@ from imagepush.transforms.stores.base import (
     Source,
     StoreError,
 )
+from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.stores.transports import open_destination, open_source
+from tests.conftest import require_tool
+from tests.registry_server import Registry, start_registry
 
-WRITABLE = ("oci", "oci-archive", "dir", "docker-archive")
+#: The registry's kind: its transport name.
+REGISTRY = "docker"
+WRITABLE = ("oci", "oci-archive", "dir", "docker-archive", REGISTRY)
 READABLE = (*WRITABLE, "registry-storage")
-LOCATIONS = ("local", "memory")
-#: The name each kind gives the contract's image: dir: names nothing, RepoTags carry a registry.
+#: Where a file store lives; a registry store is a repository of the module's Distribution.
+FILE_LOCATIONS = ("local", "memory")
+REGISTRY_LOCATIONS = ("distribution",)
+#: The name each kind gives the contract's image: dir: names nothing, RepoTags carry a
+#: registry, and a registry store is one repository, in which an image is named by its tag.
 NAMES = {"oci": "apps/web:1.0", "oci-archive": "apps/web:1.0", "dir": None,
-         "docker-archive": "example.com/apps/web:1.0", "registry-storage": "apps/web:1.0"}
+         "docker-archive": "example.com/apps/web:1.0", "registry-storage": "apps/web:1.0",
+         REGISTRY: "1.0"}
 #: Kinds whose images must be OCI (their destinations convert Docker types to OCI).
 OCI_ONLY = frozenset({"oci", "oci-archive"})
 
@@ -151,19 +162,39 @@ class Store:
     """One store of one kind at one location, and what the contract wrote into it."""
 
     kind: str
+    #: The reference's location: a path or fsspec URL, or a registry's ``host:port/repository``.
     url: str
     fs: fsspec.AbstractFileSystem
+    #: Where the store keeps its files (for a registry: its repository in the registry's storage).
     base: str
+    #: Set for a registry, which the contract reaches over plain HTTP.
+    options: StoreOptions | None = None
 
     def destination(self) -> Destination:
-        return open_destination(ImageReference(self.kind, self.url))
+        return open_destination(ImageReference(self.kind, self.url), self.options)
 
     def source(self) -> Source:
-        return open_source(ImageReference(self.kind, self.url))
+        return open_source(ImageReference(self.kind, self.url), self.options)
 
     @property
     def name(self) -> str | None:
         return NAMES[self.kind]
+
+    def entry(self, digest: str, media_type: str) -> ImageEntry:
+        """How ``list_images`` shows the contract's image.
+
+        A registry lists ``ref`` as ``repository:tag`` with the repository's full path below
+        the host (so the entry can be fetched from the store that listed it), and as
+        ``repository`` the last component of that path, the part a sync appends to its
+        destination; the other kinds list the name they were given.
+        """
+        if self.kind == REGISTRY:
+            repository = self.url.split("/", 1)[1]
+            return ImageEntry(ref=f"{repository}:{self.name}", repository=repository.rsplit("/", 1)[-1],
+                              tag=self.name, digest=digest, media_type=media_type)
+        repository, _, tag = (self.name or "").rpartition(":")
+        return ImageEntry(ref=self.name or "", repository=repository, tag=tag or None,
+                          digest=digest, media_type=media_type)
 
     def image(self, text: bytes = b"hello\n", arch: str = "amd64") -> TinyImage:
         return tiny_image(text, arch, oci=self.kind in OCI_ONLY)
@@ -190,12 +221,33 @@ class Store:
         dest.publish([Publication(ref=self.name, descriptor=index_desc, manifest=index)])
 
     def leftovers(self) -> list[str]:
-        """Temporary files a commit/abort/publish should not leave behind."""
-        return [p for p in self.fs.find(self.base) if "/.tmp-" in p]
+        """Temporary files a commit/abort/publish should not leave behind (a registry's: upload sessions)."""
+        marker = "/_uploads/" if self.kind == REGISTRY else "/.tmp-"
+        return [p for p in self.fs.find(self.base) if marker in p]
+
+
+@pytest.fixture(scope="module")
+def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One Docker Distribution for the module's registry stores; each test takes a repository of its own."""
+    require_tool("docker-registry")
+    registry = start_registry(tmp_path_factory.mktemp("contract-registry"))
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+def registry_store(registry: Registry) -> Store:
+    """A fresh, empty repository of ``registry``: no test sees another's tags or upload sessions."""
+    repository = f"contract/{uuid.uuid4().hex[:12]}"
+    return Store(REGISTRY, f"{registry.host}/{repository}", fsspec.filesystem("file"),
+                 str(registry.storage / "docker/registry/v2/repositories" / repository),
+                 StoreOptions(insecure_registries=(registry.host,)))
 
 
 @contextmanager
 def _store(kind: str, location: str, tmp_path) -> Iterator[Store]:
+    """An empty file store of ``kind`` on a local folder or on ``memory://``, removed afterwards."""
     leaf = {"oci-archive": "image.tar", "docker-archive": "image.tar"}.get(kind, "image")
     if location == "local":
         base, url, fs = str(tmp_path), str(tmp_path / leaf), fsspec.filesystem("file")
@@ -211,9 +263,15 @@ def _store(kind: str, location: str, tmp_path) -> Iterator[Store]:
 
 def _stores(kinds: tuple[str, ...]):
     """A fixture giving an empty store of each of ``kinds``, at each location."""
-    @pytest.fixture(params=[(k, loc) for k in kinds for loc in LOCATIONS], ids=lambda p: f"{p[0]}-{p[1]}")
+    params = [(k, loc) for k in kinds for loc in (REGISTRY_LOCATIONS if k == REGISTRY else FILE_LOCATIONS)]
+
+    @pytest.fixture(params=params, ids=lambda p: f"{p[0]}-{p[1]}")
     def fixture(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
-        with _store(*request.param, tmp_path) as store:
+        kind, location = request.param
+        if kind == REGISTRY:
+            yield registry_store(request.getfixturevalue("distribution"))
+            return
+        with _store(kind, location, tmp_path) as store:
             yield store
 
     return fixture
@@ -244,6 +302,19 @@ def publication(image: TinyImage, ref: str | None) -> Publication:
                        manifest=image.manifest)
 
 
+def index_of(platforms: dict[str, TinyImage]) -> bytes:
+    """An OCI index of the images in ``platforms``, each under its architecture."""
+    return orjson.dumps({
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_INDEX,
+        "manifests": [
+            {"mediaType": img.types[0], "digest": img.root_desc.digest, "size": img.root_desc.size,
+             "platform": {"architecture": arch, "os": "linux"}}
+            for arch, img in platforms.items()
+        ],
+    })
+
+
 def archived_manifest(image: TinyImage) -> bytes:
     """What a docker-archive serves for ``image``: it keeps config and uncompressed layers only."""
     return schema2_manifest(image.config_desc, [Descriptor(mt.DOCKER_LAYER, image.diff_id, len(image.layer_tar))])
@@ -256,11 +327,7 @@ def test_lists_the_image_under_its_name(readable: Store) -> None:
     image = readable.image()
     readable.holds([image])
     manifest = archived_manifest(image) if readable.kind == "docker-archive" else image.manifest
-    repository, _, tag = (readable.name or "").rpartition(":")
-    assert list(readable.source().list_images()) == [ImageEntry(
-        ref=readable.name or "", repository=repository, tag=tag or None,
-        digest=sha256(manifest), media_type=image.types[0],
-    )]
+    assert list(readable.source().list_images()) == [readable.entry(sha256(manifest), image.types[0])]
 
 
 def test_root_by_name_and_by_digest(readable: Store) -> None:
@@ -313,15 +380,7 @@ def test_index_and_its_children(with_indexes: Store) -> None:
     """A multi-image root is served as written, its children by digest."""
     readable = with_indexes
     amd64, arm64 = readable.image(b"amd64\n", "amd64"), readable.image(b"arm64\n", "arm64")
-    index = orjson.dumps({
-        "schemaVersion": 2,
-        "mediaType": mt.OCI_INDEX,
-        "manifests": [
-            {"mediaType": img.types[0], "digest": img.root_desc.digest, "size": img.root_desc.size,
-             "platform": {"architecture": arch, "os": "linux"}}
-            for img, arch in ((amd64, "amd64"), (arm64, "arm64"))
-        ],
-    })
+    index = index_of({"amd64": amd64, "arm64": arm64})
     readable.holds([amd64, arm64], index)
     source = readable.source()
     assert source.get_root(readable.name) == ManifestBlob(index, mt.OCI_INDEX, sha256(index))
@@ -390,6 +449,7 @@ def test_publish_twice_is_idempotent(writable: Store) -> None:
     store_image(dest, image)
     dest.publish([publication(image, writable.name)])
     first = {p: writable.fs.cat_file(p) for p in writable.fs.find(writable.base)}
+    assert first  # the files of the store itself are judged, not an empty folder
     dest.publish([publication(image, writable.name)])
     second = {p: writable.fs.cat_file(p) for p in writable.fs.find(writable.base)}
     assert second == first
@@ -413,16 +473,34 @@ def test_manifest_types_accepted(writable: Store) -> None:
         "oci-archive": {mt.OCI_MANIFEST, mt.OCI_INDEX},
         "dir": set(mt.MANIFEST_TYPES),
         "docker-archive": {mt.OCI_MANIFEST, mt.DOCKER_SCHEMA2},
+        # schema1 too: a registry that does not take it says so when it is PUT.
+        REGISTRY: set(mt.MANIFEST_TYPES),
     }[writable.kind]
     assert {t for t in mt.MANIFEST_TYPES if dest.accepts_manifest(t)} == expected
     assert dest.preferred_format == ("v2s2" if writable.kind == "docker-archive" else "oci")
 
 
 def test_children_are_present_before_their_index(writable_with_indexes: Store) -> None:
-    dest = writable_with_indexes.destination()
+    """A child is stored when it is put (after its blobs), so the index put after it finds it.
+
+    A registry refuses an index that names a manifest it does not hold, and a manifest
+    whose blobs it does not hold: the order blobs, children, index is what every
+    destination is given, and what a child put by digest must already satisfy.
+    """
+    store = writable_with_indexes
+    dest = store.destination()
     dest.prepare()
-    child = writable_with_indexes.image()
+    child = store.image()
+    write_blob(dest, child.config_desc, child.config)
+    write_blob(dest, child.layer_desc, child.layer_gz)
     dest.put_manifest(child.manifest_blob)
+    index = index_of({"amd64": child})
+    index_desc = Descriptor(mt.OCI_INDEX, sha256(index), len(index))
+    dest.put_manifest(ManifestBlob(index, mt.OCI_INDEX, index_desc.digest), root=True)
+    assert dest.publish([Publication(ref=store.name, descriptor=index_desc, manifest=index)]) == {}
+    source = store.source()
+    assert source.get_root(store.name) == ManifestBlob(index, mt.OCI_INDEX, index_desc.digest)
+    assert source.get_manifest(child.root_desc.digest) == child.manifest_blob
 
 
 def test_docker_archive_refuses_an_index(tmp_path) -> None:

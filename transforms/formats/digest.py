@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Callable
 
 from imagepush.transforms.errors import INVALID_INPUT, ImagepushError
 
 SHA256 = "sha256"
 SHA512 = "sha512"
 
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+#: ``algorithm:encoded`` in the OCI digest grammar: only the shape of a digest (``repo:tag``
+#: can have it too); :func:`validate` also checks the algorithm and the encoded length.
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _ENCODED_LEN = {SHA256: 64, SHA512: 128}
 _HEX_RE = re.compile(r"^[a-f0-9]+$")
 
@@ -27,7 +30,7 @@ def validate(digest: str) -> str:
     Registered algorithms must have exactly the registered length of lowercase hex;
     a digest that merely looks right could otherwise name a path outside a blob store.
     """
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
         raise DigestError(f"invalid digest {digest!r}")
     algorithm, encoded = digest.split(":", 1)
     if algorithm not in _ENCODED_LEN:
@@ -41,6 +44,19 @@ def split(digest: str) -> tuple[str, str]:
     """``sha256:abc`` -> ``("sha256", "abc")`` after validation."""
     algorithm, encoded = validate(digest).split(":", 1)
     return algorithm, encoded
+
+
+def checked(digest: str, where: str, error: Callable[[str], Exception]) -> tuple[str, str]:
+    """:func:`split` for a store: a bad digest is raised as ``error``, prefixed with ``where`` when given.
+
+    Stores name files and URLs after the digests they are asked for, so they check each
+    one first; a malformed digest is then a bad request to that store, reported as the
+    store's own error (``error``: formats cannot import the stores' error classes).
+    """
+    try:
+        return split(digest)
+    except DigestError as exc:
+        raise error(f"{where}: {exc}" if where else str(exc)) from None
 
 
 def hasher(digest: str) -> "hashlib._Hash":

@@ -54,10 +54,7 @@ def digest_parts(digest: str, where: str = "") -> tuple[str, str]:
     Validated first, since a digest that only looks right could name a path outside the
     store; a malformed one is refused like any other bad request to the store.
     """
-    try:
-        return digestlib.split(digest)
-    except digestlib.DigestError as exc:
-        raise StoreError(f"{where}: {exc}" if where else str(exc)) from None
+    return digestlib.checked(digest, where, StoreError)
 
 
 def member_name(name: str) -> str:

@@ -20,6 +20,8 @@ TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 #: A repository path in the Distribution reference grammar.
 REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+#: The transport of registries, the one whose stores are repositories below a host.
+REGISTRY_TRANSPORT = "docker"
 
 
 class ReferenceError(StoreError):
@@ -53,6 +55,22 @@ class ImageReference:
     def blob_domain(self) -> str:
         """The stores in which one digest names one blob, so a blob copied once serves them all."""
         return _rules(self.transport).blob_domain(self)
+
+    @property
+    def host(self) -> str:
+        """A registry reference's ``host[:port]``, which its repositories share (and their blobs).
+
+        Raises :class:`ReferenceError` for a transport without hosts.
+        """
+        return _rules(self.transport).registry_parts(self)[0]
+
+    @property
+    def repository(self) -> str:
+        """A registry reference's repository path below its host; "" when it names the whole registry.
+
+        Raises :class:`ReferenceError` for a transport without repositories.
+        """
+        return _rules(self.transport).registry_parts(self)[1]
 
     @property
     def per_repository(self) -> bool:
@@ -99,6 +117,10 @@ class _Rules:
 
     def blob_domain(self, ref: ImageReference) -> str:
         return ref.store
+
+    def registry_parts(self, ref: ImageReference) -> tuple[str, str]:
+        """``(host, repository)``: only a registry's stores are repositories below a host."""
+        raise ReferenceError(f"{ref}: {ref.transport}: has no registry host or repository")
 
     def selection(self, ref: ImageReference) -> tuple[str | None, str | None]:
         return ref.ref, None
@@ -178,9 +200,14 @@ class _Registry(_Rules):
             return f"docker://{ref.location}"
         return f"docker://{ref.location}{'@' if _is_digest(ref.ref) else ':'}{ref.ref}"
 
+    def registry_parts(self, ref: ImageReference) -> tuple[str, str]:
+        """The location ``HOST[:PORT][/REPO]`` split at its first ``/``; the repository without edge slashes."""
+        host, _, repository = ref.location.partition("/")
+        return host, repository.strip("/")
+
     def blob_domain(self, ref: ImageReference) -> str:
         """Every repository of one registry host shares its blobs (cross-repository mounts)."""
-        return f"docker://{_host(ref)}"
+        return f"docker://{ref.host}"
 
     def selection(self, ref: ImageReference) -> tuple[str | None, str | None]:
         if ref.ref and _is_digest(ref.ref):
@@ -190,7 +217,7 @@ class _Registry(_Rules):
     def listed(self, ref: ImageReference, entry: ImageEntry) -> ImageReference:
         """A registry lists ``REPO:TAG`` with the full repository path below the host."""
         repository, _, tag = entry.ref.rpartition(":")
-        return ImageReference(ref.transport, f"{_host(ref)}/{repository}", tag)
+        return ImageReference(ref.transport, f"{ref.host}/{repository}", tag)
 
     def synced(self, ref: ImageReference, entry: ImageEntry) -> ImageReference:
         """The source's repository path goes below the destination's prefix, the tag is kept."""
@@ -205,12 +232,8 @@ def _is_digest(name: str) -> bool:
     return name.startswith("sha256:")
 
 
-def _host(ref: ImageReference) -> str:
-    return ref.location.split("/", 1)[0]
-
-
 _RULES: dict[str, _Rules] = {
-    "docker": _Registry(),
+    REGISTRY_TRANSPORT: _Registry(),
     "oci": _Layout(),
     "oci-archive": _Layout(),
     "dir": _Dir(),

@@ -120,15 +120,12 @@ class RegistryClient:
         subclass. Use :meth:`open` for large responses. ``attempts`` lowers the retry
         budget for requests whose server errors are more likely refusals than hiccups.
         """
-        streamed = self._perform(
+        with self._perform(
             method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
             body=body, params=params, follow_redirects=follow_redirects, replayable=True,
             attempts=attempts,
-        )
-        try:
+        ) as streamed:
             return streamed.reply(limit)
-        finally:
-            streamed.close()
 
     def open(
         self,
@@ -167,14 +164,11 @@ class RegistryClient:
         authenticated request to this repository just before), so a 401 here means the
         token went stale mid-upload, and restarting the upload fixes it.
         """
-        streamed = self._perform(
+        with self._perform(
             method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
             body=body, params=None, follow_redirects=False, replayable=False,
-        )
-        try:
+        ) as streamed:
             return streamed.reply(ERROR_BODY_LIMIT)
-        finally:
-            streamed.close()
 
     def _perform(
         self,

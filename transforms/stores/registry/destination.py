@@ -9,7 +9,6 @@ PUTs each root under its tag, one repository write at a time (Distribution 2.8 a
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Sequence
 
@@ -17,6 +16,7 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
 from imagepush.transforms.formats.manifest import detect_media_type
+from imagepush.transforms.stores import refs
 from imagepush.transforms.stores.base import (
     BlobSink,
     Destination,
@@ -31,12 +31,10 @@ from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
 from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, head_manifest
-from imagepush.transforms.stores.registry.store import RegistryStore, split_location
+from imagepush.transforms.stores.registry.store import RegistryStore
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
 log = logging.getLogger(__name__)
-
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 class RegistryDestination(RegistryStore, Destination):
@@ -96,10 +94,7 @@ class RegistryDestination(RegistryStore, Destination):
         return blob_exists(self.client, self.repository, digest, self.where())
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
-        try:
-            digestlib.validate(descriptor.digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self.where()}: {exc}") from None
+        digestlib.checked(descriptor.digest, self.where(), StoreError)
         return RegistryBlobSink(
             self.client, self.repository, self.where(), self.options, descriptor, self._note_present
         )
@@ -107,16 +102,23 @@ class RegistryDestination(RegistryStore, Destination):
     @property
     def blob_domain(self) -> str:
         """Every repository of one registry host shares its blobs (cross-repository mounts)."""
-        return f"docker://{self.host}"
+        return self.reference.blob_domain
 
     def mount_blob(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
-        """Mount from the first repository of this host known to hold the blob; False: upload."""
+        """Mount from the first other repository of this host known to hold the blob; False: upload.
+
+        A store of another blob domain (another host, or not a registry) cannot lend its
+        blobs, and neither can a store id that is no reference at all.
+        """
         for store in known_at:
-            if not store.startswith("docker://"):
+            try:
+                holder = refs.parse_reference(store)
+            except refs.ReferenceError:
                 continue
-            host, repository = split_location(store)
-            repository = re.split(r"[:@]", repository, maxsplit=1)[0] if repository else repository
-            if host != self.host or not repository or repository == self.repository:
+            if holder.blob_domain != self.blob_domain:
+                continue
+            repository = holder.repository
+            if not repository or repository == self.repository:
                 continue
             if self._mount_from(descriptor, repository):
                 return True
@@ -149,7 +151,7 @@ class RegistryDestination(RegistryStore, Destination):
         return False
 
     def current_digest(self, name: str) -> str | None:
-        if name.startswith(("sha256:", "sha512:")) or not _TAG_RE.match(name) or self._is_new_repository():
+        if name.startswith(("sha256:", "sha512:")) or not refs.TAG_RE.match(name) or self._is_new_repository():
             return None
         reply = head_manifest(self.client, self.repository, name, self.where())
         return reply.headers.get("Docker-Content-Digest") if reply is not None else None
@@ -220,7 +222,7 @@ class RegistryDestination(RegistryStore, Destination):
         if ref.startswith(("sha256:", "sha512:")):
             if ref != digest:
                 raise StoreError(f"{self.where()}: the destination names {ref} but the image written is {digest}")
-        elif not _TAG_RE.match(ref):
+        elif not refs.TAG_RE.match(ref):
             raise InvalidName(f"{self.where()}: {ref!r} is not a valid tag")
         data, media_type = self._publication_bytes(pub)
         self._put_manifest(data, media_type, ref, digest)

@@ -9,7 +9,6 @@ location is a prefix or a bare host (see :mod:`.listing`).
 
 from __future__ import annotations
 
-import re
 from typing import Any, BinaryIO, Iterator
 
 from imagepush.transforms.formats import digest as digestlib
@@ -21,8 +20,6 @@ from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.manifests import fetch_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
 from imagepush.transforms.stores.registry.streams import BlobStream, StreamedResponse
-
-_DIGEST_REF_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 
 
 class RegistrySource(RegistryStore, Source):
@@ -56,7 +53,7 @@ class RegistrySource(RegistryStore, Source):
         if "@" in ref:
             repository, _, reference = ref.partition("@")
             return repository or self.repository, reference
-        if _DIGEST_REF_RE.match(ref) and ref.split(":", 1)[0] in (digestlib.SHA256, digestlib.SHA512):
+        if digestlib.DIGEST_RE.match(ref) and ref.split(":", 1)[0] in (digestlib.SHA256, digestlib.SHA512):
             return self.repository, ref
         if ":" in ref:
             repository, _, tag = ref.rpartition(":")
@@ -77,18 +74,12 @@ class RegistrySource(RegistryStore, Source):
         return fetch_manifest(self.client, repository, reference, expected, self.where(repository))
 
     def get_manifest(self, digest: str) -> ManifestBlob:
-        try:
-            digestlib.validate(digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self.where()}: {exc}") from None
+        digestlib.checked(digest, self.where(), StoreError)
         return fetch_manifest(self.client, self._require(self.repository), digest, digest, self.where())
 
     def open_blob(self, digest: str) -> BinaryIO:
         repository = self._require(self.repository)
-        try:
-            digestlib.validate(digest)
-        except digestlib.DigestError as exc:
-            raise StoreError(f"{self.where()}: {exc}") from None
+        digestlib.checked(digest, self.where(), StoreError)
         where, path, scopes = self.where(), f"/v2/{repository}/blobs/{digest}", [pull_scope(repository)]
 
         def open_at(offset: int) -> StreamedResponse:

@@ -11,25 +11,25 @@ from typing import Any
 
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.options import StoreOptions
+from imagepush.transforms.stores.refs import REGISTRY_TRANSPORT, ImageReference
 from imagepush.transforms.stores.registry.client import ClientPool, RegistryClient
 
 
-def split_location(location: str) -> tuple[str, str]:
-    """``host[:port][/repo/path]`` -> ``(host, repo/path)``; a ``docker://`` prefix is allowed."""
-    text = location[len("docker://") :] if location.startswith("docker://") else location
-    host, _, repository = text.partition("/")
-    if not host:
-        raise StoreError(f"{location!r}: no registry host")
-    return host, repository.strip("/")
-
-
 class RegistryStore:
-    """The part of a registry store that is about where it is, not what it does."""
+    """The part of a registry store that is about where it is, not what it does.
+
+    ``location`` is a registry reference's location, ``HOST[:PORT][/REPO]``, as the
+    transports hand it over; the reference answers where that is (host, repository, blob domain).
+    """
 
     def __init__(self, location: str, options: StoreOptions | None = None, *, clients: ClientPool | None = None) -> None:
         self.location = location
         self.options = options or StoreOptions()
-        self.host, self.repository = split_location(location)
+        #: This store as a reference without an image name: refs.py owns the location's syntax.
+        self.reference = ImageReference(REGISTRY_TRANSPORT, location)
+        self.host, self.repository = self.reference.host, self.reference.repository
+        if not self.host:
+            raise StoreError(f"{location!r}: no registry host")
         self._client: RegistryClient | None = None
         self._client_lock = threading.Lock()
         #: Shared per-host clients of the owner (a worker's store cache); None: a private one.
