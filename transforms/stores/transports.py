@@ -44,25 +44,20 @@ def open_source(
     ``options`` configure registry transports and ``clients`` shares their per-host
     connections; file stores need nothing beyond the URL.
     """
-    cls = _SOURCES.get(ref.transport)
-    if cls is None:
-        raise StoreError(f"{ref.transport}: is not supported as a source yet ({ref})")
-    if ref.transport in _WITH_OPTIONS:
-        return cls(ref.location, options, clients=clients)  # type: ignore[call-arg]
-    return cls(ref.location)  # type: ignore[call-arg]
+    return _open(_SOURCES, "a source", ref, options, clients)
 
 
 def open_destination(
     ref: ImageReference, options: StoreOptions | None = None, *, clients: ClientPool | None = None
 ) -> Destination:
-    """The store to write ``ref`` into; names are given later in ``publish``.
+    """The store to write ``ref`` into; names are given later in ``publish``."""
+    return _open(_DESTINATIONS, "a destination", ref, options, clients)
 
-    ``options`` configure registry transports and ``clients`` shares their per-host
-    connections; file stores need nothing beyond the URL.
-    """
-    cls = _DESTINATIONS.get(ref.transport)
+
+def _open(table: dict, role: str, ref: ImageReference, options: StoreOptions | None, clients: ClientPool | None):
+    cls = table.get(ref.transport)
     if cls is None:
-        raise StoreError(f"{ref.transport}: is not supported as a destination yet ({ref})")
+        raise StoreError(f"{ref.transport}: is not supported as {role} yet ({ref})")
     if ref.transport in _WITH_OPTIONS:
-        return cls(ref.location, options, clients=clients)  # type: ignore[call-arg]
-    return cls(ref.location)  # type: ignore[call-arg]
+        return cls(ref.location, options, clients=clients)
+    return cls(ref.location)
