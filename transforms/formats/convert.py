@@ -94,14 +94,10 @@ def _target(table: dict[str, str], target: str) -> str:
         raise ValueError(f"unknown conversion target {target!r}; use 'oci' or 'v2s2'") from None
 
 
-def _opt_str(doc: dict[str, Any], key: str, where: str) -> str:
-    """A string field, with null/absent meaning empty; other types are format errors."""
-    value = doc.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise FormatError(f"{where} {key} is not a string")
-    return value
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` only when ``value`` is not empty: Go's ``omitempty``, which the outputs follow."""
+    if value:
+        out[key] = value
 
 
 def _str_list(value: Any, where: str, *, allow_string: bool = False) -> list[str]:
@@ -154,33 +150,15 @@ def _oci_runtime_config(value: Any) -> dict[str, Any]:
         raise FormatError("image config config is not an object")
     where = "image config config"
     out: dict[str, Any] = {}
-    user = _opt_str(value, "User", where)
-    if user:
-        out["User"] = user
-    ports = _set_map(value.get("ExposedPorts"), f"{where} ExposedPorts")
-    if ports:
-        out["ExposedPorts"] = ports
-    env = _str_list(value.get("Env"), f"{where} Env")
-    if env:
-        out["Env"] = env
-    entrypoint = _str_list(value.get("Entrypoint"), f"{where} Entrypoint", allow_string=True)
-    if entrypoint:
-        out["Entrypoint"] = entrypoint
-    cmd = _str_list(value.get("Cmd"), f"{where} Cmd", allow_string=True)
-    if cmd:
-        out["Cmd"] = cmd
-    volumes = _set_map(value.get("Volumes"), f"{where} Volumes")
-    if volumes:
-        out["Volumes"] = volumes
-    workdir = _opt_str(value, "WorkingDir", where)
-    if workdir:
-        out["WorkingDir"] = workdir
-    labels = _str_map(value.get("Labels"), f"{where} Labels")
-    if labels:
-        out["Labels"] = labels
-    stop_signal = _opt_str(value, "StopSignal", where)
-    if stop_signal:
-        out["StopSignal"] = stop_signal
+    _put(out, "User", jsonio.optional_str(value, "User", where))
+    _put(out, "ExposedPorts", _set_map(value.get("ExposedPorts"), f"{where} ExposedPorts"))
+    _put(out, "Env", _str_list(value.get("Env"), f"{where} Env"))
+    _put(out, "Entrypoint", _str_list(value.get("Entrypoint"), f"{where} Entrypoint", allow_string=True))
+    _put(out, "Cmd", _str_list(value.get("Cmd"), f"{where} Cmd", allow_string=True))
+    _put(out, "Volumes", _set_map(value.get("Volumes"), f"{where} Volumes"))
+    _put(out, "WorkingDir", jsonio.optional_str(value, "WorkingDir", where))
+    _put(out, "Labels", _str_map(value.get("Labels"), f"{where} Labels"))
+    _put(out, "StopSignal", jsonio.optional_str(value, "StopSignal", where))
     args_escaped = value.get("ArgsEscaped")
     if args_escaped is not None and not isinstance(args_escaped, bool):
         raise FormatError(f"{where} ArgsEscaped is not a boolean")
@@ -211,7 +189,7 @@ def _oci_history(value: Any) -> list[dict[str, Any]]:
         where = f"image config history[{i}]"
         item: dict[str, Any] = {}
         for key in ("created", "created_by", "author", "comment"):
-            text = _opt_str(entry, key, where)
+            text = jsonio.optional_str(entry, key, where)
             if text:
                 item[key] = text
         empty = entry.get("empty_layer")
@@ -241,25 +219,17 @@ def docker_config_to_oci(config: bytes) -> bytes:
     where = "image config"
     out: dict[str, Any] = {}
     for key in ("created", "author"):
-        text = _opt_str(doc, key, where)
+        text = jsonio.optional_str(doc, key, where)
         if text:
             out[key] = text
-    out["architecture"] = _opt_str(doc, "architecture", where) or "amd64"
-    out["os"] = _opt_str(doc, "os", where) or "linux"
-    os_version = _opt_str(doc, "os.version", where)
-    if os_version:
-        out["os.version"] = os_version
-    os_features = _str_list(doc.get("os.features"), f"{where} os.features")
-    if os_features:
-        out["os.features"] = os_features
-    variant = _opt_str(doc, "variant", where)
-    if variant:
-        out["variant"] = variant
+    out["architecture"] = jsonio.optional_str(doc, "architecture", where) or "amd64"
+    out["os"] = jsonio.optional_str(doc, "os", where) or "linux"
+    _put(out, "os.version", jsonio.optional_str(doc, "os.version", where))
+    _put(out, "os.features", _str_list(doc.get("os.features"), f"{where} os.features"))
+    _put(out, "variant", jsonio.optional_str(doc, "variant", where))
     out["config"] = _oci_runtime_config(doc.get("config"))
     out["rootfs"] = _oci_rootfs(doc.get("rootfs"))
-    history = _oci_history(doc.get("history"))
-    if history:
-        out["history"] = history
+    _put(out, "history", _oci_history(doc.get("history")))
     return jsonio.dumps(out)
 
 
@@ -305,10 +275,10 @@ def schema1_to_docker_config(m: Schema1Manifest, diff_ids: list[str]) -> bytes:
         cmd = _str_list((container_config or {}).get("Cmd"), f"{where} container_config.Cmd")
         item: dict[str, Any] = {}
         for key, value in (
-            ("created", _opt_str(layer.v1, "created", where)),
-            ("author", _opt_str(layer.v1, "author", where)),
+            ("created", jsonio.optional_str(layer.v1, "created", where)),
+            ("author", jsonio.optional_str(layer.v1, "author", where)),
             ("created_by", " ".join(cmd)),
-            ("comment", _opt_str(layer.v1, "comment", where)),
+            ("comment", jsonio.optional_str(layer.v1, "comment", where)),
         ):
             if value:
                 item[key] = value

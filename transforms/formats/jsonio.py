@@ -67,3 +67,13 @@ def dumps(obj: Any) -> bytes:
         if raw in out:
             out = out.replace(raw, escaped)
     return out
+
+
+def optional_str(doc: dict[str, Any], key: str, where: str) -> str:
+    """A string field of a parsed document, null or absent meaning empty; other types are format errors."""
+    value = doc.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FormatError(f"{where} {key} is not a string")
+    return value

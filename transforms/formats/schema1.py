@@ -153,15 +153,6 @@ def _blob_sum(entry: Any, index: int) -> str:
         raise FormatError(f"schema1 fsLayers[{index}]: {exc}") from None
 
 
-def _optional_str(doc: dict[str, Any], key: str) -> str:
-    value = doc.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise FormatError(f"schema1 {key} is not a string")
-    return value
-
-
 def parse_schema1(data: bytes) -> Schema1Manifest:
     """Parse and validate a schema1 manifest (signed or not) from its downloaded bytes.
 
@@ -214,9 +205,9 @@ def parse_schema1(data: bytes) -> Schema1Manifest:
         for i in reversed(keep)
     )
     return Schema1Manifest(
-        name=_optional_str(doc, "name"),
-        tag=_optional_str(doc, "tag"),
-        architecture=_optional_str(doc, "architecture"),
+        name=jsonio.optional_str(doc, "name", "schema1"),
+        tag=jsonio.optional_str(doc, "tag", "schema1"),
+        architecture=jsonio.optional_str(doc, "architecture", "schema1"),
         layers=layers,
         payload=payload,
         signed=signed,
