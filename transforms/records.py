@@ -9,15 +9,21 @@ add columns, and readers of an older file fill the new ones with nulls.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import pyarrow as pa
 
 #: Version of both schemas below; bumped when a column is added.
 SCHEMA_VERSION = 1
 
-OK = "ok"
+#: Audit statuses: written (``copied``), already there and nothing written (``current``),
+#: left alone on purpose (``skipped``), or ``failed``.
+COPIED = "copied"
+CURRENT = "current"
+SKIPPED = "skipped"
 FAILED = "failed"
+#: What schema version 1 wrote for copied and current alike; readers still accept it.
+OK = "ok"
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,14 @@ AUDIT_SCHEMA = pa.schema(
         ("role", pa.string()),
         ("error_kind", pa.string()),
         ("schema_version", pa.int32()),
+        ("repository", pa.string()),
+        ("tag", pa.string()),
+        ("platform", pa.string()),
+        ("format", pa.string()),
+        ("compression", pa.string()),
+        ("platforms", pa.list_(pa.string())),
+        ("blobs_mounted", pa.int64()),
+        ("bytes_total", pa.int64()),
     ]
 )
 
@@ -96,6 +110,19 @@ class AuditRow:
     #: One of :data:`imagepush.transforms.errors.KINDS` when ``status`` is failed.
     error_kind: str | None = None
     schema_version: int = SCHEMA_VERSION
+    #: The source image's repository and tag, when it has them.
+    repository: str | None = None
+    tag: str | None = None
+    #: ``os/arch[/variant]`` of an index's child.
+    platform: str | None = None
+    #: The record's settings, so a failed row can be run again as it was asked for.
+    format: str | None = None
+    compression: str | None = None
+    platforms: list[str] = field(default_factory=list)
+    #: Blobs made present by a cross-repository mount (counted apart from skipped).
+    blobs_mounted: int = 0
+    #: Bytes of every blob the manifest references, copied or not.
+    bytes_total: int = 0
 
     def failed(self, error: str, kind: str, finished_at: dt.datetime | None = None) -> "AuditRow":
         row = AuditRow(**asdict(self))
