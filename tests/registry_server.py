@@ -14,6 +14,7 @@ each token request so tests can see what a client asked for.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -26,10 +27,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+
+if TYPE_CHECKING:
+    import fsspec
 
 LOOPBACK = "127.0.0.1"
 
@@ -348,3 +352,34 @@ def start_registry(
         registry.stop()
         last_error = log_path.read_text(errors="replace")[-2000:]
     raise RuntimeError(f"docker-registry did not start: {last_error}")
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write_registry_storage(fs: "fsspec.AbstractFileSystem", root: str, name: str,
+                           blobs: list[bytes], manifests: list[bytes]) -> None:
+    """Distribution's storage tree after a push of ``manifests`` (the root last) tagged ``name``.
+
+    Blobs live once under ``blobs``; a repository links the layers and manifests it
+    holds, and a tag links its current manifest and every manifest it pointed at.
+    """
+    repository, tag = name.rsplit(":", 1)
+    v2 = f"{root}/docker/registry/v2"
+    repo = f"{v2}/repositories/{repository}"
+
+    def put(path: str, data: bytes) -> None:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, data)
+
+    for data in (*blobs, *manifests):
+        digest = _sha256(data)
+        put(f"{v2}/blobs/sha256/{digest[7:9]}/{digest[7:]}/data", data)
+    for data in blobs:
+        put(f"{repo}/_layers/sha256/{_sha256(data)[7:]}/link", _sha256(data).encode())
+    for data in manifests:
+        put(f"{repo}/_manifests/revisions/sha256/{_sha256(data)[7:]}/link", _sha256(data).encode())
+    root_digest = _sha256(manifests[-1])
+    put(f"{repo}/_manifests/tags/{tag}/current/link", root_digest.encode())
+    put(f"{repo}/_manifests/tags/{tag}/index/sha256/{root_digest[7:]}/link", root_digest.encode())

@@ -12,14 +12,9 @@ from typing import Iterator
 import fsspec
 import pytest
 
-try:
-    from tests.conftest import require_tool, run
-    from tests.registry_server import Registry, start_registry
-    from tests.test_stores_contract import store_image, tiny_image, write_registry_storage
-except ImportError:  # tests/ is not a package
-    from conftest import require_tool, run  # type: ignore[no-redef]
-    from registry_server import Registry, start_registry  # type: ignore[no-redef]
-    from test_stores_contract import store_image, tiny_image, write_registry_storage  # type: ignore[no-redef]
+from tests.conftest import require_tool, run
+from tests.registry_server import Registry, start_registry, write_registry_storage
+from tests.test_stores_contract import store_image, tiny_image
 
 from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.formats import mediatypes as mt

@@ -42,7 +42,7 @@ from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.refs import ImageReference
 from imagepush.transforms.stores.transports import open_destination, open_source
 from tests.conftest import require_tool
-from tests.registry_server import Registry, start_registry
+from tests.registry_server import Registry, start_registry, write_registry_storage
 
 #: The registry's kind: its transport name.
 REGISTRY = "docker"
@@ -128,33 +128,6 @@ def tiny_image(text: bytes = b"hello\n", arch: str = "amd64", *, oci: bool = Fal
         "layers": [{"mediaType": types[2], "size": len(layer_gz), "digest": sha256(layer_gz)}],
     })
     return TinyImage(layer_tar, layer_gz, config, manifest, types)
-
-
-def write_registry_storage(fs: fsspec.AbstractFileSystem, root: str, name: str,
-                           blobs: list[bytes], manifests: list[bytes]) -> None:
-    """Distribution's storage tree after a push of ``manifests`` (the root last) tagged ``name``.
-
-    Blobs live once under ``blobs``; a repository links the layers and manifests it
-    holds, and a tag links its current manifest and every manifest it pointed at.
-    """
-    repository, tag = name.rsplit(":", 1)
-    v2 = f"{root}/docker/registry/v2"
-    repo = f"{v2}/repositories/{repository}"
-
-    def put(path: str, data: bytes) -> None:
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(path, data)
-
-    for data in (*blobs, *manifests):
-        digest = sha256(data)
-        put(f"{v2}/blobs/sha256/{digest[7:9]}/{digest[7:]}/data", data)
-    for data in blobs:
-        put(f"{repo}/_layers/sha256/{sha256(data)[7:]}/link", sha256(data).encode())
-    for data in manifests:
-        put(f"{repo}/_manifests/revisions/sha256/{sha256(data)[7:]}/link", sha256(data).encode())
-    root_digest = sha256(manifests[-1])
-    put(f"{repo}/_manifests/tags/{tag}/current/link", root_digest.encode())
-    put(f"{repo}/_manifests/tags/{tag}/index/sha256/{root_digest[7:]}/link", root_digest.encode())
 
 
 @dataclass
