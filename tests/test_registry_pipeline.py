@@ -100,7 +100,10 @@ def test_copy_within_a_registry_mounts_instead_of_uploading(source, tmp_path):
     assert main(["copy", f"docker://{source.host}/team/app:1", f"docker://{source.host}/mounted/app:1",
                  *insecure(source), "--audit", str(audit)]) == 0
     (row,) = rows(audit)
-    assert (row["blobs_copied"], row["blobs_skipped"], row["bytes_copied"]) == (0, 3, 0)
+    assert (row["status"], row["blobs_copied"], row["blobs_mounted"], row["blobs_skipped"], row["bytes_copied"]) \
+        == ("copied", 0, 3, 0, 0)
+    assert (row["repository"], row["tag"]) == ("team/app", "1")
+    assert row["bytes_total"] > 0
     assert digest_of(source.host, "mounted/app:1") == digest_of(source.host, "team/app:1")
 
 
