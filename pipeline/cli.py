@@ -131,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print it converted to this format")
     _common(p, writes=False)
 
-    p = sub.add_parser("audit", help="print an audit report as a table (or JSON lines with --json)")
+    p = sub.add_parser("audit", help="print an audit report: its rows, totals by status and destination, "
+                                     "the top errors (or JSON lines with --json)")
     p.add_argument("url", metavar="URL")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
+    p.add_argument("--failed", action="store_true", help="only the failed rows")
     return parser
 
 

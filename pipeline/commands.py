@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import sys
@@ -127,21 +128,54 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
 
 
 #: What the summary needs: timestamps would cost a timezone-aware datetime per row.
-SUMMARY_COLUMNS = ["source", "destination", "status", "error", "role", "blobs_copied", "blobs_skipped", "bytes_copied"]
+SUMMARY_COLUMNS = ["source", "destination", "status", "error", "role", "blobs_copied", "blobs_mounted",
+                   "blobs_skipped", "bytes_copied"]
+
+
+def _top_level(rows: list[dict]) -> list[dict]:
+    """The (image, destination) rows: an index's children would count its image again."""
+    return [r for r in rows if r["role"] != "child"]
+
+
+def _image_statuses(rows: list[dict]) -> collections.Counter[str]:
+    """Images by status, each image once whatever its number of destinations.
+
+    An image failed if it failed anywhere; otherwise it was copied if it was written
+    anywhere, skipped if it was left alone anywhere, and current if it was current at
+    every destination.
+    """
+    rank = {records.FAILED: 0, records.COPIED: 1, records.SKIPPED: 2, records.CURRENT: 3}
+    by_image: dict[str, str] = {}
+    for r in _top_level(rows):
+        status = records.status_of(r["status"])
+        old = by_image.get(r["source"])
+        if old is None or rank.get(status, 0) < rank.get(old, 0):
+            by_image[r["source"]] = status
+    return collections.Counter(by_image.values())
+
+
+def _counted(statuses: collections.Counter[str]) -> str:
+    """``3 copied, 1 current, 1 failed``: the statuses that occur, in a fixed order."""
+    order = list(records.STATUSES) + sorted(set(statuses) - set(records.STATUSES))
+    return ", ".join(f"{statuses[s]} {s}" for s in order if statuses[s]) or "none"
 
 
 def summarize(audit_url: str, seconds: float) -> int:
+    """One line on stdout for the run, and one FAILED line on stderr per failed (image, destination)."""
     table = audit.read(audit_url, SUMMARY_COLUMNS).to_pylist()
-    images = [r for r in table if r["role"] != "child"]
-    failed = [r for r in images if r["status"] != records.OK]
+    failed = [r for r in _top_level(table) if records.status_of(r["status"]) == records.FAILED]
+    statuses = _image_statuses(table)
+    images = sum(statuses.values())
     copied = sum(r["blobs_copied"] for r in table)
+    mounted = sum(r["blobs_mounted"] or 0 for r in table)
     skipped = sum(r["blobs_skipped"] for r in table)
     nbytes = sum(r["bytes_copied"] for r in table)
     for r in failed:
         print(f"imagepush: FAILED {r['source']} -> {r['destination']}: {r['error']}", file=sys.stderr)
     print(
-        f"{len(images) - len(failed)} images ok, {len(failed)} failed; "
-        f"{copied} blobs copied, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s; audit: {audit_url}"
+        f"{images} image{'' if images == 1 else 's'}: {_counted(statuses)}; "
+        f"{copied} blobs copied, {mounted} mounted, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s; "
+        f"audit: {audit_url}"
     )
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -186,23 +220,63 @@ def inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Errors ``imagepush audit`` lists, most frequent first.
+TOP_ERRORS = 10
+
+
 def show_audit(args: argparse.Namespace) -> int:
+    """Print a report: its rows, then totals by status and by destination, then the top errors.
+
+    ``--failed`` keeps the failed rows only (and prints nothing else), ``--json`` prints the
+    rows as JSON lines. A report of schema version 1 is shown as this version reads it:
+    its ``ok`` as ``copied``.
+    """
     try:
         rows = audit.read(args.url).to_pylist()
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read audit {args.url}: {exc}") from None
+    for r in rows:
+        r["status"] = records.status_of(r["status"])
+    if getattr(args, "failed", False):
+        rows = [r for r in rows if r["status"] == records.FAILED]
     out = sys.stdout
     if args.json:
         for r in rows:
             out.write(orjson.dumps(r, default=str).decode() + "\n")
         return EXIT_OK
-    out.write(f"{'status':6} {'role':5} {'copied':>6} {'skip':>4} {'bytes':>9}  source -> destination  [written digest, type]\n")
+    out.write(f"{'status':7} {'role':5} {'copied':>6} {'skip':>4} {'bytes':>9}  source -> destination  [written digest, type]\n")
     for r in rows:
         digest = (r["destination_digest"] or "-")[:19]
         kind = (r["media_type"] or "-").rsplit("/", 1)[-1]
-        line = (f"{r['status']:6} {r['role']:5} {r['blobs_copied']:>6} {r['blobs_skipped']:>4} "
+        line = (f"{r['status']:7} {r['role']:5} {r['blobs_copied']:>6} {r['blobs_skipped']:>4} "
                 f"{_size(r['bytes_copied']):>9}  {r['source']} -> {r['destination']}  [{digest}, {kind}]")
         if r["error"]:
             line += f"  error: {r['error']}"
         out.write(line + "\n")
+    if not getattr(args, "failed", False):
+        _audit_totals(rows, out)
     return EXIT_OK
+
+
+def _audit_totals(rows: list[dict], out) -> None:
+    """Images by status, (image, destination) pairs by destination, and the most frequent errors."""
+    top = _top_level(rows)
+    statuses = _image_statuses(rows)
+    images = sum(statuses.values())
+    out.write(f"\ntotal: {images} image{'' if images == 1 else 's'}: {_counted(statuses)}\n")
+    by_destination: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    copied: collections.Counter[str] = collections.Counter()
+    for r in top:
+        by_destination[r["destination"]][r["status"]] += 1
+    for r in rows:
+        copied[r["destination"]] += r["bytes_copied"] or 0
+    out.write("by destination:\n")
+    for destination in sorted(by_destination):
+        out.write(f"  {destination}: {_counted(by_destination[destination])}; {_size(copied[destination])} copied\n")
+    errors = collections.Counter(
+        (r.get("error_kind") or "internal", r["error"] or "") for r in top if r["status"] == records.FAILED
+    )
+    if errors:
+        out.write("top errors:\n")
+        for (kind, message), count in errors.most_common(TOP_ERRORS):
+            out.write(f"  {count:>5}  {kind}: {message}\n")

@@ -63,8 +63,8 @@ def test_migrate_images_copies_an_index_and_an_image_with_one_row_per_manifest(l
         assert_that(
             rows | beam.Map(lambda r: (r.source.rsplit(":", 2)[-2] + ":" + r.source.rsplit(":", 1)[-1], r.role,
                                        r.status)),
-            equal_to([("demo/multi:1.0", "index", "ok"), ("demo/multi:1.0", "child", "ok"),
-                      ("demo/multi:1.0", "child", "ok"), ("demo/app:1.0", "image", "ok")]),
+            equal_to([("demo/multi:1.0", "index", "copied"), ("demo/multi:1.0", "child", "copied"),
+                      ("demo/multi:1.0", "child", "copied"), ("demo/app:1.0", "image", "copied")]),
         )
 
 

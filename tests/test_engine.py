@@ -14,7 +14,7 @@ from imagepush.transforms.engine.plan import blob_requests, plan_targets
 from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
 from imagepush.transforms.engine.naming import copy_job
-from imagepush.transforms.records import OK
+from imagepush.transforms.records import COPIED as ROW_COPIED
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.base import StoreError
 from imagepush.transforms.stores.refs import parse_reference
@@ -148,7 +148,7 @@ def test_publish_fails_only_the_names_the_store_refused(layout, tmp_path):
         finals.append(finalize(tp, results, stores.destination(tp.target.store), RUN))
     rows = publish(f"oci:{tmp_path}/p", finals, RefusingSecond)  # type: ignore[arg-type]
     assert [(r.destination.rsplit(":", 1)[1], r.status, r.error_kind) for r in rows] == [
-        ("a", OK, None), ("b", "failed", "refused"), ("c", OK, None)]
+        ("a", ROW_COPIED, None), ("b", "failed", "refused"), ("c", ROW_COPIED, None)]
     assert rows[1].error == "registry refused a schema1 manifest"
 
 

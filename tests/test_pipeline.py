@@ -50,7 +50,7 @@ def test_copy_to_three_kinds_of_store_preserves_digests(samples, tmp_path):
     assert archived["config"]["digest"] == config
     rows = audit_rows(audit)
     assert len(rows) == 3 and len({r["run_id"] for r in rows}) == 1
-    assert all(r["status"] == "ok" and r["error"] is None for r in rows)
+    assert all(r["status"] == "copied" and r["error"] is None for r in rows)
     assert all(r["destination_digest"] == r["source_digest"] == src.digest for r in rows)
     assert {r["destination"] for r in rows} == {
         f"oci:{tmp_path}/o1:demo/app:1.0", f"dir:{tmp_path}/o2", f"docker-archive:{tmp_path}/o3.tar:demo/app:1.0"
@@ -121,7 +121,7 @@ def test_corrupt_blob_fails_only_its_image_and_is_never_written(samples, tmp_pat
     rows = {r["source"]: r for r in audit_rows(audit) if r["role"] != "child"}
     bad = rows[f"oci:{broken}:demo/app:1.0"]
     assert bad["status"] == "failed" and victim in bad["error"]
-    assert rows[f"oci:{broken}:demo/multi:1.0"]["status"] == "ok"
+    assert rows[f"oci:{broken}:demo/multi:1.0"]["status"] == "copied"
     assert not (tmp_path / "out/blobs/sha256" / victim[7:]).exists()
     assert [e.ref for e in OCILayoutSource(f"{tmp_path}/out").list_images()] == ["demo/multi:1.0"]
 
@@ -148,7 +148,7 @@ def test_unreachable_registry_fails_its_images_and_the_other_destination_is_writ
     written = [r for r in rows if r["destination"].startswith("oci:")]
     assert len(failed) == len(written) == (1 if command == "copy" else 2)
     assert all(r["status"] == "failed" and f"cannot reach {DOWN}" in r["error"] for r in failed)
-    assert all(r["status"] == "ok" for r in written)
+    assert all(r["status"] == "copied" for r in written)
     names = {m["annotations"]["org.opencontainers.image.ref.name"]
              for m in json.loads((tmp_path / "out" / "index.json").read_bytes())["manifests"]}
     assert names == ({"app"} if command == "copy" else {"demo/app:1.0", "demo/multi:1.0"})
@@ -179,9 +179,9 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 images ok, 0 failed" in proc.stdout
+    assert "2 images: 2 copied;" in proc.stdout
     assert sorted(e.ref for e in OCILayoutSource(f"{tmp_path}/mp").list_images()) == ["demo/app:1.0", "demo/multi:1.0"]
-    assert all(r["status"] == "ok" for r in audit_rows(audit))
+    assert all(r["status"] == "copied" for r in audit_rows(audit))
 
     # Again, plus a new destination: the launcher settles the finished one, and its rows
     # travel through the workers into the audit with those of the new copies.
@@ -192,7 +192,7 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 images ok, 0 failed" in proc.stdout
+    assert "2 images: 2 copied;" in proc.stdout
     copied = {}
     for r in audit_rows(again):
         key = r["destination"].split(":")[1]

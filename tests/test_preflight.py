@@ -46,10 +46,11 @@ def no_pipeline(spec) -> None:
 def test_rerun_of_a_finished_sync_starts_no_pipeline(samples, mirror, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(commands, "run", no_pipeline)
     assert main(["sync", f"oci:{samples}", f"oci:{mirror}", "--audit", str(tmp_path / "again.parquet")]) == 0
-    assert capsys.readouterr().out.startswith("2 images ok, 0 failed; 0 blobs copied, 8 skipped, 0 B in ")
+    assert capsys.readouterr().out.startswith("2 images: 2 current; 0 blobs copied, 0 mounted, 8 skipped, 0 B in ")
     again = rows(tmp_path / "again.parquet")
     assert [(r["role"], r["status"], r["blobs_copied"], r["bytes_copied"]) for r in again] == [
-        ("image", "ok", 0, 0), ("index", "ok", 0, 0), ("child", "ok", 0, 0), ("child", "ok", 0, 0),
+        ("image", "current", 0, 0), ("index", "current", 0, 0), ("child", "current", 0, 0),
+        ("child", "current", 0, 0),
     ]
 
 
@@ -69,7 +70,7 @@ def test_only_targets_that_are_not_current_go_to_the_pipeline(samples, mirror, t
     (left,) = result.jobs
     assert [t.destination for t in left.targets] == [missing.ref]
     (row,) = result.rows
-    assert (row.destination, row.status, row.blobs_skipped, row.run_id) == (current.ref, "ok", 3, "run-1")
+    assert (row.destination, row.status, row.blobs_skipped, row.run_id) == (current.ref, "current", 3, "run-1")
     assert row.destination_digest == OCILayoutSource(str(samples)).get_root("demo/app:1.0").digest
 
 

@@ -82,7 +82,7 @@ def test_sync_of_a_whole_registry_keeps_every_digest(source, mirror, tmp_path, m
         skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{mirror.host}/mirror/team/multi@{child['digest']}")
     written = [r for r in rows(audit) if r["role"] != "child"]
     assert len(written) == len(IMAGES)
-    assert all(r["status"] == "ok" and r["destination_digest"] == r["source_digest"] for r in written)
+    assert all(r["status"] == "copied" and r["destination_digest"] == r["source_digest"] for r in written)
 
     # Every tag is current: the launcher settles the rerun without starting a pipeline.
     monkeypatch.setattr(commands, "run", lambda spec: pytest.fail(f"pipeline started for {spec.jobs}"))
@@ -100,7 +100,10 @@ def test_copy_within_a_registry_mounts_instead_of_uploading(source, tmp_path):
     assert main(["copy", f"docker://{source.host}/team/app:1", f"docker://{source.host}/mounted/app:1",
                  *insecure(source), "--audit", str(audit)]) == 0
     (row,) = rows(audit)
-    assert (row["blobs_copied"], row["blobs_skipped"], row["bytes_copied"]) == (0, 3, 0)
+    assert (row["status"], row["blobs_copied"], row["blobs_mounted"], row["blobs_skipped"], row["bytes_copied"]) \
+        == ("copied", 0, 3, 0, 0)
+    assert (row["repository"], row["tag"]) == ("team/app", "1")
+    assert row["bytes_total"] > 0
     assert digest_of(source.host, "mounted/app:1") == digest_of(source.host, "team/app:1")
 
 
@@ -159,7 +162,7 @@ def test_a_tag_the_registry_refuses_fails_alone_and_its_sibling_tags_are_written
             assert "registry refused a application/vnd.docker.distribution.manifest.v1+prettyjws manifest" \
                 in outcome["v2s1"]["error"] and "--format v2s2 or oci" in outcome["v2s1"]["error"]
             for tag in ("v2s2", "oci"):
-                assert (outcome[tag]["status"], outcome[tag]["error"]) == ("ok", None)
+                assert (outcome[tag]["status"], outcome[tag]["error"]) == ("copied", None)
                 assert outcome[tag]["destination_digest"] == digest_of(plain.host, f"copy/app:{tag}") \
                     == digest_of(mixed.host, f"mixed/app:{tag}")
             tags = json.loads(skopeo("list-tags", "--tls-verify=false", f"docker://{plain.host}/copy/app"))["Tags"]
@@ -206,6 +209,6 @@ def test_sync_from_a_registry_storage_tree_keeps_names_and_digests(source, tmp_p
     # schema1 cannot live in an OCI layout: converted; the others keep their digests.
     for (repo, tag) in IMAGES:
         row = oci_kept[f"{repo}:{tag}"]
-        assert row["status"] == "ok"
+        assert row["status"] == "copied"
         if repo != "legacy/s1" and tag != "v2s2":
             assert row["destination_digest"] == row["source_digest"] == digest_of(source.host, f"{repo}:{tag}")

@@ -79,7 +79,7 @@ def test_sync_between_registries_goes_through_the_proxy_named_by_HTTP_PROXY(
     out, err = capsys.readouterr()
     assert "pr0xy-Secret-9931" not in out + err
     assert b"pr0xy-Secret-9931" not in audit.read_bytes()
-    assert [r["status"] for r in pq.read_table(audit).to_pylist()] == ["ok"]
+    assert [r["status"] for r in pq.read_table(audit).to_pylist()] == ["copied"]
 
 
 def test_no_proxy_sends_matching_hosts_direct(registries, proxy, tmp_path, monkeypatch):

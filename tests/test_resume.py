@@ -108,7 +108,7 @@ def test_rerun_after_a_killed_sync_sends_only_the_missing_blobs(tmp_path):
                      "--insecure-registry", reg.host, "--audit", str(audit)]) == 0
         rows = pq.read_table(audit).to_pylist()
         assert len(rows) == IMAGES
-        assert all(r["status"] == "ok" and r["destination_digest"] == r["source_digest"] for r in rows)
+        assert all(r["status"] == "copied" and r["destination_digest"] == r["source_digest"] for r in rows)
         missing = set(sizes) - present
         assert sum(r["bytes_copied"] for r in rows) == sum(sizes[d] for d in missing)
         assert sum(r["blobs_copied"] for r in rows) == len(missing)

@@ -90,7 +90,7 @@ def test_copy_into_and_out_of_s3_keeps_digests_and_writes_audit_there(tmp_path, 
     with fs.open(f"{bucket}/audit/run.parquet", "rb") as f:
         rows = pq.read_table(f).to_pylist()
     assert sorted(r["role"] for r in rows) == ["child", "child", "child", "child", "index", "index"]
-    assert all(r["status"] == "ok" for r in rows)
+    assert all(r["status"] == "copied" for r in rows)
     # Nothing half-written is left behind: no temporary objects beside the blobs.
     assert not [p for p in fs.find(f"{bucket}/layout") if ".tmp" in p]
     assert json.loads(fs.cat(f"{bucket}/layout/index.json"))["manifests"][0]["digest"] == src.digest

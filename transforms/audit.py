@@ -15,7 +15,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imagepush.transforms.records import AUDIT_COLUMNS, AUDIT_SCHEMA, AuditRow
+from imagepush.transforms.records import AUDIT_COLUMNS, AUDIT_SCHEMA, AuditRow, status_of
 
 #: Rows per Parquet batch when merging parts.
 MERGE_BATCH = 4096
@@ -102,9 +102,24 @@ def read(url: str, columns: list[str] | None = None) -> pa.Table:
 def read_rows(url: str) -> list[AuditRow]:
     """The rows of a report, as records (for merging one report into another).
 
-    Columns a report of an older schema version lacks take their defaults.
+    Columns a report of an older schema version lacks (or holds as null) take their
+    defaults, and its ``ok`` reads as ``copied``: merged into a new report, an old row
+    says what this version would.
     """
-    return [AuditRow(**row) for row in read(url).to_pylist()]
+    return [_record(row) for row in read(url).to_pylist()]
+
+
+#: Defaults of the columns that are not nullable in an :class:`AuditRow`.
+_NOT_NULL = {"platforms": list, "blobs_mounted": int, "bytes_total": int}
+
+
+def _record(row: dict) -> AuditRow:
+    known = {name: value for name, value in row.items() if name in AUDIT_COLUMNS}
+    for name, default in _NOT_NULL.items():
+        if known.get(name) is None:
+            known[name] = default()
+    known["status"] = status_of(known["status"])
+    return AuditRow(**known)
 
 
 def remove(url: str) -> None:

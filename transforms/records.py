@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import pyarrow as pa
 
 #: Version of both schemas below; bumped when a column is added.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Audit statuses: written (``copied``), already there and nothing written (``current``),
 #: left alone on purpose (``skipped``), or ``failed``.
@@ -24,6 +24,17 @@ SKIPPED = "skipped"
 FAILED = "failed"
 #: What schema version 1 wrote for copied and current alike; readers still accept it.
 OK = "ok"
+#: Every status a report of this version holds, in the order summaries name them.
+STATUSES = (COPIED, CURRENT, SKIPPED, FAILED)
+
+
+def status_of(status: str) -> str:
+    """A row's status as this version names it: version 1's ``ok`` reads as ``copied``.
+
+    Version 1 did not tell a copy from an image found current; counting its ``ok`` as
+    copied keeps every image that was not failed counted as done, as it was then.
+    """
+    return COPIED if status == OK else status
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
 from imagepush.transforms.pool import bounded_map
-from imagepush.transforms.records import OK, AuditRow, now
+from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow, now
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.stores.options import StoreOptions
@@ -220,9 +220,9 @@ class PublishFn(BatchFn):
                                  by_store.items()):
             for row in rows:
                 if row.role != "child":
-                    (self._ok if row.status == OK else self._failed).inc()
+                    (self._failed if row.status == ROW_FAILED else self._ok).inc()
                     log.info("%s -> %s: %s", row.source, row.destination,
-                             row.status if row.status == OK else f"failed: {row.error}")
+                             f"failed: {row.error}" if row.status == ROW_FAILED else row.status)
                 yield row
 
 

@@ -80,6 +80,10 @@ class CopyJob:
     digest: str | None
     targets: tuple[Target, ...]
     platforms: tuple[str, ...] = ()
+    #: The source image's repository and tag, as its store's listing names them (for the
+    #: audit); None when the source has none (a ``dir:``, an image selected by digest).
+    repository: str | None = None
+    tag: str | None = None
 
 
 @dataclass

@@ -10,11 +10,19 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from imagepush.transforms.records import FAILED, OK, AuditRow, now
+from imagepush.transforms.records import COPIED as ROW_COPIED, CURRENT, FAILED, AuditRow, now
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.manifest import ImageIndex, blobs_of
 from imagepush.transforms import errors
-from imagepush.transforms.engine.jobs import COPIED, FAILED as BLOB_FAILED, BlobResult, ManifestNode, SyncSpec, TargetPlan
+from imagepush.transforms.engine.jobs import (
+    COPIED,
+    FAILED as BLOB_FAILED,
+    MOUNTED,
+    BlobResult,
+    ManifestNode,
+    SyncSpec,
+    TargetPlan,
+)
 from imagepush.transforms.engine.render import render_tree
 from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication
 
@@ -55,26 +63,40 @@ def rows_failed(tp: TargetPlan, run_id: str, error: str, kind: str) -> list[Audi
     nodes = list(tp.root.walk()) if tp.root is not None else [None]
     rows = []
     for node in nodes:
-        rows.append(
-            AuditRow(
-                run_id=run_id,
-                source=tp.image.job.source,
-                destination=tp.target.destination,
-                source_digest=node.manifest.digest if node else None,
-                destination_digest=None,
-                media_type=None,
-                status=FAILED,
-                error=error,
-                blobs_copied=0,
-                blobs_skipped=0,
-                bytes_copied=0,
-                started_at=tp.image.started_at,
-                finished_at=finished,
-                role=_role(tp, node),
-                error_kind=kind,
-            )
-        )
+        row = _row(tp, node, run_id, FAILED, finished)
+        row.error, row.error_kind = error, kind
+        rows.append(row)
     return rows
+
+
+def _row(tp: TargetPlan, node: ManifestNode | None, run_id: str, status: str, finished: dt.datetime) -> AuditRow:
+    """The columns every row of a target shares: what was asked (so a failed row can be
+    retried as it was), which image, which manifest, and the image's own times."""
+    job, target = tp.image.job, tp.target
+    # A child's platform, from its index entry (also a root narrowed to one child of an index).
+    entry = node.entry if node is not None else None
+    return AuditRow(
+        run_id=run_id,
+        source=job.source,
+        destination=target.destination,
+        source_digest=node.manifest.digest if node is not None else None,
+        destination_digest=None,
+        media_type=None,
+        status=status,
+        error=None,
+        blobs_copied=0,
+        blobs_skipped=0,
+        bytes_copied=0,
+        started_at=tp.image.started_at,
+        finished_at=finished,
+        role=_role(tp, node),
+        repository=job.repository,
+        tag=job.tag,
+        platform=str(entry.platform) if entry is not None and entry.platform is not None else None,
+        format=target.format,
+        compression=target.compression,
+        platforms=list(job.platforms),
+    )
 
 
 def _role(tp: TargetPlan, node: ManifestNode | None) -> str:
@@ -91,34 +113,30 @@ def write_manifests(
         d: LayerInfo(size=r.size, diff_id=r.diff_id) for d, r in blobs.items() if r.diff_id is not None
     }
     owner: set[str] = set()
-    rows: list[AuditRow] = []
     recompressed = {d: r.recompressed for d, r in blobs.items() if r.recompressed is not None}
     rendered = render_tree(tp.root, tp.formats, layer_info, recompressed)
+    status = CURRENT if tp.up_to_date else ROW_COPIED
+    counts: dict[int, _Counts] = {}  # by node: one manifest may appear twice in a tree
     for item in rendered:
         node = item.node
         if not tp.up_to_date:
             if item.new_config is not None:
                 destination.put_blob(*item.new_config)
             destination.put_manifest(ManifestBlob(item.data, item.media_type, item.digest), root=node is tp.root)
-        copied, skipped, nbytes = (0, 0, 0) if node.is_index else _count_blobs(node, blobs, owner, tp.up_to_date)
-        rows.append(
-            AuditRow(
-                run_id=run_id,
-                source=tp.image.job.source,
-                destination=tp.target.destination,
-                source_digest=node.manifest.digest,
-                destination_digest=item.digest,
-                media_type=item.media_type,
-                status=OK,
-                error=None,
-                blobs_copied=copied,
-                blobs_skipped=skipped,
-                bytes_copied=nbytes,
-                started_at=tp.image.started_at,
-                finished_at=now(),
-                role=_role(tp, node),
-            )
-        )
+        counts[id(node)] = _index_counts(node, counts) if node.is_index \
+            else _count_blobs(node, blobs, owner, tp.up_to_date)
+    # The image is done when its last manifest is written: every row of it ends then.
+    finished = now()
+    rows: list[AuditRow] = []
+    for item in rendered:
+        row = _row(tp, item.node, run_id, status, finished)
+        row.destination_digest, row.media_type = item.digest, item.media_type
+        c = counts[id(item.node)]
+        if not item.node.is_index:
+            row.blobs_copied, row.blobs_mounted, row.blobs_skipped, row.bytes_copied = \
+                c.copied, c.mounted, c.skipped, c.bytes_copied
+        row.bytes_total = c.bytes_total
+        rows.append(row)
     root = rendered[-1]
     if tp.up_to_date:  # the name already points at this digest: nothing to publish
         return Finalized(publication=None, rows=rows)
@@ -131,36 +149,62 @@ def write_manifests(
     return Finalized(publication=publication, rows=rows)
 
 
-def _referenced(node: ManifestNode) -> list[str]:
+def _referenced(node: ManifestNode) -> dict[str, int]:
+    """Digest -> size (-1 when unknown, as in schema1) of every blob an image manifest references."""
     p = node.parsed
-    return [d.digest for d in blobs_of(p)] if not isinstance(p, ImageIndex) else []
+    return {d.digest: d.size for d in blobs_of(p)} if not isinstance(p, ImageIndex) else {}
+
+
+@dataclass
+class _Counts:
+    copied: int = 0
+    mounted: int = 0
+    skipped: int = 0
+    bytes_copied: int = 0
+    bytes_total: int = 0
+    #: Digest -> size of every blob the manifest (or an index's whole tree) references.
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def _count_blobs(
     node: ManifestNode, blobs: dict[str, BlobResult], owner: set[str], all_present: bool = False
-) -> tuple[int, int, int]:
+) -> _Counts:
     """Blob counts for one manifest; a blob shared by siblings counts for the first one.
 
     ``all_present``: the image was found complete at the destination, every blob skipped.
+    ``bytes_total`` counts every blob the manifest references, shared or not, at its source
+    size (a delivered blob's measured size where the descriptor has none).
     """
-    copied = skipped = nbytes = 0
-    for d in _referenced(node):
+    counts = _Counts()
+    for d, size in _referenced(node).items():
+        result = blobs.get(d)
+        counts.sizes[d] = result.size if result is not None and result.size >= 0 else max(size, 0)
         if d in owner:
             continue
         if all_present:
             owner.add(d)
-            skipped += 1
+            counts.skipped += 1
             continue
-        if d not in blobs:
+        if result is None:
             continue
         owner.add(d)
-        r = blobs[d]
-        if r.status == COPIED:
-            copied += 1
-            nbytes += r.bytes_copied
+        if result.status == COPIED:
+            counts.copied += 1
+            counts.bytes_copied += result.bytes_copied
+        elif result.status == MOUNTED:
+            counts.mounted += 1
         else:
-            skipped += 1
-    return copied, skipped, nbytes
+            counts.skipped += 1
+    counts.bytes_total = sum(counts.sizes.values())
+    return counts
+
+
+def _index_counts(node: ManifestNode, counts: dict[int, _Counts]) -> _Counts:
+    """An index counts no blobs (its children do); its ``bytes_total`` is its whole tree's, each blob once."""
+    sizes: dict[str, int] = {}
+    for child in node.children:
+        sizes.update(counts[id(child)].sizes)
+    return _Counts(sizes=sizes, bytes_total=sum(sizes.values()))
 
 
 def listing_failed(spec: SyncSpec, run_id: str, exc: BaseException, started: dt.datetime) -> list[AuditRow]:
@@ -172,7 +216,8 @@ def listing_failed(spec: SyncSpec, run_id: str, exc: BaseException, started: dt.
         AuditRow(
             run_id=run_id, source=spec.source, destination=out.ref, source_digest=None, destination_digest=None,
             media_type=None, status=FAILED, error=error, blobs_copied=0, blobs_skipped=0, bytes_copied=0,
-            started_at=started, finished_at=finished, error_kind=kind,
+            started_at=started, finished_at=finished, error_kind=kind, format=out.format,
+            compression=out.compression, platforms=list(spec.platforms),
         )
         for out in spec.destinations
     ]

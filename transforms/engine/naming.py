@@ -10,7 +10,7 @@ from typing import Iterator
 
 from imagepush.transforms.engine.jobs import CopyJob, Output, SyncSpec, Target
 from imagepush.transforms.stores.base import ImageEntry
-from imagepush.transforms.stores.refs import ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, ReferenceError, parse_reference, split_repo_tag
 from imagepush.transforms.stores.cache import StoreCache
 
 
@@ -24,9 +24,30 @@ def copy_target(out: Output) -> Target:
     return _target(parse_reference(out.ref), out)
 
 
+def source_names(source: ImageReference) -> tuple[str | None, str | None]:
+    """The repository and tag of a copy's source, as a listing of its store would name them.
+
+    A registry reference knows its repository, and its tag is the one the copy selects
+    (``latest`` when none is given). A file store's image name is ``REPO:TAG``, or a bare
+    ``TAG`` (OCI layouts written by skopeo and Docker 25 name images by tag alone).
+    """
+    image, _ = source.selection()
+    try:
+        return source.repository or None, image
+    except ReferenceError:
+        pass
+    if not image:
+        return None, None
+    repository, tag = split_repo_tag(image)
+    if tag is None and "/" not in image:
+        return None, image
+    return repository or None, tag
+
+
 def copy_job(source: ImageReference, outputs: list[Output], platforms: tuple[str, ...]) -> CopyJob:
     """``copy``: one root image, selected by the source reference's tag, ref name or digest."""
     image, digest = source.selection()
+    repository, tag = source_names(source)
     return CopyJob(
         source_store=source.store,
         source=str(source),
@@ -34,6 +55,8 @@ def copy_job(source: ImageReference, outputs: list[Output], platforms: tuple[str
         digest=digest,
         targets=tuple(copy_target(out) for out in outputs),
         platforms=platforms,
+        repository=repository,
+        tag=tag,
     )
 
 
@@ -57,6 +80,9 @@ def sync_job(
         digest=None if entry.ref else entry.digest,
         targets=tuple(sync_target(out, entry) for out in outputs),
         platforms=platforms,
+        # The full repository (a registry lists paths below the sync's prefix), the listed tag.
+        repository=source_names(listed)[0] if entry.ref else (entry.repository or None),
+        tag=entry.tag,
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from imagepush.transforms import errors
-from imagepush.transforms.records import OK, AuditRow, now
+from imagepush.transforms.records import CURRENT, AuditRow, now
 from imagepush.transforms.engine.manifests import listing_failed, write_manifests
 from imagepush.transforms.engine.naming import sync_jobs
 from imagepush.transforms.pool import bounded_map
@@ -116,8 +116,8 @@ def _commit(result: Preflight, part: Preflight) -> None:
     result.rows.extend(part.rows)
     result.current += part.current
     for row in part.rows:
-        if row.role != "child" and row.status == OK:
-            log.info("%s -> %s: ok (already current)", row.source, row.destination)
+        if row.role != "child" and row.status == CURRENT:
+            log.info("%s -> %s: current", row.source, row.destination)
 
 
 def _check(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | None, list[AuditRow]]:

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 from imagepush.transforms import errors
 from imagepush.transforms.engine.manifests import Finalized
-from imagepush.transforms.records import OK, AuditRow, now
+from imagepush.transforms.records import COPIED, AuditRow, now
 from imagepush.transforms.stores.base import Destination
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,8 @@ def publish(store: str, finals: Iterable[Finalized], open_destination: Callable[
 
     A registry fails only the tags it could not write; a store that writes all its names
     in one file (an OCI layout's index.json), or that cannot be opened, fails them all.
+    A failed row ends when its name failed; a copied one keeps the time its manifests were
+    written, so images published together in one store call keep their own times.
     """
     finals = list(finals)
     named = [i for i, f in enumerate(finals) if f.publication is not None]
@@ -28,7 +30,7 @@ def publish(store: str, finals: Iterable[Finalized], open_destination: Callable[
     for i, final in enumerate(finals):
         error = error_of.get(i)
         for row in final.rows:
-            if error is not None and row.status == OK:
+            if error is not None and row.status == COPIED:
                 row = row.failed(*error, finished)
             rows.append(row)
     return rows
