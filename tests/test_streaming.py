@@ -1,4 +1,4 @@
-"""Streaming copies verify before anything becomes visible, and measure diff_ids on the way."""
+"""Streaming blob copies (engine/streaming.py): bounded chunks, verified before anything is visible."""
 
 from __future__ import annotations
 
