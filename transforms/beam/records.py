@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 
 from imagepush.transforms.beam.fns import shard_of
-from imagepush.transforms.engine.jobs import CopyJob
-from imagepush.transforms.engine.records_io import RecordSource, jobs_from_file, match_files
+from imagepush.transforms.engine.jobs import CopyJob, RecordSource
+from imagepush.transforms.engine.records_io import jobs_from_file, match_files
 from imagepush.transforms.errors import describe
 from imagepush.transforms.records import FAILED, AuditRow, now
 

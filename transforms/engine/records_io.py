@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
 import orjson
 import pyarrow as pa
 
-from imagepush.transforms.engine.jobs import OCI, PRESERVE, V2S2, CopyJob, Output, Target
+from imagepush.transforms.engine.jobs import OCI, PRESERVE, V2S2, CopyJob, Output, RecordSource, Target
 from imagepush.transforms.engine.naming import copy_target
 from imagepush.transforms.errors import INVALID_INPUT, ImagepushError, one_line
 from imagepush.transforms.formats.compression import GZIP, NONE, ZSTD
@@ -72,23 +72,6 @@ class _BadRow(ImagepushError):
     """One row that cannot become a job: reported in the audit, the run goes on."""
 
     kind = INVALID_INPUT
-
-
-@dataclass(frozen=True)
-class RecordSource:
-    """One records URL of a run, and what applies to rows that do not say otherwise."""
-
-    url: str
-    #: Where rows without a ``destination`` go (the job's ``to:``), each a prefix or a reference.
-    outputs: tuple[Output, ...] = ()
-    #: Format, compression and platforms for rows that leave them empty.
-    format: str = PRESERVE
-    compression: str = PRESERVE
-    platforms: tuple[str, ...] = ()
-    #: Keep only rows whose ``status`` is failed (``retry`` over an audit).
-    failed_only: bool = False
-    #: Copy the ``source_digest`` a row names rather than what its tag points at now.
-    pin_digest: bool = True
 
 
 def record_format(url: str) -> str:
