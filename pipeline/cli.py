@@ -25,7 +25,7 @@ from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
 
 #: The commands that run a pipeline, and so take Beam options.
-RUNS = ("copy", "sync", "run")
+RUNS = ("copy", "sync", "run", "retry")
 
 EPILOG = """\
 references:
@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, summary, source, destinations in jobs:
         p = sub.add_parser(name, help=summary, epilog=EPILOG, formatter_class=fmt)
-        p.add_argument("source", metavar="SRC", help=source)
-        p.add_argument("destinations", metavar="DST", nargs="+", help=destinations)
+        # With --records, copy has no SRC: every positional is a DST_PREFIX (checked by the run model).
+        p.add_argument("source", metavar="SRC", help=source, nargs="?" if name == "copy" else None)
+        p.add_argument("destinations", metavar="DST", nargs="*" if name == "copy" else "+", help=destinations)
         _common(p, writes=True)
+        if name == "copy":
+            _records_flags(p)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
                        epilog=EPILOG, formatter_class=fmt)
@@ -123,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line")
     p.add_argument("source", metavar="SRC", help="any source store or registry (prefix)")
     _common(p, writes=False)
+    p.add_argument("--output", metavar="URL",
+                   help="write image records to this file instead (any fsspec URL; .jsonl, .parquet or .csv), "
+                        "for `copy --records` or a `records:` job")
+
+    p = sub.add_parser("retry", help="run again the images an audit reports as failed",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("records", metavar="AUDIT_URL",
+                   help="an audit (or a folder or glob of them): its failed image and index rows are run again, "
+                        "each to its destination with its format, compression and platforms")
+    p.add_argument("--pin-digest", action="store_true",
+                   help="copy the source digest the audit recorded (default: resolve the tag again)")
+    _common(p, writes=True)
 
     p = sub.add_parser("inspect", help="print the manifest (or config) of an image as JSON")
     p.add_argument("source", metavar="SRC", help="one image, as for copy")
@@ -137,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--failed", action="store_true", help="only the failed rows")
     return parser
+
+
+def _records_flags(p: argparse.ArgumentParser) -> None:
+    """``copy --records URL [DST_PREFIX …]``: the images come from a records file, not from SRC."""
+    p.add_argument("--records", metavar="URL",
+                   help="copy the images a records file names (JSON Lines, Parquet or CSV; a file, folder or glob "
+                        "on any fsspec URL), read on the workers; the positionals are then DST_PREFIXes for rows "
+                        "without a destination")
 
 
 def _quiet_beam_import_notes(record: logging.LogRecord) -> bool:

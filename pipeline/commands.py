@@ -77,6 +77,11 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             ref = parse_reference(out.ref)
             if not ref.per_repository:  # those stores are only known once the source is listed
                 stores.setdefault(ref.store)
+    for source in spec.records:  # a row's own destination is only known once the workers read it
+        for out in source.outputs:
+            ref = parse_reference(out.ref)
+            if not ref.per_repository:
+                stores.setdefault(ref.store)
     for store in stores:
         try:
             cache.destination(store).prepare()
@@ -91,6 +96,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
+    check_records(spec)
     # One set of store objects on the launcher: a registry is pinged (or found
     # unreachable) once for the preparation and the preflight together.
     cache = StoreCache(spec.options)
@@ -109,7 +115,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         cache.close()
     if spec.preflight:
         spec.jobs, spec.syncs = settled.jobs, settled.syncs
-        if not settled.pipeline_needed:  # every image already current: no pipeline to start
+        if not settled.pipeline_needed and not spec.records:  # every image already current: no pipeline to start
             audit.write(settled.rows, spec.audit_url)
             return summarize(spec.audit_url, time.monotonic() - started)
         if settled.rows:
@@ -189,7 +195,48 @@ def _size(n: float) -> str:
     return f"{n:.0f} B" if scale == 0 else f"{n:.1f} {units[scale]}"
 
 
+def check_records(spec: RunSpec) -> None:
+    """Refuse, before anything is written, records that no worker could read.
+
+    Cheap on purpose: the URL is matched and the first file's header (or Parquet
+    schema) opened, never a file read through; the rows are the workers' to read.
+    """
+    if not spec.records:
+        return
+    from imagepush.transforms.engine.records_io import RecordsError, check_source
+
+    _check_memory_urls([s.url for s in spec.records] + [o.ref for s in spec.records for o in s.outputs],
+                       spec.beam_args)
+    for source in spec.records:
+        try:
+            check_source(source.url)
+        except RecordsError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def write_listing(args: argparse.Namespace) -> int:
+    """``ls SRC --output URL``: the listing as image records, in the format the URL's name says.
+
+    Streamed: the file is written a batch at a time while the source is listed, and
+    appears whole at the end.
+    """
+    from imagepush.transforms.engine.records_io import RecordsError, listing_record, record_format, write_records
+
+    try:
+        record_format(args.output)
+    except RecordsError as exc:
+        raise UsageError(f"--output: {exc}") from None
+    options = store_options(args)
+    ref = _source(args.source, options)
+    source = open_source(ref.named(None), options)
+    count = write_records((listing_record(ref, entry) for entry in source.list_images()), args.output)
+    print(f"{count} image records written to {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def ls(args: argparse.Namespace) -> int:
+    if getattr(args, "output", None):
+        return write_listing(args)
     options = store_options(args)
     ref = _source(args.source, options)
     source = open_source(ref.named(None), options)

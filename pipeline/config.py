@@ -19,6 +19,8 @@ Example (relative paths are relative to the current directory)::
       - sync: oci:./sample
         include: ["^demo/"]
         to: [{ref: "oci:./mirror", format: oci}]
+      - records: s3://bucket/images/*.parquet    # one image per row, read on the workers
+        to: [docker://mirror.example.com/hub]    # for rows without a destination
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from imagepush.pipeline.exits import UsageError
 from imagepush.pipeline.graph import RunSpec
 from imagepush.pipeline.options import DEFAULT_RUNNER, BeamOptions
 from imagepush.transforms.formats.descriptor import Platform
-from imagepush.transforms.engine.jobs import Output, SyncSpec
+from imagepush.transforms.engine.jobs import Output, RecordSource, SyncSpec
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, ReferenceError, parse_reference
 
@@ -149,11 +151,19 @@ class RegistryConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    """One ``copy`` (an image) or ``sync`` (every image of a store) to its destinations."""
+    """One ``copy`` (an image), ``sync`` (every image of a store) or ``records`` (the images a file names)."""
 
     copy_: Reference | None = Field(default=None, alias="copy")
     sync: Reference | None = None
-    to: list[DestinationConfig] = Field(min_length=1)
+    #: A records file, folder or glob on any fsspec URL: read on the workers, a job per row.
+    records: Annotated[str, Field(min_length=1)] | None = None
+    #: ``records`` only: run just the rows whose status is failed (an audit, for ``retry``).
+    only_failed: bool = False
+    #: ``records`` only: copy a row's ``source_digest`` rather than what its tag points at now
+    #: (default: yes, except with ``only_failed``, which resolves tags again).
+    pin_digest: bool | None = None
+    #: Required for copy and sync; for records, where rows without a destination go.
+    to: list[DestinationConfig] | None = Field(default=None, min_length=1)
     format: Format | None = None
     compression: Compression | None = None
     platforms: list[PlatformText] | None = None
@@ -162,12 +172,16 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> JobConfig:
-        if (self.copy_ is None) == (self.sync is None):
-            raise ValueError("each job needs exactly one of 'copy' or 'sync'")
-        if self.copy_ is not None and (self.include or self.exclude):
+        if [self.copy_, self.sync, self.records].count(None) != 2:
+            raise ValueError("each job needs exactly one of 'copy', 'sync' or 'records'")
+        if self.sync is None and (self.include or self.exclude):
             raise ValueError("'include'/'exclude' filter sync jobs only")
+        if self.records is None and (self.only_failed or self.pin_digest is not None):
+            raise ValueError("'only_failed'/'pin_digest' apply to records jobs only")
+        if self.records is None and self.to is None:
+            raise ValueError("a copy or sync job needs 'to'")
         if self.sync is not None:
-            for dest in self.to:
+            for dest in self.to or ():
                 transport = parse_reference(dest.ref).transport
                 if transport in SINGLE_IMAGE:
                     raise ValueError(
@@ -177,8 +191,8 @@ class JobConfig(_Strict):
 
     @property
     def source(self) -> str:
-        """The one of ``copy`` and ``sync`` that is set."""
-        return self.copy_ if self.copy_ is not None else str(self.sync)
+        """The one of ``copy``, ``sync`` and ``records`` that is set."""
+        return next(s for s in (self.copy_, self.sync, self.records) if s is not None)
 
 
 class RunConfig(_Strict):
@@ -225,7 +239,10 @@ class RunConfig(_Strict):
         )
         for n, job in enumerate(self.jobs):
             platforms = tuple(self.defaults.platforms if job.platforms is None else job.platforms)
-            outputs = [self._output(n, i) for i in range(len(job.to))]
+            outputs = [self._output(n, i) for i in range(len(job.to or ()))]
+            if job.records is not None:
+                spec.records.append(self._records(n, outputs, platforms))
+                continue
             source = parse_reference(job.source)
             if job.copy_ is not None:
                 spec.jobs.append(copy_job(source, outputs, platforms))
@@ -235,13 +252,29 @@ class RunConfig(_Strict):
                 )
         return spec
 
+    def _records(self, n: int, outputs: list[Output], platforms: tuple[str, ...]) -> RecordSource:
+        """A records job: its URL, and the settings of rows that leave them empty.
+
+        Rows are checked on the workers, as they are read; a row that names zstd with
+        v2s2 fails alone there. Only the job's own settings are checked here.
+        """
+        job = self.jobs[n]
+        fmt = job.format or self.defaults.format
+        compression = job.compression or self.defaults.compression
+        if compression == "zstd" and fmt == "v2s2":
+            where = ("jobs", n, "compression") if job.compression else ("jobs", n, "format")
+            raise RunConfigError(where, "zstd needs OCI manifests; it cannot be combined with format v2s2")
+        pin = job.pin_digest if job.pin_digest is not None else not job.only_failed
+        return RecordSource(str(job.records), tuple(outputs), fmt, compression, platforms, job.only_failed, pin)
+
     def _setting(self, name: str, n: int, i: int) -> tuple[str, Loc]:
         """A destination's ``format`` or ``compression``, and where it was set (to name it in an error).
 
         The destination's own setting wins, then its job's, then the defaults.
         """
         job = self.jobs[n]
-        levels = ((getattr(job.to[i], name), ("jobs", n, "to", i, name)), (getattr(job, name), ("jobs", n, name)))
+        to = job.to or []
+        levels = ((getattr(to[i], name), ("jobs", n, "to", i, name)), (getattr(job, name), ("jobs", n, name)))
         for value, loc in levels:
             if value is not None:
                 return value, loc
@@ -259,7 +292,7 @@ class RunConfig(_Strict):
         if compression == "zstd" and fmt == "v2s2":
             where = max(compression_at, fmt_at, key=len)
             raise RunConfigError(where, "zstd needs OCI manifests; it cannot be combined with format v2s2")
-        return Output(str(parse_reference(self.jobs[n].to[i].ref)), fmt, compression)
+        return Output(str(parse_reference((self.jobs[n].to or [])[i].ref)), fmt, compression)
 
 
 @contextmanager
@@ -328,9 +361,30 @@ def _flag_data(args: argparse.Namespace) -> dict[str, Any]:
             for part in parents:
                 node = node.setdefault(part, {})
             node[key] = getattr(args, dest)
-    if args.command in ("copy", "sync"):
+    if getattr(args, "records", None) is not None:
+        data["jobs"].append(_records_job(args))
+    elif args.command in ("copy", "sync"):
+        if args.source is None or not args.destinations:
+            raise RunConfigError((), f"{args.command} needs SRC and at least one DST" +
+                                 (", or --records URL" if args.command == "copy" else ""))
         data["jobs"].append({args.command: args.source, "to": args.destinations})
     return data
+
+
+def _records_job(args: argparse.Namespace) -> dict[str, Any]:
+    """``copy --records URL [DST_PREFIX …]`` and ``retry AUDIT_URL``: one records job.
+
+    For ``copy`` every positional is a destination prefix (there is no SRC); ``retry``
+    runs an audit's failed rows, at their own destinations.
+    """
+    job: dict[str, Any] = {"records": args.records}
+    prefixes = [text for text in [getattr(args, "source", None), *getattr(args, "destinations", [])] if text]
+    if prefixes:
+        job["to"] = prefixes
+    if args.command == "retry":
+        job["only_failed"] = True
+        job["pin_digest"] = args.pin_digest
+    return job
 
 
 def from_flags(args: argparse.Namespace) -> RunConfig:

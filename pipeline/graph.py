@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
+from imagepush.transforms.engine.jobs import CopyJob, RecordSource, SyncSpec
 from imagepush.transforms.stores.options import StoreOptions
 
 
@@ -17,6 +17,8 @@ class RunSpec:
     jobs: list[CopyJob] = field(default_factory=list)
     #: Sources to list; each listed image becomes a job on the workers.
     syncs: list[SyncSpec] = field(default_factory=list)
+    #: Records files to read on the workers; each row becomes a job there.
+    records: list[RecordSource] = field(default_factory=list)
     beam_args: list[str] = field(default_factory=list)
     options: StoreOptions = field(default_factory=StoreOptions)
     #: Images and blobs handled at once by each I/O step of each worker.
@@ -44,6 +46,10 @@ def run(spec: RunSpec) -> None:
         if spec.syncs:
             parts.append(p | "SyncSpecs" >> beam.Create(spec.syncs)
                          | "ListSources" >> ListSyncs(spec.run_id, spec.options, shared=shared))
+        if spec.records:
+            from imagepush.transforms.beam.records import ReadRecords
+
+            parts.append(p | "ReadRecords" >> ReadRecords(spec.run_id, spec.records, shards=shards))
         records = parts[0] if len(parts) == 1 else (parts | "AllJobs" >> beam.Flatten())
         _ = (
             records

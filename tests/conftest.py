@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import urllib.request
+import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,57 @@ def layout(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("samples") / "layout"
     write_oci_samples(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3-compatible server (moto) on a loopback port, stopped by PID at the end."""
+    try:
+        import moto.server  # noqa: F401
+        import s3fs  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("moto[server] and s3fs are required under CI=true")
+        pytest.skip("moto[server] or s3fs not installed")
+    from tests.registry_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("the local S3 server did not start")
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket on the local S3 server, with fsspec pointed at the server."""
+    import fsspec
+    import s3fs
+
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fsspec.config.set_conf_env(fsspec.config.conf)
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = f"imagepush-{time.monotonic_ns()}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.mkdir(name)
+    yield name
+    s3fs.S3FileSystem.clear_instance_cache()
+    fsspec.config.conf.pop("s3", None)

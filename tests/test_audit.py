@@ -17,7 +17,7 @@ from imagepush.pipeline import commands
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms import audit, records
-from imagepush.transforms.engine.jobs import MOUNTED, PRESENT, BlobResult, Output
+from imagepush.transforms.engine.jobs import MOUNTED, PRESENT, Output
 from imagepush.transforms.engine.manifests import finalize
 from imagepush.transforms.engine.naming import copy_job
 from imagepush.transforms.engine.deliver import BlobDelivery

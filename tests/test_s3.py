@@ -3,75 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pyarrow.parquet as pq
-import pytest
 
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
 from imagepush.transforms.stores.layout.oci import OCILayoutSource
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    try:
-        import moto.server  # noqa: F401
-        import s3fs  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("moto[server] and s3fs are required under CI=true")
-        pytest.skip("moto[server] or s3fs not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("the local S3 server did not start")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def bucket(s3_endpoint, monkeypatch):
-    import fsspec
-    import s3fs
-
-    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    fsspec.config.set_conf_env(fsspec.config.conf)
-    s3fs.S3FileSystem.clear_instance_cache()
-    name = f"imagepush-{time.monotonic_ns()}"
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    fs.mkdir(name)
-    yield name
-    s3fs.S3FileSystem.clear_instance_cache()
-    fsspec.config.conf.pop("s3", None)
 
 
 def test_copy_into_and_out_of_s3_keeps_digests_and_writes_audit_there(tmp_path, bucket):

@@ -67,6 +67,26 @@ class SyncSpec:
 
 
 @dataclass(frozen=True)
+class RecordSource:
+    """A records URL (file, folder or glob) of a run, and what applies to rows that do not say otherwise.
+
+    Only this travels in the job graph; the workers read the files (engine/records_io.py).
+    """
+
+    url: str
+    #: Where rows without a ``destination`` go (the job's ``to:``), each a prefix or a reference.
+    outputs: tuple[Output, ...] = ()
+    #: Format, compression and platforms for rows that leave them empty.
+    format: str = PRESERVE
+    compression: str = PRESERVE
+    platforms: tuple[str, ...] = ()
+    #: Keep only rows whose ``status`` is failed (``retry`` over an audit).
+    failed_only: bool = False
+    #: Copy the ``source_digest`` a row names rather than what its tag points at now.
+    pin_digest: bool = True
+
+
+@dataclass(frozen=True)
 class CopyJob:
     """Copy one root image (an image or an index) from a source to its targets."""
 
