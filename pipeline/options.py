@@ -77,7 +77,7 @@ def beam_argv(extra: Sequence[str]) -> list[str]:
     """The user's Beam flags with our default runner filled in, as Beam's parser takes them.
 
     ``--dry_run`` becomes ``--dry_run=True`` (with ``--no_auth`` on Dataflow) or disappears. On the Dask runner the number
-    of Dask partitions is set to the shard count unless the user chose one: see
+    of Dask partitions is set to :data:`DASK_PARTITIONS` unless the user chose one: see
     :func:`dask_partitions`.
     """
     args = _without_dry_run(extra)
@@ -89,7 +89,7 @@ def beam_argv(extra: Sequence[str]) -> list[str]:
         args.append(f"--runner={DEFAULT_RUNNER}")
     if is_dask(extra) and _flag_value(args, "dask_npartitions") is None \
             and _flag_value(args, "dask_partition_size") is None:
-        args.append(f"--dask_npartitions={DISTRIBUTED_SHARDS}")
+        args.append(f"--dask_npartitions={DASK_PARTITIONS}")
     return args
 
 
@@ -142,7 +142,14 @@ def dask_partitions(extra: Sequence[str]) -> int:
     if not is_dask(extra):
         return 0
     value = _flag_value(beam_argv(extra), "dask_npartitions")
-    return max(1, int(value)) if value else DISTRIBUTED_SHARDS
+    return max(1, int(value)) if value else DASK_PARTITIONS
+
+
+#: Dask partitions of a run on the Dask runner, unless ``--dask_npartitions`` says otherwise.
+#: Each GroupByKey becomes a Dask task shuffle whose task count grows with the square of
+#: the partitions (64 partitions: about 1,200 tasks per shuffle, most of a small run's
+#: time on two cores); 16 keep a few dozen worker processes busy.
+DASK_PARTITIONS = 16
 
 
 class BeamOptions:
