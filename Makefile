@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   create the environment and run the main job on the bundled samples
-#   make test   install what the tests need (Python deps, skopeo, umoci, docker-registry) and run them all
+#   make test   install what the tests need (Python deps with the dataflow extra, skopeo, umoci,
+#               docker-registry) and run them all
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ APT_PACKAGES := skopeo umoci docker-registry
 $(BIN)/imagepush: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dataflow]'
 	touch $@
 
 deps: $(BIN)/imagepush

@@ -14,6 +14,7 @@ import orjson
 from imagepush.pipeline import config
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
+from imagepush.pipeline.launch import checked_dry_run
 from imagepush.pipeline.options import is_local, is_multiprocess
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
@@ -96,6 +97,8 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
         spec.beam_args,
     )
+    if checked_dry_run(spec):
+        return EXIT_OK
     check_records(spec)
     # One set of store objects on the launcher: a registry is pinged (or found
     # unreachable) once for the preparation and the preflight together.

@@ -52,11 +52,44 @@ def _flag_value(args: Sequence[str], name: str) -> str | None:
     return value
 
 
+#: Beam's ``--dry_run`` takes a value, and any value but the empty string is true (even
+#: ``False``); we take it as a switch, as users write it, and hand Beam a clean value.
+DRY_RUN = "--dry_run"
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def is_dry_run(extra: Sequence[str]) -> bool:
+    """Whether the last ``--dry_run`` (bare, or ``=true``/``=false``) asks for a dry run."""
+    value = None
+    for arg in extra:
+        if arg == DRY_RUN:
+            value = True
+        elif arg.startswith(f"{DRY_RUN}="):
+            value = arg.split("=", 1)[1].strip().lower() not in _FALSE
+    return bool(value)
+
+
+def _without_dry_run(extra: Sequence[str]) -> list[str]:
+    return [arg for arg in extra if arg != DRY_RUN and not arg.startswith(f"{DRY_RUN}=")]
+
+
 def beam_argv(extra: Sequence[str]) -> list[str]:
-    """The user's Beam flags with our default runner filled in."""
-    args = list(extra)
+    """The user's Beam flags with our default runner filled in, as Beam's parser takes them.
+
+    ``--dry_run`` becomes ``--dry_run=True`` (with ``--no_auth`` on Dataflow) or disappears. On the Dask runner the number
+    of Dask partitions is set to :data:`DASK_PARTITIONS` unless the user chose one: see
+    :func:`dask_partitions`.
+    """
+    args = _without_dry_run(extra)
+    if is_dry_run(extra):
+        args.append(f"{DRY_RUN}=True")
+        if is_dataflow(extra) and "--no_auth" not in args:
+            args.append("--no_auth")  # a dry run submits nothing, so it needs no credentials
     if _flag_value(args, "runner") is None:
         args.append(f"--runner={DEFAULT_RUNNER}")
+    if is_dask(extra) and _flag_value(args, "dask_npartitions") is None \
+            and _flag_value(args, "dask_partition_size") is None:
+        args.append(f"--dask_npartitions={DASK_PARTITIONS}")
     return args
 
 
@@ -76,8 +109,47 @@ def runner_name(extra: Sequence[str]) -> str:
     return _flag_value(extra, "runner") or DEFAULT_RUNNER
 
 
+def _runner_class(extra: Sequence[str]) -> str:
+    return runner_name(extra).rsplit(".", 1)[-1].lower()
+
+
 def is_local(extra: Sequence[str]) -> bool:
-    return runner_name(extra).rsplit(".", 1)[-1].lower() in LOCAL_RUNNERS
+    """Whether every worker runs on this machine (in-process or ``multi_processing``).
+
+    Any other runner is *distributed*: its workers share nothing with the launcher but
+    what is on a shared store.
+    """
+    return _runner_class(extra) in LOCAL_RUNNERS
+
+
+def is_dask(extra: Sequence[str]) -> bool:
+    return _runner_class(extra) == "daskrunner"
+
+
+def is_dataflow(extra: Sequence[str]) -> bool:
+    return _runner_class(extra) in {"dataflowrunner", "testdataflowrunner"}
+
+
+def dask_partitions(extra: Sequence[str]) -> int:
+    """How many Dask partitions a run on the Dask runner should be spread over (0 elsewhere).
+
+    Beam's Dask runner turns each ``Create`` into a Dask bag of 128 elements per
+    partition unless told otherwise, and every GroupByKey into a bag ``groupby`` that
+    keeps its input's partition count: a run that starts from one listing (or from
+    fewer than 129 images) would be one partition from start to end, on one worker,
+    however many shard keys it uses. Partitions, not keys, are what Dask spreads.
+    """
+    if not is_dask(extra):
+        return 0
+    value = _flag_value(beam_argv(extra), "dask_npartitions")
+    return max(1, int(value)) if value else DASK_PARTITIONS
+
+
+#: Dask partitions of a run on the Dask runner, unless ``--dask_npartitions`` says otherwise.
+#: Each GroupByKey becomes a Dask task shuffle whose task count grows with the square of
+#: the partitions (64 partitions: about 1,200 tasks per shuffle, most of a small run's
+#: time on two cores); 16 keep a few dozen worker processes busy.
+DASK_PARTITIONS = 16
 
 
 class BeamOptions:
@@ -108,6 +180,7 @@ class BeamOptions:
             for flag in action.option_strings
             if flag not in _NOT_PIPELINE_OPTIONS
         }
+        self._takes_value[DRY_RUN] = False  # a switch for us: see is_dry_run
 
     def takes_value(self, flag: str) -> bool:
         """Whether ``--flag`` is followed by a value; an option Beam does not know is an error."""
@@ -121,7 +194,7 @@ class BeamOptions:
         A value Beam refuses is then one line now, not Beam's usage text once the pipeline starts.
         """
         try:
-            self._parser.parse_known_args(list(flags))
+            self._parser.parse_known_args(_without_dry_run(flags))
         except argparse.ArgumentError as exc:
             raise BeamOptionError(str(exc)) from None
 
