@@ -121,7 +121,7 @@ def test_registry_to_registry_sync_on_a_dask_cluster_uses_both_workers(cluster, 
             rows = pq.read_table(f).to_pylist()
         top = [r for r in rows if r["role"] != "child"]
         assert sorted((r["source"].split("/", 3)[-1]) for r in top) == sorted(f"{repo}:{tag}" for repo, tag in want)
-        assert all(r["status"] != "failed" and r["destination_digest"] == r["source_digest"] for r in top)
+        assert all(r["status"] == "copied" and r["destination_digest"] == r["source_digest"] for r in top)
 
         # Each worker process opened registry stores of its own: both did part of the work.
         from distributed import Client
@@ -132,3 +132,38 @@ def test_registry_to_registry_sync_on_a_dask_cluster_uses_both_workers(cluster, 
         hosts = (src.host, mirror.host)
         for worker, stores in opened.items():
             assert any(host in store for store in stores for host in hosts), f"{worker} did no work: {stores}"
+
+
+def test_a_records_driven_run_on_a_dask_cluster_writes_an_oci_layout_on_s3(cluster, source, s3_endpoint, tmp_path):
+    """The records file and the layout are on S3; the workers read one and write the other."""
+    import s3fs
+
+    src, want = source
+    bucket = f"dask-rec-{os.getpid()}-{tmp_path.name}".lower().replace("_", "-")[:60]
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key="testing", secret="testing")
+    fs.mkdir(bucket)
+    # OCI manifests and indexes keep their digests in an OCI layout; Docker ones are converted.
+    kept = {image: digest for image, digest in want.items() if image[1] in ("1", "1.0") and image[0] != "legacy/s1"}
+    fs.pipe_file(f"{bucket}/lists/images.jsonl", "".join(
+        json.dumps({"source": f"docker://{src.host}/{repo}:{tag}"}) + "\n" for repo, tag in sorted(kept)).encode())
+    proc = imagepush("copy", "--records", f"s3://{bucket}/lists/*.jsonl", f"oci:s3://{bucket}/layout",
+                     *insecure(src), "--audit", f"s3://{bucket}/audit.parquet",
+                     "--runner", DASK_RUNNER, "--dask_client_address", cluster.address, env=s3_env(s3_endpoint))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    local = tmp_path / "layout"
+    fs.get(f"{bucket}/layout", str(local), recursive=True)
+    for (repo, tag), digest in kept.items():
+        raw = skopeo("inspect", "--raw", f"oci:{local}:{repo}:{tag}")
+        assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest, (repo, tag)
+    with fs.open(f"{bucket}/audit.parquet", "rb") as f:
+        top = [r for r in pq.read_table(f).to_pylist() if r["role"] != "child"]
+    assert sorted((r["repository"], r["tag"], r["status"]) for r in top) == sorted(
+        (repo, tag, "copied") for repo, tag in kept)
+
+    from distributed import Client
+
+    with Client(cluster.address, timeout=30) as client:
+        opened = client.run(opened_stores)
+    layout = f"oci:s3://{bucket}/layout"
+    assert all(layout in stores for stores in opened.values()), opened

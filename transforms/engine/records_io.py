@@ -30,9 +30,10 @@ import orjson
 import pyarrow as pa
 
 from imagepush.transforms.engine.jobs import OCI, PRESERVE, V2S2, CopyJob, Output, RecordSource, Target
-from imagepush.transforms.engine.naming import copy_target
+from imagepush.transforms.engine.naming import copy_target, source_names
 from imagepush.transforms.errors import INVALID_INPUT, ImagepushError, one_line
 from imagepush.transforms.formats.compression import GZIP, NONE, ZSTD
+from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats.descriptor import Platform
 from imagepush.transforms.records import (
     FAILED,
@@ -43,7 +44,7 @@ from imagepush.transforms.records import (
     now,
 )
 from imagepush.transforms.stores.base import ImageEntry
-from imagepush.transforms.stores.refs import REGISTRY_TRANSPORT, ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, parse_reference
 
 JSONL, PARQUET, CSV = "jsonl", "parquet", "csv"
 #: File name endings of records files, and how each is read.
@@ -57,7 +58,6 @@ LISTING_COLUMNS = ("source", "repository", "tag", "source_digest", "media_type",
 
 FORMATS = (PRESERVE, OCI, V2S2)
 COMPRESSIONS = (PRESERVE, GZIP, ZSTD, NONE)
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 _GLOB_CHARS = frozenset("*?[")
 _RECORD_FIELDS = frozenset(f.name for f in fields(ImageRecord))
 
@@ -285,8 +285,7 @@ def record_job(record: ImageRecord, source: RecordSource) -> CopyJob:
     image, digest = ref.selection()
     shown = str(ref)
     if record.source_digest:
-        if not _DIGEST_RE.match(record.source_digest):
-            raise _BadRow(f"source_digest {record.source_digest!r} is not a sha256 digest")
+        digestlib.validate(record.source_digest)
         image, digest = None, record.source_digest
     return CopyJob(
         source_store=ref.store,
@@ -295,6 +294,8 @@ def record_job(record: ImageRecord, source: RecordSource) -> CopyJob:
         digest=digest,
         targets=tuple(_target(out, entry) for out in outputs),
         platforms=tuple(platforms),
+        repository=entry.repository or None,
+        tag=entry.tag,
     )
 
 
@@ -311,14 +312,8 @@ def _entry(ref: ImageReference, record: ImageRecord) -> ImageEntry:
     they come from the source reference: a registry's whole repository path below its
     host, a layout's ``REPO:TAG`` ref name (or ``TAG`` alone).
     """
-    repository, tag = "", None
-    if ref.transport == REGISTRY_TRANSPORT:
-        repository = ref.repository
-        tag = ref.ref if ref.ref and not ref.ref.startswith("sha256:") else None
-    elif ref.ref:
-        repo, sep, name = ref.ref.rpartition(":")
-        repository, tag = (repo, name) if sep else ("", ref.ref)
-    repository = record.repository if record.repository is not None else repository
+    repository, tag = source_names(ref)
+    repository = record.repository if record.repository is not None else (repository or "")
     tag = record.tag or tag
     name = f"{repository}:{tag}" if repository and tag else (tag or "")
     return ImageEntry(ref=name, repository=repository, tag=tag, digest=record.source_digest or "",
@@ -326,10 +321,13 @@ def _entry(ref: ImageReference, record: ImageRecord) -> ImageEntry:
 
 
 def _target(out: Output, entry: ImageEntry) -> Target:
+    """A destination with a name is the image's own; one without is a prefix, mapped as a sync maps it.
+
+    The reference knows its transport's rule (a ``dir:`` takes the image unnamed, a
+    source-only store refuses).
+    """
     destination = parse_reference(out.ref)
-    if destination.transport == "registry-storage":
-        raise _BadRow(f"{out.ref}: registry-storage: is a source only")
-    if destination.ref or destination.transport not in (REGISTRY_TRANSPORT, "oci", "oci-archive", "docker-archive"):
+    if destination.ref:
         return copy_target(out)
     synced = destination.synced(entry)
     return Target(destination=str(synced), store=synced.store, name=synced.ref, format=out.format,
