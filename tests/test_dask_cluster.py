@@ -22,10 +22,9 @@ from typing import Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from imagepush.pipeline.samples import write_oci_samples
 from tests.dask_cluster import DaskCluster, dask_cluster
 from tests.registry_server import Registry
-from tests.test_registry_pipeline import IMAGES, digest_of, insecure, registry, skopeo
+from tests.test_registry_pipeline import IMAGES, digest_of, insecure, push_samples, registry, skopeo
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +62,8 @@ def source(tmp_path_factory) -> Iterator[tuple[Registry, dict[tuple[str, str], s
     shared blobs), which is how Distribution itself would store them after a push.
     """
     root = tmp_path_factory.mktemp("dask-src")
-    write_oci_samples(str(root / "layout"))
     for reg in registry(root / "registry", schema1=True):
-        for (repo, tag), (ref, flags) in IMAGES.items():
-            skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{root}/layout:{ref}",
-                   f"docker://{reg.host}/{repo}:{tag}")
+        push_samples(reg, root)
         repositories = reg.storage / "docker" / "registry" / "v2" / "repositories"
         for i in range(COPIES):
             shutil.copytree(repositories / "team" / "app", repositories / "spread" / f"app{i}")

@@ -47,14 +47,19 @@ def registry(root: Path, **kw) -> Iterator[Registry]:
         reg.stop()
 
 
+def push_samples(reg: Registry, root: Path) -> None:
+    """Every image of IMAGES into ``reg``, pushed by skopeo from a sample layout made under ``root``."""
+    write_oci_samples(str(root / "layout"))
+    for (repo, tag), (ref, flags) in IMAGES.items():
+        skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{root}/layout:{ref}",
+               f"docker://{reg.host}/{repo}:{tag}")
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("src")
-    write_oci_samples(str(root / "layout"))
     for reg in registry(root / "registry", schema1=True):
-        for (repo, tag), (ref, flags) in IMAGES.items():
-            skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{root}/layout:{ref}",
-                   f"docker://{reg.host}/{repo}:{tag}")
+        push_samples(reg, root)
         yield reg
 
 
