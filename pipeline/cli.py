@@ -146,12 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print it converted to this format")
     _common(p, writes=False)
 
+    _verify_parser(sub, fmt)
+
     p = sub.add_parser("audit", help="print an audit report: its rows, totals by status and destination, "
                                      "the top errors (or JSON lines with --json)")
     p.add_argument("url", metavar="URL")
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--failed", action="store_true", help="only the failed rows")
     return parser
+
+
+def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``verify SRC DST…``: the flags of a copy that say what the destination should hold, and nothing that writes."""
+    p = sub.add_parser("verify", help="check that every image of SRC is at each DST (as copy or sync would have "
+                                      "left it), writing nothing there; exit 1 if any is missing or different",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("source", metavar="SRC", nargs="?",
+                   help="one image (a tag, digest or ref name: checked as copy copies it), or a registry, "
+                        "repository prefix, layout or archive (every image listed, checked as sync maps it)")
+    p.add_argument("destinations", metavar="DST", nargs="*",
+                   help="where the images should be: an image reference for one image, a prefix or store for a listing")
+    _common(p, writes=False)
+    p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
+                   help="the format the migration wrote: preserve is checked by digest, a conversion "
+                        "by the layers' diff_ids (default: %(default)s)")
+    p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
+                   help="the layer compression the migration wrote (recompressed layers are checked by diff_ids)")
+    p.add_argument("--audit", metavar="URL",
+                   help="where the Parquet audit goes (default ./imagepush-audit/<run-id>.parquet)")
+    _records_flags(p)
 
 
 def _records_flags(p: argparse.ArgumentParser) -> None:
@@ -251,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run_job(args, beam_args, new_run_id())
         if command == "ls":
             return commands.ls(args)
+        if command == "verify":
+            return commands.verify_images(args, new_run_id())
         if command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)

@@ -92,6 +92,8 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     spec = build_spec(args, beam_args, run_id)
+    if spec.verify:  # a run file of verify jobs
+        return verify_spec(spec)
     _check_memory_urls(
         [j.source_store for j in spec.jobs] + [t.store for j in spec.jobs for t in j.targets]
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
@@ -330,3 +332,25 @@ def _audit_totals(rows: list[dict], out) -> None:
         out.write("top errors:\n")
         for (kind, message), count in errors.most_common(TOP_ERRORS):
             out.write(f"  {count:>5}  {kind}: {message}\n")
+
+
+def verify_images(args: argparse.Namespace, run_id: str) -> int:
+    """``verify SRC DST…`` (or ``verify --records URL [DST_PREFIX…]``): check, write only the audit."""
+    spec = config.spec_from_flags(args, run_id, _default_audit(run_id))
+    spec.verify = True
+    return verify_spec(spec)
+
+
+def verify_spec(spec: RunSpec) -> int:
+    """Check every image of the run at its destinations, without Beam (see engine/verify.py).
+
+    Exit 1 when any image is missing or different, as a copy with a failed image does:
+    the summary and the audit say which.
+    """
+    from imagepush.transforms.engine.verify import verify
+
+    check_records(spec)
+    started = time.monotonic()
+    rows = verify(spec.jobs, spec.syncs, spec.records, spec.run_id, spec.options, spec.parallel)
+    audit.write(rows, spec.audit_url)
+    return summarize(spec.audit_url, time.monotonic() - started)

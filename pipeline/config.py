@@ -21,6 +21,12 @@ Example (relative paths are relative to the current directory)::
         to: [{ref: "oci:./mirror", format: oci}]
       - records: s3://bucket/images/*.parquet    # one image per row, read on the workers
         to: [docker://mirror.example.com/hub]    # for rows without a destination
+
+A file of ``verify:`` jobs checks a finished migration instead (nothing is written)::
+
+    jobs:
+      - verify: docker://registry.example.com/team    # an image, or a store listed as sync lists it
+        to: [docker://mirror.example.com/hub]
 """
 
 from __future__ import annotations
@@ -151,10 +157,15 @@ class RegistryConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    """One ``copy`` (an image), ``sync`` (every image of a store) or ``records`` (the images a file names)."""
+    """One ``copy`` (an image), ``sync`` (every image of a store) or ``records`` (the images a file names).
+
+    Or one ``verify``: an image (a reference naming one) or a store (listed and name-mapped
+    as ``sync`` does), checked at ``to`` without writing anything.
+    """
 
     copy_: Reference | None = Field(default=None, alias="copy")
     sync: Reference | None = None
+    verify: Reference | None = None
     #: A records file, folder or glob on any fsspec URL: read on the workers, a job per row.
     records: Annotated[str, Field(min_length=1)] | None = None
     #: ``records`` only: run just the rows whose status is failed (an audit, for ``retry``).
@@ -172,9 +183,9 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> JobConfig:
-        if [self.copy_, self.sync, self.records].count(None) != 2:
-            raise ValueError("each job needs exactly one of 'copy', 'sync' or 'records'")
-        if self.sync is None and (self.include or self.exclude):
+        if [self.copy_, self.sync, self.records, self.verify].count(None) != 3:
+            raise ValueError("each job needs exactly one of 'copy', 'sync', 'records' or 'verify'")
+        if self.sync is None and self.verify is None and (self.include or self.exclude):
             raise ValueError("'include'/'exclude' filter sync jobs only")
         if self.records is None and (self.only_failed or self.pin_digest is not None):
             raise ValueError("'only_failed'/'pin_digest' apply to records jobs only")
@@ -191,8 +202,8 @@ class JobConfig(_Strict):
 
     @property
     def source(self) -> str:
-        """The one of ``copy``, ``sync`` and ``records`` that is set."""
-        return next(s for s in (self.copy_, self.sync, self.records) if s is not None)
+        """The one of ``copy``, ``sync``, ``records`` and ``verify`` that is set."""
+        return next(s for s in (self.copy_, self.sync, self.records, self.verify) if s is not None)
 
 
 class RunConfig(_Strict):
@@ -207,6 +218,14 @@ class RunConfig(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     registries: RegistryConfig = Field(default_factory=RegistryConfig)
     jobs: list[JobConfig]
+
+    @model_validator(mode="after")
+    def _verifies_or_copies(self) -> RunConfig:
+        """A run either checks a migration or does one: a check that ran before its copies would mean nothing."""
+        verifies = [job.verify is not None for job in self.jobs]
+        if any(verifies) and not all(verifies):
+            raise ValueError("a file of 'verify' jobs cannot also copy: put them in a file of their own")
+        return self
 
     @classmethod
     def parse(cls, data: object) -> RunConfig:
@@ -244,7 +263,8 @@ class RunConfig(_Strict):
                 spec.records.append(self._records(n, outputs, platforms))
                 continue
             source = parse_reference(job.source)
-            if job.copy_ is not None:
+            spec.verify = spec.verify or job.verify is not None
+            if job.copy_ is not None or (job.verify is not None and names_one_image(source)):
                 spec.jobs.append(copy_job(source, outputs, platforms))
             else:
                 spec.syncs.append(
@@ -293,6 +313,16 @@ class RunConfig(_Strict):
             where = max(compression_at, fmt_at, key=len)
             raise RunConfigError(where, "zstd needs OCI manifests; it cannot be combined with format v2s2")
         return Output(str(parse_reference((self.jobs[n].to or [])[i].ref)), fmt, compression)
+
+
+def names_one_image(ref: ImageReference) -> bool:
+    """Whether ``verify`` checks one image (as ``copy`` copies it) or every image the store lists (as ``sync``).
+
+    A reference that names an image (a tag, digest or ref name) or a store that holds
+    one image selects one; a bare registry repository or prefix, a layout or an archive
+    is listed.
+    """
+    return ref.ref is not None or ref.transport in SINGLE_IMAGE
 
 
 @contextmanager
@@ -363,6 +393,10 @@ def _flag_data(args: argparse.Namespace) -> dict[str, Any]:
             node[key] = getattr(args, dest)
     if getattr(args, "records", None) is not None:
         data["jobs"].append(_records_job(args))
+    elif args.command == "verify":
+        if args.source is None or not args.destinations:
+            raise RunConfigError((), "verify needs SRC and at least one DST, or --records URL")
+        data["jobs"].append({"verify": args.source, "to": args.destinations})
     elif args.command in ("copy", "sync"):
         if args.source is None or not args.destinations:
             raise RunConfigError((), f"{args.command} needs SRC and at least one DST" +

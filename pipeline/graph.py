@@ -28,6 +28,8 @@ class RunSpec:
     preflight: bool = True
     #: A report of the rows settled before the pipeline (by the preflight), merged into the audit.
     settled_url: str | None = None
+    #: Check that the jobs' images are at their destinations instead of copying them (``verify``).
+    verify: bool = False
 
 
 def _build(p: Any, spec: RunSpec) -> None:
