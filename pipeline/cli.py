@@ -174,7 +174,9 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                    help="the layer compression the migration wrote (recompressed layers are checked by diff_ids)")
     p.add_argument("--audit", metavar="URL",
                    help="where the Parquet audit goes (default ./imagepush-audit/<run-id>.parquet)")
-    _records_flags(p)
+    p.add_argument("--records", metavar="URL",
+                   help="check the images a records file names (as copy --records reads it); the positionals "
+                        "are then DST_PREFIXes for rows without a destination")
 
 
 def _records_flags(p: argparse.ArgumentParser) -> None:

@@ -69,8 +69,9 @@ def verify(
 def _judged(job: CopyJob, stores: StoreCache) -> list[tuple[Verdict, object]]:
     started = now()
     verdicts = verify_job(job, stores)
-    for v in verdicts:
-        log.info("%s -> %s: %s", job.source, v.target.destination, "current" if v.current else v.error_kind)
+    for v in verdicts:  # failures are named once, by the summary
+        if v.current:
+            log.info("%s -> %s: current", job.source, v.target.destination)
     return [(v, started) for v in verdicts]
 
 
