@@ -160,7 +160,7 @@ def test_a_misspelt_key_is_unknown_and_its_value_is_not_repeated(refused, out):
 def test_a_job_has_exactly_one_source(refused, out):
     assert refused(yaml=f"jobs: [{{copy: 'oci:/in:a', sync: 'oci:/in', to: ['{out}']}}]") == (
         "imagepush: config: jobs.0: each job needs exactly one of 'copy', 'sync', 'records' or 'verify'")
-    assert refused(yaml=f"jobs: [{{to: ['{out}']}}]") == "imagepush: config: jobs.0: each job needs exactly one of 'copy', 'sync' or 'records'"
+    assert refused(yaml=f"jobs: [{{to: ['{out}']}}]") == "imagepush: config: jobs.0: each job needs exactly one of 'copy', 'sync', 'records' or 'verify'"
 
 
 def test_a_job_has_a_destination(refused):

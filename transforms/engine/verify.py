@@ -10,6 +10,7 @@ uses; destinations are opened but never prepared, so nothing is created there.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
@@ -66,7 +67,7 @@ def verify(
     return rows
 
 
-def _judged(job: CopyJob, stores: StoreCache) -> list[tuple[Verdict, object]]:
+def _judged(job: CopyJob, stores: StoreCache) -> list[tuple[Verdict, dt.datetime]]:
     started = now()
     verdicts = verify_job(job, stores)
     for v in verdicts:  # failures are named once, by the summary
@@ -97,7 +98,7 @@ def _record_jobs(source: RecordSource, run_id: str, rows: list[AuditRow]) -> Ite
                 yield item
 
 
-def _row(job: CopyJob, v: Verdict, run_id: str, started) -> AuditRow:
+def _row(job: CopyJob, v: Verdict, run_id: str, started: dt.datetime) -> AuditRow:
     root = v.root
     return AuditRow(
         run_id=run_id, source=job.source, destination=v.target.destination,
