@@ -82,15 +82,18 @@ def test_docker_only_config_fields_are_dropped():
     assert {"Hostname", "Image", "OnBuild", "Labels"} <= set(source["config"])
 
 
-def test_oci_config_defaults_are_linux_amd64_not_the_host():
-    out = orjson.loads(docker_config_to_oci(b'{"rootfs":{"type":"layers","diff_ids":[]}}'))
-    assert out == {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}
+def test_oci_config_without_platform_gets_empty_strings_like_containers_image():
+    # Neither the host's platform nor a fixed default: skopeo writes "" for both.
+    out = docker_config_to_oci(b'{"rootfs":{"type":"layers","diff_ids":[]}}')
+    assert out == b'{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":[]}}'
+    absent = docker_config_to_oci(b'{"rootfs":{"type":"layers"}}')
+    assert absent == b'{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":null}}'
 
 
 def test_oci_config_keeps_every_oci_field_in_struct_order():
     config = {
         "Size": 5, "id": "x", "parent": "y", "container": "z",
-        "history": [{"created_by": "b", "created": "t", "empty_layer": False, "comment": "", "author": "me"}],
+        "history": [{"created_by": "b", "created": "2020-01-01T02:00:00.100+02:00", "empty_layer": False, "comment": "", "author": "me"}],
         "rootfs": {"diff_ids": ["sha256:" + "1" * 64], "type": "layers"},
         "config": {
             "ArgsEscaped": False, "StopSignal": "SIGTERM", "Labels": {"z": "1", "a": "2"}, "WorkingDir": "/w",
@@ -99,16 +102,16 @@ def test_oci_config_keeps_every_oci_field_in_struct_order():
             "Shell": ["/bin/sh"],
         },
         "variant": "v8", "os.features": ["f"], "os.version": "10", "os": "windows", "architecture": "arm64",
-        "author": "someone", "created": "2020-01-01T00:00:00Z",
+        "author": "someone", "created": "2020-01-01T00:00:00.000+00:00",
     }
     out = docker_config_to_oci(orjson.dumps(config))
     assert out == (
-        b'{"created":"2020-01-01T00:00:00Z","author":"someone","architecture":"arm64","os":"windows",'
-        b'"os.version":"10","os.features":["f"],"variant":"v8","config":{"User":"1000",'
+        b'{"created":"2020-01-01T00:00:00Z","author":"someone","architecture":"arm64","variant":"v8",'
+        b'"os":"windows","os.version":"10","os.features":["f"],"config":{"User":"1000",'
         b'"ExposedPorts":{"443/tcp":{},"53/udp":{}},"Env":["A=1"],"Entrypoint":["/init"],"Cmd":["sh"],'
         b'"Volumes":{"/v":{}},"WorkingDir":"/w","Labels":{"a":"2","z":"1"},"StopSignal":"SIGTERM"},'
         b'"rootfs":{"type":"layers","diff_ids":["sha256:' + b"1" * 64 + b'"]},'
-        b'"history":[{"created":"t","created_by":"b","author":"me"}]}'
+        b'"history":[{"created":"2020-01-01T02:00:00.1+02:00","created_by":"b","author":"me"}]}'
     )
 
 
@@ -408,7 +411,8 @@ def test_schema1_pause_image_conversion():
     assert oci_config["config"] == {"Entrypoint": ["/pause"]}
 
 
-def test_schema1_config_fills_os_and_architecture_from_the_manifest():
+def test_schema1_config_adds_no_os_or_architecture():
+    """containers/image copies the v1Compatibility keys and adds no platform of its own."""
     v1 = '{"id":"' + "a" * 64 + '","created":"2020-01-01T00:00:00Z","container_config":{"Cmd":["a","b"]}}'
     data = orjson.dumps({
         "schemaVersion": 1, "name": "x", "tag": "y", "architecture": "s390x",
@@ -416,11 +420,9 @@ def test_schema1_config_fills_os_and_architecture_from_the_manifest():
     })
     config = orjson.loads(schema1_to_docker_config(parse_schema1(data), ["sha256:" + "1" * 64]))
     assert config == {
-        "architecture": "s390x",
         "container_config": {"Cmd": ["a", "b"]},
         "created": "2020-01-01T00:00:00Z",
         "history": [{"created": "2020-01-01T00:00:00Z", "created_by": "a b"}],
-        "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
     }
 

@@ -13,6 +13,8 @@ are kept, since any re-serialisation changes their digest (docs/formats.md §2).
 
 from __future__ import annotations
 
+import calendar
+import re
 from typing import Any
 
 import orjson
@@ -77,3 +79,44 @@ def optional_str(doc: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise FormatError(f"{where} {key} is not a string")
     return value
+
+
+#: What Go's ``time.Time.UnmarshalJSON`` accepts: RFC 3339 with an optional fraction.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))\Z"
+)
+
+#: Go's zero ``time.Time`` as ``encoding/json`` writes it.
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def go_time(text: str, where: str) -> str:
+    """A timestamp as Go writes it after reading it into a ``time.Time``.
+
+    containers/image reads config timestamps into ``time.Time`` and marshals them again,
+    which is ``time.RFC3339Nano``: the fraction loses its trailing zeros (and its dot when
+    nothing is left), an offset of zero is written ``Z`` and any other offset is kept as
+    written (``+02:00`` stays; the instant is not moved to UTC). Only the spelling
+    changes, never the instant, so the converted config's digest matches skopeo's. Text
+    Go would refuse is a :class:`FormatError`, as it makes skopeo fail.
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise FormatError(f"{where} {text!r} is not an RFC 3339 timestamp")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
+    if not (
+        1 <= int(month) <= 12
+        and 1 <= int(day) <= calendar.monthrange(int(year) or 2000, int(month))[1]
+        and int(hour) < 24
+        and int(minute) < 60
+        and int(second) < 60
+        and (zulu or (int(off_h) < 24 and int(off_m) < 60))
+    ):
+        raise FormatError(f"{where} {text!r} is not a valid time")
+    out = f"{year}-{month}-{day}T{hour}:{minute}:{second}"
+    digits = (fraction or "")[:9].rstrip("0")
+    if digits:
+        out += "." + digits
+    if zulu or (off_h == "00" and off_m == "00"):
+        return out + "Z"
+    return f"{out}{sign}{off_h}:{off_m}"
