@@ -305,7 +305,9 @@ def schema1_to_docker_config(m: Schema1Manifest, diff_ids: list[str]) -> bytes:
             item["empty_layer"] = True
         history.append(item)
 
-    raw = {key: value for key, value in m.layers[-1].v1.items() if key not in _V1_ONLY_KEYS}
+    top = m.layers[-1]
+    values = jsonio.raw_members(top.v1_raw, "schema1 top v1Compatibility") if top.v1_raw else top.v1
+    raw = {key: value for key, value in values.items() if key not in _V1_ONLY_KEYS}
     rootfs: dict[str, Any] = {"type": "layers"}
     if diff_ids:
         rootfs["diff_ids"] = list(diff_ids)
