@@ -16,6 +16,7 @@ from imagepush.transforms.formats.convert import (
     convert_index,
     docker_config_to_oci,
     oci_config_to_docker,
+    replace_layers,
     schema1_to_docker_config,
 )
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError, Platform
@@ -579,3 +580,63 @@ def test_index_filtered_by_platform_lists_only_kept_entries():
     assert media_type == mt.OCI_INDEX
     assert [m["digest"] for m in orjson.loads(data)["manifests"]] == [first.digest]
     assert digest == sha256(data)
+
+
+# --------------------------------------------------------------------------- Go's spelling
+
+
+@pytest.mark.parametrize(
+    ("written", "go"),
+    [
+        ("2017-06-01T00:00:13.120000000Z", "2017-06-01T00:00:13.12Z"),
+        ("2017-06-01T00:00:15.000000000Z", "2017-06-01T00:00:15Z"),
+        ("2017-06-01T02:00:13.500+02:00", "2017-06-01T02:00:13.5+02:00"),
+        ("2017-06-01T00:00:14+00:00", "2017-06-01T00:00:14Z"),
+        ("2017-06-01T00:00:14-00:00", "2017-06-01T00:00:14Z"),
+        ("2019-03-04T05:06:07.123456789-05:30", "2019-03-04T05:06:07.123456789-05:30"),
+    ],
+)
+def test_timestamps_are_spelled_as_go_marshals_a_time(written, go):
+    from imagepush.transforms.formats.jsonio import go_time
+
+    assert go_time(written, "created") == go
+
+
+@pytest.mark.parametrize("bad", ["", "2017-06-01", "2017-06-01 00:00:00Z", "2017-13-01T00:00:00Z", "2017-02-30T00:00:00Z"])
+def test_timestamps_go_would_refuse_are_format_errors(bad):
+    from imagepush.transforms.formats.jsonio import go_time
+
+    with pytest.raises(FormatError):
+        go_time(bad, "created")
+
+
+def test_raw_members_keep_the_spelling_of_values_like_a_go_raw_message():
+    from imagepush.transforms.formats.jsonio import dumps, raw_members
+
+    text = ' { "n" : [1.50, 1E3 ,"a b<"], "s":"caf\\u00e9\\/", "o":{ }, "n": 2 } '
+    assert dumps(raw_members(text, "x")) == b'{"s":"caf\\u00e9\\/","o":{},"n":2}'
+
+
+def test_replace_layers_drops_what_described_the_old_bytes_and_sorts_annotations():
+    old = "sha256:" + "a" * 64
+    kept = "sha256:" + "b" * 64
+    manifest = orjson.dumps({
+        "mediaType": mt.OCI_MANIFEST, "schemaVersion": 2, "unknown": 1,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": "sha256:" + "c" * 64, "size": 2},
+        "layers": [
+            {"mediaType": mt.OCI_LAYER_GZIP, "digest": old, "size": 3, "urls": ["https://x/y"],
+             "annotations": {"containerd.io/snapshot/stargz/toc.digest": "sha256:" + "d" * 64}},
+            {"mediaType": mt.OCI_LAYER_GZIP, "digest": kept, "size": 4, "annotations": {"z": "1", "a": "2"}},
+        ],
+        "annotations": {"z": "1", "a": "2"},
+    })
+    new = Descriptor(mt.OCI_LAYER_ZSTD, "sha256:" + "e" * 64, 5)
+    data, digest = replace_layers(manifest, {old: new})
+    assert data == (
+        b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+        b'"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:' + b"c" * 64
+        + b'","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"sha256:'
+        + b"e" * 64 + b'","size":5},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'
+        + b"b" * 64 + b'","size":4,"annotations":{"a":"2","z":"1"}}],"annotations":{"a":"2","z":"1"}}'
+    )
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()

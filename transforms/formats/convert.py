@@ -196,8 +196,9 @@ def _oci_history(value: Any) -> list[dict[str, Any]]:
             raise FormatError(f"image config history[{i}] is not an object")
         where = f"image config history[{i}]"
         item: dict[str, Any] = {}
-        if entry.get("created") is not None:
-            item["created"] = jsonio.go_time(jsonio.optional_str(entry, "created", where), f"{where} created")
+        created = jsonio.optional_str(entry, "created", where)
+        if created:  # "" is taken as absent, like the top-level created
+            item["created"] = jsonio.go_time(created, f"{where} created")
         for key in ("created_by", "author", "comment"):
             text = jsonio.optional_str(entry, key, where)
             if text:
