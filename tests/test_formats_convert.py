@@ -16,6 +16,7 @@ from imagepush.transforms.formats.convert import (
     convert_index,
     docker_config_to_oci,
     oci_config_to_docker,
+    replace_layers,
     schema1_to_docker_config,
 )
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError, Platform
@@ -82,15 +83,18 @@ def test_docker_only_config_fields_are_dropped():
     assert {"Hostname", "Image", "OnBuild", "Labels"} <= set(source["config"])
 
 
-def test_oci_config_defaults_are_linux_amd64_not_the_host():
-    out = orjson.loads(docker_config_to_oci(b'{"rootfs":{"type":"layers","diff_ids":[]}}'))
-    assert out == {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}
+def test_oci_config_without_platform_gets_empty_strings_like_containers_image():
+    # Neither the host's platform nor a fixed default: skopeo writes "" for both.
+    out = docker_config_to_oci(b'{"rootfs":{"type":"layers","diff_ids":[]}}')
+    assert out == b'{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":[]}}'
+    absent = docker_config_to_oci(b'{"rootfs":{"type":"layers"}}')
+    assert absent == b'{"architecture":"","os":"","config":{},"rootfs":{"type":"layers","diff_ids":null}}'
 
 
 def test_oci_config_keeps_every_oci_field_in_struct_order():
     config = {
         "Size": 5, "id": "x", "parent": "y", "container": "z",
-        "history": [{"created_by": "b", "created": "t", "empty_layer": False, "comment": "", "author": "me"}],
+        "history": [{"created_by": "b", "created": "2020-01-01T02:00:00.100+02:00", "empty_layer": False, "comment": "", "author": "me"}],
         "rootfs": {"diff_ids": ["sha256:" + "1" * 64], "type": "layers"},
         "config": {
             "ArgsEscaped": False, "StopSignal": "SIGTERM", "Labels": {"z": "1", "a": "2"}, "WorkingDir": "/w",
@@ -99,16 +103,16 @@ def test_oci_config_keeps_every_oci_field_in_struct_order():
             "Shell": ["/bin/sh"],
         },
         "variant": "v8", "os.features": ["f"], "os.version": "10", "os": "windows", "architecture": "arm64",
-        "author": "someone", "created": "2020-01-01T00:00:00Z",
+        "author": "someone", "created": "2020-01-01T00:00:00.000+00:00",
     }
     out = docker_config_to_oci(orjson.dumps(config))
     assert out == (
-        b'{"created":"2020-01-01T00:00:00Z","author":"someone","architecture":"arm64","os":"windows",'
-        b'"os.version":"10","os.features":["f"],"variant":"v8","config":{"User":"1000",'
+        b'{"created":"2020-01-01T00:00:00Z","author":"someone","architecture":"arm64","variant":"v8",'
+        b'"os":"windows","os.version":"10","os.features":["f"],"config":{"User":"1000",'
         b'"ExposedPorts":{"443/tcp":{},"53/udp":{}},"Env":["A=1"],"Entrypoint":["/init"],"Cmd":["sh"],'
         b'"Volumes":{"/v":{}},"WorkingDir":"/w","Labels":{"a":"2","z":"1"},"StopSignal":"SIGTERM"},'
         b'"rootfs":{"type":"layers","diff_ids":["sha256:' + b"1" * 64 + b'"]},'
-        b'"history":[{"created":"t","created_by":"b","author":"me"}]}'
+        b'"history":[{"created":"2020-01-01T02:00:00.1+02:00","created_by":"b","author":"me"}]}'
     )
 
 
@@ -408,7 +412,8 @@ def test_schema1_pause_image_conversion():
     assert oci_config["config"] == {"Entrypoint": ["/pause"]}
 
 
-def test_schema1_config_fills_os_and_architecture_from_the_manifest():
+def test_schema1_config_adds_no_os_or_architecture():
+    """containers/image copies the v1Compatibility keys and adds no platform of its own."""
     v1 = '{"id":"' + "a" * 64 + '","created":"2020-01-01T00:00:00Z","container_config":{"Cmd":["a","b"]}}'
     data = orjson.dumps({
         "schemaVersion": 1, "name": "x", "tag": "y", "architecture": "s390x",
@@ -416,11 +421,9 @@ def test_schema1_config_fills_os_and_architecture_from_the_manifest():
     })
     config = orjson.loads(schema1_to_docker_config(parse_schema1(data), ["sha256:" + "1" * 64]))
     assert config == {
-        "architecture": "s390x",
         "container_config": {"Cmd": ["a", "b"]},
         "created": "2020-01-01T00:00:00Z",
         "history": [{"created": "2020-01-01T00:00:00Z", "created_by": "a b"}],
-        "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
     }
 
@@ -577,3 +580,63 @@ def test_index_filtered_by_platform_lists_only_kept_entries():
     assert media_type == mt.OCI_INDEX
     assert [m["digest"] for m in orjson.loads(data)["manifests"]] == [first.digest]
     assert digest == sha256(data)
+
+
+# --------------------------------------------------------------------------- Go's spelling
+
+
+@pytest.mark.parametrize(
+    ("written", "go"),
+    [
+        ("2017-06-01T00:00:13.120000000Z", "2017-06-01T00:00:13.12Z"),
+        ("2017-06-01T00:00:15.000000000Z", "2017-06-01T00:00:15Z"),
+        ("2017-06-01T02:00:13.500+02:00", "2017-06-01T02:00:13.5+02:00"),
+        ("2017-06-01T00:00:14+00:00", "2017-06-01T00:00:14Z"),
+        ("2017-06-01T00:00:14-00:00", "2017-06-01T00:00:14Z"),
+        ("2019-03-04T05:06:07.123456789-05:30", "2019-03-04T05:06:07.123456789-05:30"),
+    ],
+)
+def test_timestamps_are_spelled_as_go_marshals_a_time(written, go):
+    from imagepush.transforms.formats.jsonio import go_time
+
+    assert go_time(written, "created") == go
+
+
+@pytest.mark.parametrize("bad", ["", "2017-06-01", "2017-06-01 00:00:00Z", "2017-13-01T00:00:00Z", "2017-02-30T00:00:00Z"])
+def test_timestamps_go_would_refuse_are_format_errors(bad):
+    from imagepush.transforms.formats.jsonio import go_time
+
+    with pytest.raises(FormatError):
+        go_time(bad, "created")
+
+
+def test_raw_members_keep_the_spelling_of_values_like_a_go_raw_message():
+    from imagepush.transforms.formats.jsonio import dumps, raw_members
+
+    text = ' { "n" : [1.50, 1E3 ,"a b<"], "s":"caf\\u00e9\\/", "o":{ }, "n": 2 } '
+    assert dumps(raw_members(text, "x")) == b'{"s":"caf\\u00e9\\/","o":{},"n":2}'
+
+
+def test_replace_layers_drops_what_described_the_old_bytes_and_sorts_annotations():
+    old = "sha256:" + "a" * 64
+    kept = "sha256:" + "b" * 64
+    manifest = orjson.dumps({
+        "mediaType": mt.OCI_MANIFEST, "schemaVersion": 2, "unknown": 1,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": "sha256:" + "c" * 64, "size": 2},
+        "layers": [
+            {"mediaType": mt.OCI_LAYER_GZIP, "digest": old, "size": 3, "urls": ["https://x/y"],
+             "annotations": {"containerd.io/snapshot/stargz/toc.digest": "sha256:" + "d" * 64}},
+            {"mediaType": mt.OCI_LAYER_GZIP, "digest": kept, "size": 4, "annotations": {"z": "1", "a": "2"}},
+        ],
+        "annotations": {"z": "1", "a": "2"},
+    })
+    new = Descriptor(mt.OCI_LAYER_ZSTD, "sha256:" + "e" * 64, 5)
+    data, digest = replace_layers(manifest, {old: new})
+    assert data == (
+        b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+        b'"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:' + b"c" * 64
+        + b'","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"sha256:'
+        + b"e" * 64 + b'","size":5},{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'
+        + b"b" * 64 + b'","size":4,"annotations":{"a":"2","z":"1"}}],"annotations":{"a":"2","z":"1"}}'
+    )
+    assert digest == "sha256:" + hashlib.sha256(data).hexdigest()

@@ -24,7 +24,13 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import jsonio
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, FormatError
-from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, oci_manifest, schema2_manifest
+from imagepush.transforms.formats.manifest import (
+    ImageIndex,
+    ImageManifest,
+    oci_manifest,
+    parse_manifest,
+    schema2_manifest,
+)
 from imagepush.transforms.formats.schema1 import Schema1Manifest
 
 TARGET_OCI = "oci"
@@ -173,7 +179,9 @@ def _oci_rootfs(value: Any) -> dict[str, Any]:
     rootfs_type = value.get("type")
     if not isinstance(rootfs_type, str):
         raise FormatError("image config rootfs type is not a string")
-    diff_ids = _str_list(value.get("diff_ids"), "image config rootfs diff_ids")
+    raw_ids = value.get("diff_ids")
+    diff_ids = None if raw_ids is None else _str_list(raw_ids, "image config rootfs diff_ids")
+    # Go's RootFS.DiffIDs has no omitempty: an absent list is written as null, not [].
     return {"type": rootfs_type, "diff_ids": diff_ids}
 
 
@@ -188,7 +196,10 @@ def _oci_history(value: Any) -> list[dict[str, Any]]:
             raise FormatError(f"image config history[{i}] is not an object")
         where = f"image config history[{i}]"
         item: dict[str, Any] = {}
-        for key in ("created", "created_by", "author", "comment"):
+        created = jsonio.optional_str(entry, "created", where)
+        if created:  # "" is taken as absent, like the top-level created
+            item["created"] = jsonio.go_time(created, f"{where} created")
+        for key in ("created_by", "author", "comment"):
             text = jsonio.optional_str(entry, key, where)
             if text:
                 item[key] = text
@@ -207,26 +218,28 @@ def docker_config_to_oci(config: bytes) -> bytes:
     Mirrors containers/image, which unmarshals the Docker config into the OCI ``Image``
     struct and marshals it again: only OCI fields survive (``container``,
     ``container_config``, ``docker_version``, ``id``, ``parent``, ``Size``, ``Hostname``,
-    ``OnBuild``, ``Healthcheck`` … are dropped), keys come out in struct order, map keys
-    sorted, empty optional fields omitted. Two deliberate differences from a plain copy of
-    that behaviour: a missing ``os``/``architecture`` becomes ``linux``/``amd64`` — never the
-    converting host's values, so output does not depend on where it ran — and a missing
-    ``rootfs`` is an error rather than an invalid empty one. ``config`` is always present
-    (possibly ``{}``) because Go's encoder cannot omit a struct; keeping that makes our bytes,
-    and thus the config digest, match containers/image for the same input.
+    ``OnBuild``, ``Healthcheck`` … are dropped), keys come out in the struct order of the
+    image-spec version skopeo 1.9.3 vendors (``variant`` between ``architecture`` and
+    ``os``), map keys sorted, empty optional fields omitted, timestamps in Go's canonical
+    form (:func:`jsonio.go_time`). ``architecture`` and ``os`` have no ``omitempty`` in that
+    struct, so a config without them gets empty strings, exactly as containers/image
+    writes it; nothing is guessed (the converting host's platform would make the output
+    depend on where it ran, and any fixed default would break byte-equality with skopeo).
+    A missing ``rootfs`` is an error rather than an invalid empty one. ``config`` is always
+    present (possibly ``{}``) because Go's encoder cannot omit a struct.
     """
     doc = jsonio.load_object(config, "image config")
     where = "image config"
     out: dict[str, Any] = {}
-    for key in ("created", "author"):
-        text = jsonio.optional_str(doc, key, where)
-        if text:
-            out[key] = text
-    out["architecture"] = jsonio.optional_str(doc, "architecture", where) or "amd64"
-    out["os"] = jsonio.optional_str(doc, "os", where) or "linux"
+    created = jsonio.optional_str(doc, "created", where)
+    if created:
+        out["created"] = jsonio.go_time(created, f"{where} created")
+    _put(out, "author", jsonio.optional_str(doc, "author", where))
+    out["architecture"] = jsonio.optional_str(doc, "architecture", where)
+    _put(out, "variant", jsonio.optional_str(doc, "variant", where))
+    out["os"] = jsonio.optional_str(doc, "os", where)
     _put(out, "os.version", jsonio.optional_str(doc, "os.version", where))
     _put(out, "os.features", _str_list(doc.get("os.features"), f"{where} os.features"))
-    _put(out, "variant", jsonio.optional_str(doc, "variant", where))
     out["config"] = _oci_runtime_config(doc.get("config"))
     out["rootfs"] = _oci_rootfs(doc.get("rootfs"))
     _put(out, "history", _oci_history(doc.get("history")))
@@ -253,9 +266,12 @@ def schema1_to_docker_config(m: Schema1Manifest, diff_ids: list[str]) -> bytes:
     ``rootfs`` with ``diff_ids`` (uncompressed digests of the non-throwaway layers, base
     first) and ``history`` with one entry per schema1 entry, base first, throwaway entries
     marked ``empty_layer``. ``created_by`` is ``container_config.Cmd`` joined by spaces, the
-    way Docker recorded build steps. Top-level keys are sorted, as Go emits a map; missing
-    ``os``/``architecture`` are filled from ``linux`` and the manifest's architecture so that
-    the result is a usable config rather than one a runtime must guess about.
+    way Docker recorded build steps; history ``created`` is always present, in Go's
+    canonical form (the zero time when the entry had none), while the top-level values,
+    ``created`` included, are copied as they were (containers/image keeps them as raw JSON).
+    Top-level keys are sorted, as Go emits a map. A missing ``os`` or ``architecture`` stays
+    missing: containers/image adds neither, and filling them in (as kpod/buildah-era
+    defaults did) would give a config, and an image ID, that skopeo never produces.
     """
     wanted = sum(1 for layer in m.layers if not layer.throwaway)
     if len(diff_ids) != wanted:
@@ -273,9 +289,13 @@ def schema1_to_docker_config(m: Schema1Manifest, diff_ids: list[str]) -> bytes:
         if container_config is not None and not isinstance(container_config, dict):
             raise FormatError(f"{where} container_config is not an object")
         cmd = _str_list((container_config or {}).get("Cmd"), f"{where} container_config.Cmd")
-        item: dict[str, Any] = {}
+        created = jsonio.optional_str(layer.v1, "created", where)
+        # Schema2History.Created is a time.Time without omitempty: always written, the
+        # zero time when the entry had none, and in Go's canonical spelling.
+        item: dict[str, Any] = {
+            "created": jsonio.go_time(created, f"{where} created") if created else jsonio.GO_ZERO_TIME
+        }
         for key, value in (
-            ("created", jsonio.optional_str(layer.v1, "created", where)),
             ("author", jsonio.optional_str(layer.v1, "author", where)),
             ("created_by", " ".join(cmd)),
             ("comment", jsonio.optional_str(layer.v1, "comment", where)),
@@ -286,16 +306,14 @@ def schema1_to_docker_config(m: Schema1Manifest, diff_ids: list[str]) -> bytes:
             item["empty_layer"] = True
         history.append(item)
 
-    raw = {key: value for key, value in m.layers[-1].v1.items() if key not in _V1_ONLY_KEYS}
+    top = m.layers[-1]
+    values = jsonio.raw_members(top.v1_raw, "schema1 top v1Compatibility") if top.v1_raw else top.v1
+    raw = {key: value for key, value in values.items() if key not in _V1_ONLY_KEYS}
     rootfs: dict[str, Any] = {"type": "layers"}
     if diff_ids:
         rootfs["diff_ids"] = list(diff_ids)
     raw["rootfs"] = rootfs
     raw["history"] = history
-    if not raw.get("os"):
-        raw["os"] = "linux"
-    if not raw.get("architecture"):
-        raw["architecture"] = m.architecture or "amd64"
     return jsonio.dumps({key: raw[key] for key in sorted(raw)})
 
 
@@ -503,15 +521,28 @@ def convert_index(
 def replace_layers(manifest: bytes, replacements: dict[str, Descriptor]) -> tuple[bytes, str]:
     """Point an image manifest's layers at recompressed blobs; returns (bytes, digest).
 
-    Only ``mediaType``, ``digest`` and ``size`` of the replaced layers change; every other
-    field (urls, annotations) and the key order are kept, so the result is as close to
-    the original as a changed digest allows, and deterministic.
+    containers/image writes a recompressed image by marshalling its manifest struct again,
+    so the result is rebuilt the same way: fields in the Go struct order, annotation maps
+    sorted, fields the struct does not know dropped. A replaced layer takes the new
+    ``mediaType``, ``digest`` and ``size`` and loses its ``annotations`` and ``urls``: they
+    describe the old compressed bytes (a stargz TOC digest, a zstd:chunked checksum, a
+    mirror of the old blob) and would be wrong for the new ones, which is also why
+    skopeo drops them. Layers that were not replaced keep everything.
     """
-    doc = jsonio.load_object(manifest, "manifest")
-    layers = doc.get("layers") or []
-    for layer in layers:
-        new = replacements.get(layer.get("digest"))
-        if new is not None:
-            layer["mediaType"], layer["digest"], layer["size"] = new.media_type, new.digest, new.size
-    data = jsonio.dumps(doc)
+    m = parse_manifest(manifest, None)
+    if not isinstance(m, ImageManifest):
+        raise FormatError("only an image manifest has layers to replace")
+    layers = []
+    for layer in m.layers:
+        new = replacements.get(layer.digest)
+        layers.append(layer if new is None else Descriptor(new.media_type, new.digest, new.size))
+    if m.media_type == mt.DOCKER_SCHEMA2:
+        data = schema2_manifest(m.config, layers)
+    else:
+        data = oci_manifest(m.config, layers, m.annotations, m.subject, m.artifact_type)
+        if "mediaType" not in jsonio.load_object(manifest, "manifest"):
+            # OCI's mediaType is optional (omitempty in Go): a manifest without it stays without.
+            doc = jsonio.load_object(data, "manifest")
+            del doc["mediaType"]
+            data = jsonio.dumps(doc)
     return data, digestlib.of_bytes(data)

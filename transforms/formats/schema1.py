@@ -39,6 +39,9 @@ class Schema1Layer:
     blob_sum: str
     v1: dict[str, Any]
     throwaway: bool
+    #: The ``v1Compatibility`` string as written: the conversion copies the top entry's
+    #: values with their original spelling, as containers/image does (empty: unknown).
+    v1_raw: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,12 @@ def parse_schema1(data: bytes) -> Schema1Manifest:
                 f"schema1 history[{i}] has parent {v1s[i].get('parent')!r}, expected {ids[i + 1]}"
             )
     layers = tuple(
-        Schema1Layer(blob_sum=blob_sums[i], v1=v1s[i], throwaway=bool(v1s[i].get("throwaway")))
+        Schema1Layer(
+            blob_sum=blob_sums[i],
+            v1=v1s[i],
+            throwaway=bool(v1s[i].get("throwaway")),
+            v1_raw=history[i]["v1Compatibility"],
+        )
         for i in reversed(keep)
     )
     return Schema1Manifest(
