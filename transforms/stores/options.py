@@ -21,6 +21,10 @@ class StoreOptions:
     registry_concurrency: int = 8
     #: Retries of a registry request after a connection error, 429 or 5xx (with backoff).
     registry_retries: int = 4
+    #: Seconds a registry that answered earlier in the run is waited for (retrying with
+    #: backoff) once it stops answering, before its requests fail: a restart must not
+    #: fail the images in flight. A registry never reached gets no grace.
+    outage_grace: float = 30.0
     #: Blobs of known size up to this are streamed in one PUT (the cheapest upload for a
     #: registry: no chunk state to save); larger or unsized ones go in chunked PATCHes.
     monolithic_upload_limit: int = 4 << 30
