@@ -222,9 +222,13 @@ def test_catalog_pagination(tmp_path: Path, layout: Path) -> None:
         # list_images is a generator: the first entry comes before the catalog is exhausted,
         # with tags of at most LISTING_AHEAD more repositories (three pages of two) fetched ahead.
         seen_urls.clear()
-        first = next(iter(src.list_images(page_size=2)))
+        images = iter(src.list_images(page_size=2))
+        first = next(images)
         assert LISTING_AHEAD == 4
         assert first.ref == "many/r00:t" and len(seen_urls) == 3
+        # Closed while the registry is up: fetches ahead must not outlive it (they would
+        # wait out the outage grace of a registry that answered before).
+        images.close()  # type: ignore[attr-defined]
     finally:
         reg.stop()
 
