@@ -6,7 +6,8 @@ themselves are never stored here, only where to read them from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,8 @@ class StoreOptions:
     monolithic_upload_limit: int = 4 << 30
     #: Size of each PATCH when a blob is uploaded in chunks.
     upload_chunk_size: int = 128 << 20
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as its values alone: the options travel inside every store a DoFn ships,
+        and field names would make up most of a store's pickle."""
+        return (StoreOptions, tuple(getattr(self, f.name) for f in fields(self)))
