@@ -71,6 +71,9 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--retry-times", default=_default(RegistryConfig, "retries"), metavar="N",
                    help="retries of a registry request after a connection error, 429 or 5xx, "
                         "with exponential backoff (default: %(default)s)")
+    p.add_argument("--outage-grace", default=_default(RegistryConfig, "outage_grace"), metavar="SECONDS",
+                   help="how long a registry that answered earlier in the run is retried once it stops "
+                        "answering, before its images fail (default: %(default)s)")
     p.add_argument("--parallel", default=_default(RunConfig, "parallel"), metavar="N",
                    help="images and blobs each worker handles at once in every step (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")

@@ -6,6 +6,7 @@ import argparse
 import collections
 import logging
 import os
+import re
 import sys
 import time
 
@@ -22,7 +23,7 @@ from imagepush.transforms.stores.refs import ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry import RegistryUnavailable
+from imagepush.transforms.stores.registry import RegistryMisconfigured, RegistryUnavailable
 
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             cache.destination(store).prepare()
         except RegistryUnavailable as exc:
             log.warning("%s; its images will fail", one_line(exc))
+        except RegistryMisconfigured as exc:  # no image could be written there: stop before starting
+            raise UsageError(one_line(exc)) from None
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
@@ -171,8 +174,52 @@ def _counted(statuses: collections.Counter[str]) -> str:
     return ", ".join(f"{statuses[s]} {s}" for s in order if statuses[s]) or "none"
 
 
+#: A failure of a whole registry host, not of one image (the transport's wording).
+UNREACHABLE_HOST = re.compile(r"cannot reach (?P<host>[^\s()]+)")
+
+
+def _names_host(ref: str, host: str) -> bool:
+    """Whether an image reference (``docker://HOST/…`` or ``HOST/…``) is on the registry ``host``."""
+    return ref.startswith(host + "/") or f"//{host}/" in ref
+
+
+def _failure_lines(failed: list[dict]) -> list[str]:
+    """The FAILED lines for the console: one per failure, except that repeated ones are grouped.
+
+    Images that failed because a registry host could not be reached make one line per
+    host ("destination HOST unreachable: 37 images failed"), and images that failed with
+    the very same message (a misconfigured host says it the same way each time) one line
+    for that message: a registry that is down must not bury the run under one line per
+    image. The audit keeps a row per image either way.
+    """
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for r in failed:
+        error = r["error"] or ""
+        found = UNREACHABLE_HOST.search(error)
+        if found:
+            host = found["host"]
+            side = ("destination" if _names_host(r["destination"], host)
+                    else "source" if _names_host(r["source"], host) else "registry")
+            key: tuple[str, ...] = ("host", side, host)
+        else:
+            key = ("same", error)
+        groups.setdefault(key, []).append(r)
+    lines = []
+    for key, rows in groups.items():
+        images = len({r["source"] for r in rows})
+        first = rows[0]
+        if images == 1:
+            lines.extend(f"imagepush: FAILED {r['source']} -> {r['destination']}: {r['error']}" for r in rows)
+        elif key[0] == "host":
+            lines.append(f"imagepush: FAILED {key[1]} {key[2]} unreachable: {images} images failed "
+                         f"(first: {first['source']} -> {first['destination']}: {first['error']})")
+        else:
+            lines.append(f"imagepush: FAILED {images} images: {first['error']}")
+    return lines
+
+
 def summarize(audit_url: str, seconds: float) -> int:
-    """One line on stdout for the run, and one FAILED line on stderr per failed (image, destination)."""
+    """One line on stdout for the run, and FAILED lines on stderr (grouped, see :func:`_failure_lines`)."""
     table = audit.read(audit_url, SUMMARY_COLUMNS).to_pylist()
     failed = [r for r in _top_level(table) if records.status_of(r["status"]) == records.FAILED]
     statuses = _image_statuses(table)
@@ -181,8 +228,8 @@ def summarize(audit_url: str, seconds: float) -> int:
     mounted = sum(r["blobs_mounted"] or 0 for r in table)
     skipped = sum(r["blobs_skipped"] for r in table)
     nbytes = sum(r["bytes_copied"] for r in table)
-    for r in failed:
-        print(f"imagepush: FAILED {r['source']} -> {r['destination']}: {r['error']}", file=sys.stderr)
+    for line in _failure_lines(failed):
+        print(line, file=sys.stderr)
     print(
         f"{images} image{'' if images == 1 else 's'}: {_counted(statuses)}; "
         f"{copied} blobs copied, {mounted} mounted, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s; "

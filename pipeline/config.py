@@ -145,6 +145,8 @@ class RegistryConfig(_Strict):
     ca_bundle: str | None = None
     concurrency: int = Field(default=8, ge=1)
     retries: int = Field(default=4, ge=0)
+    #: Seconds a registry that answered earlier in the run is waited for once it stops answering.
+    outage_grace: float = Field(default=30.0, ge=0)
 
     def store_options(self) -> StoreOptions:
         return StoreOptions(
@@ -153,6 +155,7 @@ class RegistryConfig(_Strict):
             ca_bundle=self.ca_bundle,
             registry_concurrency=self.concurrency,
             registry_retries=self.retries,
+            outage_grace=self.outage_grace,
         )
 
 
@@ -370,6 +373,7 @@ FLAGS: dict[Loc, tuple[str, str]] = {
     ("registries", "ca_bundle"): ("--ca-bundle", "ca_bundle"),
     ("registries", "concurrency"): ("--registry-concurrency", "registry_concurrency"),
     ("registries", "retries"): ("--retry-times", "retry_times"),
+    ("registries", "outage_grace"): ("--outage-grace", "outage_grace"),
 }
 
 

@@ -271,6 +271,30 @@ class Registry:
         """The ``rootdirectory``; the tree is under ``docker/registry/v2``."""
         return self.root / "storage"
 
+    def kill(self) -> None:
+        """Stop at once (SIGKILL to its PID), as a crash would: in-flight requests break off."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again from the same config: same port, storage and upload-state secret."""
+        self.kill()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                ["docker-registry", "serve", str(self.root / "config.yml")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                _probe(f"{'https' if self.certificate else 'http'}://{self.host}/v2/")
+                return
+            except requests.RequestException:
+                time.sleep(0.05)
+        raise RuntimeError(f"docker-registry did not restart: {self.log_path.read_text(errors='replace')[-2000:]}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

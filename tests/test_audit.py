@@ -198,11 +198,41 @@ def test_the_summary_counts_images_by_status_in_one_line(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert out == (f"6 images: 2 copied, 1 current, 3 failed; 8 blobs copied, 4 mounted, 10 skipped, 8.0 KB in 1.0s; "
                    f"audit: {url}\n")
-    assert err.splitlines() == [
-        "imagepush: FAILED s:d -> d1:d: cannot reach d1",
-        "imagepush: FAILED s:e -> d2:e: cannot reach d1",
+    assert err.splitlines() == [  # two images failed by one host: one line
+        "imagepush: FAILED registry d1 unreachable: 2 images failed (first: s:d -> d1:d: cannot reach d1)",
         "imagepush: FAILED s:f -> d2:f: refused",
     ]
+
+
+def test_the_summary_groups_repeated_failures_on_the_console_while_the_audit_keeps_every_row(tmp_path, capsys):
+    at = records.now()
+
+    def failed(source: str, destination: str, error: str) -> records.AuditRow:
+        return records.AuditRow(
+            run_id="r", source=source, destination=destination, source_digest=None, destination_digest=None,
+            media_type=None, status="failed", error=error, blobs_copied=0, blobs_skipped=0, bytes_copied=0,
+            started_at=at, finished_at=at, error_kind="unreachable",
+        )
+
+    down = [failed(f"oci:/s:app{i}", f"docker://reg:5000/m/app{i}",
+                   f"reg:5000/m/app{i}: tag list not attempted: cannot reach reg:5000 (connection refused)")
+            for i in range(37)]
+    source_down = [failed(f"docker://src:5000/b{i}:1", f"oci:/o:b{i}:1",
+                          f"src:5000/b{i}: manifest failed: cannot reach src:5000 (connection refused)")
+                   for i in range(2)]
+    same = [failed(f"oci:/s:x{i}", f"docker://tls:443/x{i}", "tls:443 speaks plain HTTP, not TLS: use "
+                   "--insecure-registry tls:443") for i in range(3)]
+    url = str(tmp_path / "run.parquet")
+    audit.write(down + source_down + same, url)
+    assert commands.summarize(url, 1.0) == 1
+    assert capsys.readouterr().err.splitlines() == [  # in the audit's order (by source)
+        "imagepush: FAILED source src:5000 unreachable: 2 images failed (first: docker://src:5000/b0:1 -> oci:/o:b0:1: "
+        "src:5000/b0: manifest failed: cannot reach src:5000 (connection refused))",
+        "imagepush: FAILED destination reg:5000 unreachable: 37 images failed (first: oci:/s:app0 -> "
+        "docker://reg:5000/m/app0: reg:5000/m/app0: tag list not attempted: cannot reach reg:5000 (connection refused))",
+        "imagepush: FAILED 3 images: tls:443 speaks plain HTTP, not TLS: use --insecure-registry tls:443",
+    ]
+    assert len(audit.read_rows(url)) == 42
 
 
 def test_the_audit_command_totals_by_status_and_destination_and_lists_top_errors(tmp_path, capsys):

@@ -7,6 +7,8 @@ recorded instead of waited, and the clock is a number the test moves.
 from __future__ import annotations
 
 import io
+import socket
+import ssl
 from typing import Mapping
 
 import pytest
@@ -16,7 +18,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry import RegistryUnavailable, RetriableUploadError
+from imagepush.transforms.stores.registry import RegistryMisconfigured, RegistryUnavailable, RetriableUploadError
 from imagepush.transforms.stores.registry.transport import HOST_DOWN_SECONDS, Transport, is_transient
 
 HOST = "registry.test"
@@ -64,8 +66,18 @@ class Clock:
         self.sleeps.append(seconds)
 
 
-def transport(clock: Clock, script: list[Outcome], prefix: str = f"https://{HOST}/") -> tuple[Transport, Scripted]:
-    t = Transport(HOST, StoreOptions(), max_attempts=3, sleep=clock.sleep, clock=clock)
+class Passing(Clock):
+    """A clock that moves by every sleep, for rules that count seconds rather than attempts."""
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.now += seconds
+
+
+def transport(
+    clock: Clock, script: list[Outcome], prefix: str = f"https://{HOST}/", options: StoreOptions = StoreOptions()
+) -> tuple[Transport, Scripted]:
+    t = Transport(HOST, options, max_attempts=3, sleep=clock.sleep, clock=clock)
     adapter = Scripted(script)
     t.session.mount(prefix, adapter)
     return t, adapter
@@ -78,7 +90,7 @@ def send(t: Transport, url: str = URL, **kw: object) -> int:
 
 
 @pytest.mark.parametrize("outcome", [
-    requests.ConnectionError(), requests.exceptions.SSLError(), requests.exceptions.ProxyError(),
+    requests.ConnectionError(), requests.exceptions.ProxyError(),
     requests.ConnectTimeout(), requests.ReadTimeout(), 429, 500, 502, 503, 504,
 ])
 def test_transient_outcomes(outcome: BaseException | int) -> None:
@@ -86,7 +98,7 @@ def test_transient_outcomes(outcome: BaseException | int) -> None:
 
 
 @pytest.mark.parametrize("outcome", [
-    ValueError("a bug"), requests.exceptions.InvalidURL(), requests.TooManyRedirects(),
+    ValueError("a bug"), requests.exceptions.InvalidURL(), requests.TooManyRedirects(), requests.exceptions.SSLError(),
     200, 201, 202, 206, 307, 400, 401, 403, 404, 405, 416,
 ])
 def test_outcomes_that_are_answers(outcome: BaseException | int) -> None:
@@ -201,3 +213,117 @@ def test_a_401_is_answered_by_renewing_once_within_the_same_budget() -> None:
     assert authorization.renewals == [challenge["WWW-Authenticate"]]
     assert [r.headers["Authorization"] for r in adapter.sent] == ["Bearer token0", "Bearer token1", "Bearer token1"]
     assert len(clock.sleeps) == 1  # only the 503 waited; the renewal counted as an attempt
+
+
+def caused_by(outer: BaseException, inner: BaseException) -> BaseException:
+    """``outer`` wrapping ``inner``, as requests wraps the socket's error (through urllib3)."""
+    outer.__cause__ = inner
+    return outer
+
+
+def plain_http_answer() -> BaseException:
+    inner = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
+    inner.reason = "WRONG_VERSION_NUMBER"  # type: ignore[misc]
+    return caused_by(requests.exceptions.SSLError("HTTPSConnectionPool: SSLError"), inner)
+
+
+def refused() -> BaseException:
+    return caused_by(requests.ConnectionError("Failed to establish a new connection"),
+                     ConnectionRefusedError(111, "Connection refused"))
+
+
+def unresolvable() -> BaseException:
+    return caused_by(requests.ConnectionError("Failed to resolve"), socket.gaierror(-2, "Name or service not known"))
+
+
+# -- misconfiguration fails at once -----------------------------------------------------------
+
+
+def test_a_registry_answering_tls_in_plain_http_names_the_flag_at_once_and_for_every_later_request() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [plain_http_answer(), (200, {})])
+    with pytest.raises(RegistryMisconfigured) as info:
+        send(t)
+    message = f"{HOST} speaks plain HTTP, not TLS: use --insecure-registry {HOST}"
+    assert str(info.value) == message
+    assert info.value.kind == "invalid_input"
+    assert len(adapter.sent) == 1 and clock.sleeps == []
+    with pytest.raises(RegistryMisconfigured) as again:
+        t.fail_if_down(f"{HOST}/other", "manifest")
+    assert str(again.value) == str(info.value)  # the same words for every image: the summary says it once
+
+
+def test_an_untrusted_certificate_fails_at_once_and_names_both_remedies() -> None:
+    clock = Clock()
+    inner = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    inner.reason = "CERTIFICATE_VERIFY_FAILED"  # type: ignore[misc]
+    t, adapter = transport(clock, [caused_by(requests.exceptions.SSLError("x"), inner)])
+    with pytest.raises(RegistryMisconfigured) as info:
+        send(t)
+    assert str(info.value) == (f"TLS with {HOST} failed (CERTIFICATE_VERIFY_FAILED): trust its CA with "
+                               f"--ca-bundle, or use --insecure-registry {HOST}")
+    assert len(adapter.sent) == 1 and clock.sleeps == []
+
+
+@pytest.mark.parametrize(("failure", "why"), [(refused, "connection refused"),
+                                              (unresolvable, "the name does not resolve")])
+def test_a_registry_never_reached_that_refuses_or_does_not_resolve_fails_at_once(failure, why) -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [failure(), (200, {})])
+    with pytest.raises(RegistryUnavailable) as info:
+        send(t)
+    assert str(info.value) == f"{HOST}/app: tag list failed: cannot reach {HOST} ({why})"
+    assert len(adapter.sent) == 1 and clock.sleeps == []
+    with pytest.raises(RegistryUnavailable, match=rf"not attempted: cannot reach {HOST} \({why}\)$"):
+        t.fail_if_down(f"{HOST}/other", "manifest")
+
+
+def test_a_timeout_of_a_registry_never_reached_is_still_retried() -> None:
+    clock = Clock()
+    t, adapter = transport(clock, [requests.ConnectTimeout(), (200, {})])
+    assert send(t) == 200
+    assert len(adapter.sent) == 2
+
+
+# -- outages ------------------------------------------------------------------------------
+
+
+def test_a_registry_that_answered_is_waited_for_beyond_the_attempt_budget_within_the_grace() -> None:
+    clock = Passing()
+    t, adapter = transport(clock, [(200, {})] + [refused()] * 6 + [(200, {})],
+                           options=StoreOptions(outage_grace=30.0))
+    assert send(t) == 200
+    assert send(t) == 200  # six refusals, twice the budget of three attempts: a restart ridden out
+    assert len(adapter.sent) == 8
+    assert sum(clock.sleeps) < 30.0
+    t.fail_if_down(HOST, "next request")
+
+
+def test_an_outage_longer_than_the_grace_fails_and_marks_the_registry_down() -> None:
+    clock = Passing()
+    t, adapter = transport(clock, [(200, {})] + [refused()] * 100, options=StoreOptions(outage_grace=10.0))
+    assert send(t) == 200
+    with pytest.raises(RegistryUnavailable, match=rf"^{HOST}/app: tag list failed: cannot reach {HOST} "
+                                                  r"\(ConnectionError\) after \d+ attempts$"):
+        send(t)
+    assert 10.0 <= clock.now <= 10.5  # the last wait ends with the grace, not a backoff step later
+    with pytest.raises(RegistryUnavailable, match="not attempted"):
+        t.fail_if_down(f"{HOST}/other", "manifest")
+
+
+def test_the_grace_starts_with_the_first_failure_of_an_outage_and_ends_with_the_next_answer() -> None:
+    clock = Passing()
+    script: list[Outcome] = [(200, {}), refused(), refused(), (200, {}), refused(), (200, {})]
+    t, adapter = transport(clock, script, options=StoreOptions(outage_grace=30.0))
+    for _ in range(3):
+        assert send(t) == 200
+    assert len(adapter.sent) == 6
+
+
+def test_no_grace_keeps_the_attempt_budget() -> None:
+    clock = Passing()
+    t, adapter = transport(clock, [(200, {})] + [refused()] * 3, options=StoreOptions(outage_grace=0))
+    assert send(t) == 200
+    with pytest.raises(RegistryUnavailable, match=r"after 3 attempts$"):
+        send(t)
+    assert len(adapter.sent) == 4

@@ -128,6 +128,14 @@ def test_retries_are_zero_or_more(refused, out):
         f"imagepush: config: registries.retries: {message}")
 
 
+def test_the_outage_grace_is_zero_or_more_seconds_and_thirty_by_default(refused, out):
+    message = "Input should be greater than or equal to 0"
+    assert refused(["copy", "--outage-grace", "-1", "oci:/in:a", out]) == f"imagepush: --outage-grace: {message}"
+    assert refused(yaml=f"registries: {{outage_grace: -1}}\njobs: [{{sync: 'oci:/in', to: ['{out}']}}]") == (
+        f"imagepush: config: registries.outage_grace: {message}")
+    assert _flags_spec(["copy", "oci:/in:app:1", "oci:/out:app:1"]).options.outage_grace == 30.0
+
+
 def test_a_beam_option_must_be_one_beam_knows(refused, out):
     message = "unknown option --direct_num_worker"
     assert refused(["sync", "oci:/in", out, "--direct_num_worker", "2"]) == f"imagepush: {message}"
@@ -201,18 +209,20 @@ def test_a_command_line_and_the_run_file_saying_the_same_make_the_same_run():
         ["sync", "oci:/in", "oci:/m", "docker://reg:5000/mirror", "--format", "oci", "--compression", "zstd",
          "--platform", "linux/arm64", "--parallel", "3", "--no-preflight", "--audit", "/a.parquet",
          "--insecure-registry", "reg:5000", "--authfile", "/auth.json", "--ca-bundle", "/ca.pem",
-         "--registry-concurrency", "2", "--retry-times", "0"],
+         "--registry-concurrency", "2", "--retry-times", "0", "--outage-grace", "7.5"],
         ["--direct_num_workers=2"],
     )
     yaml = spec_from_yaml(
         "audit: /a.parquet\nparallel: 3\npreflight: false\nrunner: {direct_num_workers: 2}\n"
         "defaults: {format: oci, compression: zstd, platforms: [linux/arm64]}\n"
-        "registries: {insecure: ['reg:5000'], authfile: /auth.json, ca_bundle: /ca.pem, concurrency: 2, retries: 0}\n"
+        "registries: {insecure: ['reg:5000'], authfile: /auth.json, ca_bundle: /ca.pem, concurrency: 2, retries: 0,\n"
+        "             outage_grace: 7.5}\n"
         "jobs: [{sync: 'oci:/in', to: ['oci:/m', 'docker://reg:5000/mirror']}]\n",
         "r", "/audit.parquet",
     )
     assert _comparable(flags) == _comparable(yaml)
     assert (flags.options.registry_concurrency, flags.options.registry_retries, flags.preflight) == (2, 0, False)
+    assert flags.options.outage_grace == 7.5
 
 
 def test_defaults_of_a_command_line_and_of_an_empty_run_file_are_the_same():

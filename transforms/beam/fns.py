@@ -221,8 +221,12 @@ class PublishFn(BatchFn):
             for row in rows:
                 if row.role != "child":
                     (self._failed if row.status == ROW_FAILED else self._ok).inc()
-                    log.info("%s -> %s: %s", row.source, row.destination,
-                             f"failed: {row.error}" if row.status == ROW_FAILED else row.status)
+                    # A failure is the summary's to report (grouped, once); progress here
+                    # would say it a second time, one line per image.
+                    if row.status == ROW_FAILED:
+                        log.debug("%s -> %s: failed: %s", row.source, row.destination, row.error)
+                    else:
+                        log.info("%s -> %s: %s", row.source, row.destination, row.status)
                 yield row
 
 

@@ -46,6 +46,6 @@ def _publish(store: str, open_destination: Callable[[], Destination], publicatio
         message = f"publishing to {store} failed: {errors.one_line(exc)}"
         log.warning(message)
         return dict.fromkeys(range(len(publications)), (message, errors.error_kind(exc)))
-    for position, error in failed.items():
-        log.warning("publishing %s failed: %s", publications[position].ref, errors.one_line(error))
+    for position, error in failed.items():  # each is in its image's audit row, and so in the summary
+        log.debug("publishing %s failed: %s", publications[position].ref, errors.one_line(error))
     return {position: errors.describe(error) for position, error in failed.items()}

@@ -6,7 +6,8 @@ themselves are never stored here, only where to read them from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,17 @@ class StoreOptions:
     registry_concurrency: int = 8
     #: Retries of a registry request after a connection error, 429 or 5xx (with backoff).
     registry_retries: int = 4
+    #: Seconds a registry that answered earlier in the run is waited for (retrying with
+    #: backoff) once it stops answering, before its requests fail: a restart must not
+    #: fail the images in flight. A registry never reached gets no grace.
+    outage_grace: float = 30.0
     #: Blobs of known size up to this are streamed in one PUT (the cheapest upload for a
     #: registry: no chunk state to save); larger or unsized ones go in chunked PATCHes.
     monolithic_upload_limit: int = 4 << 30
     #: Size of each PATCH when a blob is uploaded in chunks.
     upload_chunk_size: int = 128 << 20
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as its values alone: the options travel inside every store a DoFn ships,
+        and field names would make up most of a store's pickle."""
+        return (StoreOptions, tuple(getattr(self, f.name) for f in fields(self)))

@@ -65,6 +65,15 @@ class RegistryUnavailable(RegistryError):
     kind = UNREACHABLE  # type: ignore[assignment]
 
 
+class RegistryMisconfigured(RegistryError):
+    """TLS with the registry failed: its options (``--insecure-registry``, ``--ca-bundle``) are wrong.
+
+    Not transient: the same handshake fails the same way however often it is tried.
+    """
+
+    kind = INVALID_INPUT  # type: ignore[assignment]
+
+
 class RetriableUploadError(RegistryError):
     """A streamed request failed after its body was (partly) consumed.
 

@@ -10,6 +10,13 @@
   cannot be replayed; it fails with :class:`RetriableUploadError` so the caller restarts
   the whole upload from a fresh read of the source. A host that could not be reached at
   all is not asked again for :data:`HOST_DOWN_SECONDS`: its other requests fail at once.
+* **Misconfiguration fails fast.** A TLS failure is no hiccup: it fails at once, and a
+  registry that answers TLS with plain HTTP says to use ``--insecure-registry``, for
+  the rest of the run. A name that does not resolve, or a refused connection, to a
+  registry never reached in this process fails at once too.
+* **Outages.** A registry that answered earlier in this process and then stops answering
+  is retried with backoff for up to ``outage_grace`` seconds (``--outage-grace``), so a
+  restart does not fail the images in flight; only then is it marked down.
 * **Redirects** are followed by hand, so ``Authorization`` is dropped whenever the target
   is another host (blob GETs are redirected to object storage).
 * **Proxies.** ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either
@@ -33,14 +40,20 @@ import ssl
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol
+import socket
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, RetriableUploadError
+from imagepush.transforms.stores.registry.errors import (
+    RegistryError,
+    RegistryMisconfigured,
+    RegistryUnavailable,
+    RetriableUploadError,
+)
 from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedResponse
 
 log = logging.getLogger(__name__)
@@ -70,6 +83,8 @@ def is_transient(outcome: BaseException | int) -> bool:
     Anything else is the registry's considered answer, and asking again changes nothing.
     """
     if isinstance(outcome, BaseException):
+        if isinstance(outcome, requests.exceptions.SSLError):
+            return False  # a certificate or protocol mismatch: the same handshake fails again
         return isinstance(outcome, (requests.ConnectionError, requests.Timeout))
     return outcome == 429 or outcome >= 500
 
@@ -122,6 +137,51 @@ def describe_exception(exc: BaseException) -> str:
     name = type(exc).__name__
     reason = type(inner).__name__
     return name if reason == name else f"{name}: {reason}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests and urllib3 nest the socket's error in ``reason`` and ``args``."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending and len(seen) < 20:  # the chain is short; the bound only guards against odd exceptions
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(e for e in nested if isinstance(e, BaseException))
+
+
+#: What OpenSSL says when the other side answers a ClientHello in plain text (an HTTP
+#: 400): "wrong version number" up to OpenSSL 3.1, "record layer failure" and "packet
+#: length too long" in later or other builds.
+PLAIN_HTTP_SIGNS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
+
+
+def tls_failure_reason(exc: BaseException) -> str | None:
+    """OpenSSL's reason for a failed TLS exchange (``CERTIFICATE_VERIFY_FAILED``, …), or None if TLS did not fail."""
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return None
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLError) and cause.reason:
+            return str(cause.reason)
+    text = str(exc).upper().replace(" ", "_")
+    return next((sign for sign in PLAIN_HTTP_SIGNS if sign in text), "SSLError")
+
+
+def never_there(exc: BaseException) -> str | None:
+    """Why a connection was never made, when asking again cannot help a host never reached.
+
+    "the name does not resolve" (DNS) or "connection refused": a misspelt host or port,
+    not a hiccup. None for anything else (timeouts, resets), which stays transient.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) or type(cause).__name__ == "NameResolutionError":
+            return "the name does not resolve"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+    return None
 
 
 class _UnverifiedTLSAdapter(HTTPAdapter):
@@ -178,6 +238,13 @@ class Transport:
         self._lock = threading.Lock()
         #: (until, reason): the host could not be reached; requests fail fast until then.
         self._down: tuple[float, str] | None = None
+        #: The message of a TLS failure with this host: its every request fails with it, for good.
+        self._misconfigured: str | None = None
+        #: Whether this host has answered in this process; only then is an outage ridden out.
+        self._answered = False
+        #: When this host (after answering) stopped answering; None while it answers.
+        self._outage_since: float | None = None
+        self._outage_grace = max(0.0, float(options.outage_grace))
         concurrency = max(1, int(options.registry_concurrency))
         self._semaphore = threading.BoundedSemaphore(concurrency)
         #: Public so that a test or an embedder can mount its own adapter for a URL prefix.
@@ -211,6 +278,7 @@ class Transport:
             # One try, no retries: failing is the answer (this host speaks no TLS).
             try:
                 response = self._send_raw("GET", f"{base}/v2/", {}, None, None)
+                self._answer_seen()
                 return base, StreamedResponse(response, Lease(None), self.host).drain()
             except (requests.exceptions.SSLError, requests.ConnectionError):
                 base = f"http://{self.endpoint}"
@@ -219,7 +287,9 @@ class Transport:
         return base, streamed.drain()
 
     def fail_if_down(self, where: str, what: str) -> None:
-        """Fail at once while the host is known to be unreachable (see HOST_DOWN_SECONDS)."""
+        """Fail at once while the host is known to be unreachable (see HOST_DOWN_SECONDS) or misconfigured."""
+        if self._misconfigured is not None:
+            raise RegistryMisconfigured(self._misconfigured)
         with self._lock:
             down = self._down
             if down is not None and self._clock() >= down[0]:
@@ -266,16 +336,30 @@ class Transport:
                 response = self._send_raw(method, url, request_headers, body, params, follow_redirects)
             except BaseException as exc:
                 lease.release()
+                if tls_failure_reason(exc) is not None:
+                    raise self._tls_failed(url, where, what, exc) from None
                 if not is_transient(exc):
                     raise
+                own = urlsplit(url).netloc == self.endpoint
+                why = never_there(exc) if own and not self._answered else None
+                if why is not None:
+                    raise self._unreachable(url, where, what, exc, attempt, why) from None
                 if not replayable:
                     raise RetriableUploadError(
                         f"{where}: {what} interrupted ({describe_exception(exc)}); the upload must start again"
                     ) from None
+                remaining = self._outage_remaining() if own and self._answered else None
+                if remaining is not None:
+                    if remaining <= 0:
+                        raise self._unreachable(url, where, what, exc, attempt) from None
+                    self._pause(attempt, None, where, what, f"{describe_exception(exc)}, outage", cap=remaining)
+                    continue
                 if attempt >= budget:
                     raise self._unreachable(url, where, what, exc, attempt) from None
                 self._pause(attempt, None, where, what, describe_exception(exc))
                 continue
+            if urlsplit(url).netloc == self.endpoint:
+                self._answer_seen()
             streamed = StreamedResponse(response, lease, where)
             status = response.status_code
             if status == 401 and authorization is not None and replayable and not renewed:
@@ -293,9 +377,36 @@ class Transport:
         self._semaphore.acquire()
         return Lease(self._semaphore)
 
-    def _pause(self, attempt: int, response: requests.Response | None, where: str, what: str, reason: str) -> None:
-        """Wait before the next attempt: exponential backoff with jitter, at least ``Retry-After``."""
+    def _answer_seen(self) -> None:
+        """This host answered: it is known to exist, and any outage is over."""
+        with self._lock:
+            if self._outage_since is not None:
+                log.info("%s answers again after %.1fs", self.host, self._clock() - self._outage_since)
+            self._answered, self._outage_since = True, None
+
+    def _outage_remaining(self) -> float | None:
+        """Seconds of ``outage_grace`` left for a host that answered before (None: no grace configured)."""
+        if self._outage_grace <= 0:
+            return None
+        with self._lock:
+            now = self._clock()
+            if self._outage_since is None:
+                self._outage_since = now
+                log.warning("%s stopped answering; waiting up to %.0fs for it", self.host, self._outage_grace)
+            return self._outage_grace - (now - self._outage_since)
+
+    def _pause(
+        self, attempt: int, response: requests.Response | None, where: str, what: str, reason: str,
+        cap: float | None = None,
+    ) -> None:
+        """Wait before the next attempt: exponential backoff with jitter, at least ``Retry-After``.
+
+        ``cap`` bounds the wait (what is left of an outage's grace), so a host back in
+        time is asked again before the grace ends.
+        """
         delay = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
+        if cap is not None:
+            delay = min(delay, max(cap, 0.05))
         delay *= 0.5 + self._rng.random() / 2  # jitter: spread retries of parallel workers
         if response is not None:
             wanted = retry_after_seconds(response.headers.get("Retry-After"))
@@ -304,19 +415,48 @@ class Transport:
         log.info("%s: %s: %s; retrying in %.1fs", where, what, reason, delay)
         self._sleep(delay)
 
-    def _unreachable(self, url: str, where: str, what: str, exc: BaseException, attempts: int) -> RegistryUnavailable:
-        """The final error for a host that never answered.
+    def _unreachable(
+        self, url: str, where: str, what: str, exc: BaseException, attempts: int, why: str | None = None
+    ) -> RegistryUnavailable:
+        """The final error for a host that did not answer (``why``: it never could, see :func:`never_there`).
 
         When that host is this registry (not a token server or a blob store it redirects
         to), its other requests fail at once for :data:`HOST_DOWN_SECONDS`.
         """
         host = urlsplit(url).netloc
         own = host == self.endpoint
-        reason = f"{self.host if own else host} ({describe_exception(exc)}) after {attempts} attempts"
+        name = self.host if own else host
+        if why is not None:
+            reason = f"{name} ({why})"
+        else:
+            reason = f"{name} ({describe_exception(exc)}) after {attempts} attempt{'' if attempts == 1 else 's'}"
         if own:
             with self._lock:
                 self._down = (self._clock() + HOST_DOWN_SECONDS, reason)
         return RegistryUnavailable(f"{where}: {what} failed: cannot reach {reason}")
+
+    def _tls_failed(self, url: str, where: str, what: str, exc: BaseException) -> RegistryMisconfigured:
+        """The error for a failed TLS exchange, which no retry mends.
+
+        For this registry it holds for the rest of the run (every later request fails at
+        once with it), and it names the flag that fixes it: a host that answers TLS with
+        plain HTTP needs ``--insecure-registry``; one whose certificate is not trusted
+        needs ``--ca-bundle`` (or ``--insecure-registry``).
+        """
+        host = urlsplit(url).netloc
+        reason = tls_failure_reason(exc) or "SSLError"
+        if host != self.endpoint:
+            return RegistryMisconfigured(f"{where}: {what} failed: TLS with {host} failed ({reason})")
+        if any(sign in reason.upper() for sign in PLAIN_HTTP_SIGNS):
+            advice = f"{self.host} speaks plain HTTP, not TLS: use --insecure-registry {self.host}"
+        else:
+            advice = f"TLS with {self.host} failed ({reason}): trust its CA with --ca-bundle, " \
+                     f"or use --insecure-registry {self.host}"
+        # One problem of the host, not of the repository asking: said the same way every
+        # time, so that the summary says it once for all the images it failed.
+        with self._lock:
+            self._misconfigured = advice
+        return RegistryMisconfigured(advice)
 
     def _send_raw(
         self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any, follow_redirects: bool = False
