@@ -25,7 +25,14 @@ from imagepush.transforms.stores.registry.errors import (
     registry_error_detail,
 )
 from imagepush.transforms.stores.registry.streams import ERROR_BODY_LIMIT, Reply, StreamedResponse
-from imagepush.transforms.stores.registry.transport import BACKOFF_BASE, BACKOFF_MAX, Transport, is_transient
+from imagepush.transforms.stores.registry.transport import (
+    BACKOFF_BASE,
+    BACKOFF_MAX,
+    RETRY_AFTER_MAX,
+    Transport,
+    is_transient,
+    retry_after_seconds,
+)
 
 
 class RegistryClient:
@@ -196,7 +203,8 @@ class RegistryClient:
         status = streamed.status_code
         if status in ok:
             return streamed
-        error_body = streamed.drain().content
+        drained = streamed.drain()
+        error_body = drained.content
         if status == 401:
             if not replayable:
                 raise RetriableUploadError(
@@ -209,6 +217,7 @@ class RegistryClient:
             raise RetriableUploadError(
                 f"{where}: {what} failed ({describe(status, code, message, error_body)}); the upload must start again",
                 status=status, code=code,
+                delay=min(retry_after_seconds(drained.headers.get("Retry-After")) or 0.0, RETRY_AFTER_MAX),
             )
         raise error_for(status, error_body, where, what, self.transport.max_attempts)
 

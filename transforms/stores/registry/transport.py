@@ -8,7 +8,9 @@
   tried again with exponential backoff and jitter, honouring ``Retry-After``,
   ``registry_retries`` times (``--retry-times``). A request whose body is a *stream*
   cannot be replayed; it fails with :class:`RetriableUploadError` so the caller restarts
-  the whole upload from a fresh read of the source. A host that could not be reached at
+  the whole upload from a fresh read of the source (the copy engine does, within the
+  same budget). Every retry is counted (:func:`~imagepush.transforms.stores.base.note_retry`)
+  for the audit's ``retries`` column. A host that could not be reached at
   all is not asked again for :data:`HOST_DOWN_SECONDS`: its other requests fail at once.
 * **Redirects** are followed by hand, so ``Authorization`` is dropped whenever the target
   is another host (blob GETs are redirected to object storage).
@@ -39,6 +41,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from imagepush.transforms.stores.base import note_retry
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, RetriableUploadError
 from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedResponse
@@ -302,6 +305,7 @@ class Transport:
             if wanted is not None:
                 delay = max(delay, min(wanted, RETRY_AFTER_MAX))
         log.info("%s: %s: %s; retrying in %.1fs", where, what, reason, delay)
+        note_retry()
         self._sleep(delay)
 
     def _unreachable(self, url: str, where: str, what: str, exc: BaseException, attempts: int) -> RegistryUnavailable:
