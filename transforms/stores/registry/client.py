@@ -19,6 +19,7 @@ from imagepush.transforms.stores.registry.auth import Authenticator
 from imagepush.transforms.stores.registry.authfile import Credentials
 from imagepush.transforms.stores.registry.errors import (
     RegistryError,
+    RegistryUnavailable,
     RetriableUploadError,
     describe,
     error_for,
@@ -127,12 +128,23 @@ class RegistryClient:
         subclass. Use :meth:`open` for large responses. ``attempts`` lowers the retry
         budget for requests whose server errors are more likely refusals than hiccups.
         """
-        with self._perform(
-            method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
-            body=body, params=params, follow_redirects=follow_redirects, replayable=True,
-            attempts=attempts,
-        ) as streamed:
-            return streamed.reply(limit)
+        budget = min(attempts or self.transport.max_attempts, self.transport.max_attempts)
+        attempt = 0
+        while True:
+            attempt += 1
+            with self._perform(
+                method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
+                body=body, params=params, follow_redirects=follow_redirects, replayable=True,
+                attempts=attempts,
+            ) as streamed:
+                try:
+                    return streamed.reply(limit)
+                except RegistryUnavailable:
+                    # The answer was cut mid-body (a reset): the request is replayable and
+                    # its body small, so it is asked again like any transient failure.
+                    if attempt >= budget:
+                        raise
+            self.transport.pause(attempt, where, what, "connection lost while reading the answer")
 
     def open(
         self,

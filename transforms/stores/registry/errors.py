@@ -81,6 +81,10 @@ class RetriableUploadError(RegistryError, UploadInterrupted):
         self.delay = delay
 
 
+class ResponseTooLarge(RegistryError):
+    """A response body longer than the caller's limit (a manifest over 4 MiB is not one)."""
+
+
 class InvalidName(StoreError):
     """A name no registry takes (not a tag), refused before asking one."""
 

@@ -296,6 +296,10 @@ class Transport:
         self._semaphore.acquire()
         return Lease(self._semaphore)
 
+    def pause(self, attempt: int, where: str, what: str, reason: str) -> None:
+        """Wait (and count a retry) before asking again after a failure seen above the transport."""
+        self._pause(attempt, None, where, what, reason)
+
     def _pause(self, attempt: int, response: requests.Response | None, where: str, what: str, reason: str) -> None:
         """Wait before the next attempt: exponential backoff with jitter, at least ``Retry-After``."""
         delay = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
