@@ -23,7 +23,13 @@ from imagepush.transforms.stores.base import BlobSink, Mismatch, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import RegistryClient
-from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, RetriableUploadError
+from imagepush.transforms.stores.registry.errors import (
+    AccessDenied,
+    AuthenticationError,
+    RegistryError,
+    RegistryUnavailable,
+    RetriableUploadError,
+)
 from imagepush.transforms.stores.registry.streams import Reply
 
 log = logging.getLogger(__name__)
@@ -62,20 +68,21 @@ def as_restartable(exc: BaseException) -> BaseException:
     """``exc`` as a :class:`RetriableUploadError` when a fresh session and read can fix it, else ``exc``.
 
     Restartable: no answer (a reset, a timeout), 429 and 5xx (a request with a streamed
-    body is sent once, so the transport could not retry it), 401 (a token that went
-    stale mid-upload), and a lost or broken session (404, 416, ``BLOB_UPLOAD_*``: after
+    body is sent once, so the transport could not retry it), and a lost or broken session (404, 416, ``BLOB_UPLOAD_*``: after
     a mid-body reset the registry holds a half-written session that refuses the next
-    chunk). Not restartable: a host that stayed unreachable through every retry, and
-    the registry's considered refusals (``DIGEST_INVALID``, 403, …), which a second
-    try would only repeat.
+    chunk). A 401 on a streamed body (a token gone stale mid-upload) is already a
+    :class:`RetriableUploadError` from the client. Not restartable: a host that stayed
+    unreachable through every retry, credentials refused after renewal, and the
+    registry's considered refusals (``DIGEST_INVALID``, 403, …), which a second try
+    would only repeat.
     """
     if isinstance(exc, RetriableUploadError) or not isinstance(exc, RegistryError):
         return exc
-    if isinstance(exc, RegistryUnavailable):
+    if isinstance(exc, (RegistryUnavailable, AuthenticationError, AccessDenied)):
         return exc
     status = exc.status
     if (
-        status is None or status in (401, 404, 416, 429) or status >= 500
+        status is None or status in (404, 416, 429) or status >= 500
         or (exc.code or "") in SESSION_LOST_CODES
     ):
         restart = RetriableUploadError(f"{exc}; the upload must start again", status=status, code=exc.code)
