@@ -143,7 +143,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
 
 #: What the summary needs: timestamps would cost a timezone-aware datetime per row.
 SUMMARY_COLUMNS = ["source", "destination", "status", "error", "role", "blobs_copied", "blobs_mounted",
-                   "blobs_skipped", "bytes_copied"]
+                   "blobs_skipped", "bytes_copied", "retries"]
 
 
 def _top_level(rows: list[dict]) -> list[dict]:
@@ -228,11 +228,13 @@ def summarize(audit_url: str, seconds: float) -> int:
     mounted = sum(r["blobs_mounted"] or 0 for r in table)
     skipped = sum(r["blobs_skipped"] for r in table)
     nbytes = sum(r["bytes_copied"] for r in table)
+    retries = sum(r.get("retries") or 0 for r in table)
     for line in _failure_lines(failed):
         print(line, file=sys.stderr)
     print(
         f"{images} image{'' if images == 1 else 's'}: {_counted(statuses)}; "
-        f"{copied} blobs copied, {mounted} mounted, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s; "
+        f"{copied} blobs copied, {mounted} mounted, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s, "
+        f"{retries} retr{'y' if retries == 1 else 'ies'}; "
         f"audit: {audit_url}"
     )
     return EXIT_FAILED if failed else EXIT_OK

@@ -179,6 +179,7 @@ def summary_rows(run: str) -> list[records.AuditRow]:
             media_type=None, status=status, error=error, blobs_copied=2 if status == "copied" else 0,
             blobs_skipped=1, bytes_copied=2000 if status == "copied" else 0, started_at=at, finished_at=at,
             role=role, error_kind="unreachable" if error else None, blobs_mounted=1 if status == "copied" else 0,
+            retries=3 if error else 0,
         )
 
     return [
@@ -196,8 +197,8 @@ def test_the_summary_counts_images_by_status_in_one_line(tmp_path, capsys):
     audit.write(summary_rows("r"), url)
     assert commands.summarize(url, 1.0) == 1
     out, err = capsys.readouterr()
-    assert out == (f"6 images: 2 copied, 1 current, 3 failed; 8 blobs copied, 4 mounted, 10 skipped, 8.0 KB in 1.0s; "
-                   f"audit: {url}\n")
+    assert out == (f"6 images: 2 copied, 1 current, 3 failed; 8 blobs copied, 4 mounted, 10 skipped, 8.0 KB in 1.0s, "
+                   f"9 retries; audit: {url}\n")
     assert err.splitlines() == [  # two images failed by one host: one line
         "imagepush: FAILED registry d1 unreachable: 2 images failed (first: s:d -> d1:d: cannot reach d1)",
         "imagepush: FAILED s:f -> d2:f: refused",

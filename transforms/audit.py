@@ -110,7 +110,7 @@ def read_rows(url: str) -> list[AuditRow]:
 
 
 #: Defaults of the columns that are not nullable in an :class:`AuditRow`.
-_NOT_NULL = {"platforms": list, "blobs_mounted": int, "bytes_total": int}
+_NOT_NULL = {"platforms": list, "blobs_mounted": int, "bytes_total": int, "retries": int}
 
 
 def _record(row: dict) -> AuditRow:

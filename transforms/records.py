@@ -95,6 +95,7 @@ AUDIT_SCHEMA = pa.schema(
         ("platforms", pa.list_(pa.string())),
         ("blobs_mounted", pa.int64()),
         ("bytes_total", pa.int64()),
+        ("retries", pa.int64()),
     ]
 )
 
@@ -134,6 +135,9 @@ class AuditRow:
     blobs_mounted: int = 0
     #: Bytes of every blob the manifest references, copied or not.
     bytes_total: int = 0
+    #: Retries it took: requests sent again after a transient failure, and interrupted
+    #: blob uploads started again (each blob's count on the first manifest that uses it).
+    retries: int = 0
 
     def failed(self, error: str, kind: str, finished_at: dt.datetime | None = None) -> "AuditRow":
         row = AuditRow(**asdict(self))

@@ -11,8 +11,11 @@ fails does not stop the others, and each request gets its own :class:`BlobResult
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import random
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, ContextManager, Iterable, Protocol
 
@@ -21,11 +24,15 @@ from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, S
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, CopyOutcome, recompress, stream_blob
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.base import Destination, Source
+from imagepush.transforms.stores.base import Destination, Source, UploadInterrupted, counting_retries, note_retry
 
 log = logging.getLogger(__name__)
 
 Opener = Callable[[], ContextManager[BinaryIO]]
+
+#: Backoff before an interrupted upload starts again: doubles per restart, with jitter, capped.
+RESTART_BACKOFF_BASE = 0.5
+RESTART_BACKOFF_MAX = 16.0
 
 
 class Stores(Protocol):
@@ -64,12 +71,28 @@ class _MissingBlob(errors.ImagepushError):
 class BlobDelivery:
     """Delivers source blobs, each once, to the destination stores that requested it."""
 
-    def __init__(self, stores: Stores, chunk_size: int = DEFAULT_CHUNK) -> None:
+    def __init__(
+        self, stores: Stores, chunk_size: int = DEFAULT_CHUNK, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self._stores = stores
         self._chunk = chunk_size
+        self._sleep = sleep
+        self._rng = random.Random()
 
     def deliver(self, requests: Iterable[BlobRequest]) -> list[tuple[str, BlobResult]]:
-        """All requests for one source blob -> ``(target key, result)`` for every request."""
+        """All requests for one source blob -> ``(target key, result)`` for every request.
+
+        Every retry made while delivering it (requests sent again by a store, uploads
+        started again here) is counted on the first result, so the audit's totals add up.
+        """
+        with counting_retries() as retries:
+            results = self._deliver_all(requests)
+        if results and retries[0]:
+            key, first_result = results[0]
+            results[0] = (key, dataclasses.replace(first_result, retries=first_result.retries + retries[0]))
+        return results
+
+    def _deliver_all(self, requests: Iterable[BlobRequest]) -> list[tuple[str, BlobResult]]:
         requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
         first = requests[0]
         size = max(r.descriptor.size for r in requests)
@@ -157,7 +180,55 @@ class BlobDelivery:
         self, descriptor: Descriptor, opener: Opener, size: int, stores: list[str], want_diff: bool,
         states: dict[str, _State],
     ) -> tuple[CopyOutcome | None, _State | None]:
-        """Read the blob once into every store in ``stores``: (outcome, or the failure of the read)."""
+        """Copy the blob into every store in ``stores``: (outcome of the first read, or its failure).
+
+        The first read serves every store at once. A sink whose upload was interrupted
+        (:class:`UploadInterrupted`: a reset, a 429 or 5xx on a streamed body, a lost
+        session) has lost bytes that only the source still holds, so the blob is read
+        again through ``opener`` for the interrupted stores only, each into a fresh sink,
+        as long as each store's ``upload_restarts`` allows, after a backoff that honours
+        the store's ``Retry-After``. Re-reading is preferred to spooling every upload to
+        disk: memory stays bounded by the chunk size whatever the layer size, a healthy
+        run writes nothing locally, and sources already resume their own reads. The other
+        stores keep their outcome of the first read.
+        """
+        used: dict[str, int] = dict.fromkeys(stores, 0)
+        pending = list(stores)
+        first: CopyOutcome | None = None
+        restart = 0
+        while True:
+            outcome, failure, interrupted = self._stream_once(
+                descriptor, opener, size, pending, want_diff and first is None, states,
+            )
+            if first is None:
+                if outcome is None:
+                    return None, failure
+                first = outcome
+            pending = [
+                store for store in interrupted
+                if used[store] < self._stores.destination(store).upload_restarts
+            ]
+            if not pending:
+                return first, None
+            restart += 1
+            for store in pending:
+                used[store] += 1
+                note_retry()
+            delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_BASE * 2 ** (restart - 1))
+            delay *= 0.5 + self._rng.random() / 2
+            delay = max(delay, min(RESTART_BACKOFF_MAX, max(interrupted[s] for s in pending)))
+            log.info("blob %s: upload interrupted at %s; starting again in %.1fs",
+                     descriptor.digest, ", ".join(pending), delay)
+            self._sleep(delay)
+
+    def _stream_once(
+        self, descriptor: Descriptor, opener: Opener, size: int, stores: list[str], want_diff: bool,
+        states: dict[str, _State],
+    ) -> tuple[CopyOutcome | None, _State | None, dict[str, float]]:
+        """Read the blob once into every store in ``stores``.
+
+        (outcome, or the failure of the read; the interrupted stores with the delay each asked for).
+        """
         sinks, sink_stores = [], []
         for store in stores:
             try:
@@ -176,11 +247,14 @@ class BlobDelivery:
             log.warning("blob %s: %s", descriptor.digest, failure.error)
             for store in sink_stores:
                 states[store] = failure
-            return None, failure
+            return None, failure, {}
+        interrupted: dict[str, float] = {}
         for i, store in enumerate(sink_stores):
             error = outcome.sink_errors.get(i)
             states[store] = _State.failed(error) if error is not None else _State(COPIED)
-        return outcome, None
+            if isinstance(error, UploadInterrupted):
+                interrupted[store] = float(getattr(error, "delay", 0.0) or 0.0)
+        return outcome, None, interrupted
 
     def _recompress(self, first: BlobRequest, size: int, stores: list[str]):
         """Rewrite a layer once through a local spool file, then deliver the new blob."""

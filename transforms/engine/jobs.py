@@ -262,3 +262,5 @@ class BlobResult:
     error_kind: str | None = None
     #: For a recompressed layer: the compression, digest and size of the blob written.
     recompressed: tuple[str, str, int] | None = None
+    #: Retries it took (requests sent again, uploads started again), on one result per blob.
+    retries: int = 0

@@ -24,7 +24,7 @@ from imagepush.transforms.engine.jobs import (
     TargetPlan,
 )
 from imagepush.transforms.engine.render import render_tree
-from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication
+from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication, counting_retries
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,15 @@ def write_manifests(
     rendered = render_tree(tp.root, tp.formats, layer_info, recompressed)
     status = CURRENT if tp.up_to_date else ROW_COPIED
     counts: dict[int, _Counts] = {}  # by node: one manifest may appear twice in a tree
+    written_retries: dict[int, int] = {}
     for item in rendered:
         node = item.node
         if not tp.up_to_date:
-            if item.new_config is not None:
-                destination.put_blob(*item.new_config)
-            destination.put_manifest(ManifestBlob(item.data, item.media_type, item.digest), root=node is tp.root)
+            with counting_retries() as retries:
+                if item.new_config is not None:
+                    destination.put_blob(*item.new_config)
+                destination.put_manifest(ManifestBlob(item.data, item.media_type, item.digest), root=node is tp.root)
+            written_retries[id(node)] = written_retries.get(id(node), 0) + retries[0]
         counts[id(node)] = _index_counts(node, counts) if node.is_index \
             else _count_blobs(node, blobs, owner, tp.up_to_date)
     # The image is done when its last manifest is written: every row of it ends then.
@@ -136,6 +139,7 @@ def write_manifests(
             row.blobs_copied, row.blobs_mounted, row.blobs_skipped, row.bytes_copied = \
                 c.copied, c.mounted, c.skipped, c.bytes_copied
         row.bytes_total = c.bytes_total
+        row.retries = c.retries + written_retries.pop(id(item.node), 0)
         rows.append(row)
     root = rendered[-1]
     if tp.up_to_date:  # the name already points at this digest: nothing to publish
@@ -162,6 +166,8 @@ class _Counts:
     skipped: int = 0
     bytes_copied: int = 0
     bytes_total: int = 0
+    #: Retries the manifest's blobs took (a blob shared by siblings counts for the first one).
+    retries: int = 0
     #: Digest -> size of every blob the manifest (or an index's whole tree) references.
     sizes: dict[str, int] = field(default_factory=dict)
 
@@ -188,6 +194,7 @@ def _count_blobs(
         if result is None:
             continue
         owner.add(d)
+        counts.retries += result.retries
         if result.status == COPIED:
             counts.copied += 1
             counts.bytes_copied += result.bytes_copied

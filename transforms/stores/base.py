@@ -12,11 +12,13 @@ to Beam workers; they open connections or filesystems lazily.
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Sequence, TypeVar
 
-from imagepush.transforms.errors import MISMATCH, NOT_FOUND, REFUSED, ImagepushError
+from imagepush.transforms.errors import MISMATCH, NOT_FOUND, REFUSED, UNREACHABLE, ImagepushError
 from imagepush.transforms.formats.descriptor import Descriptor
 
 
@@ -36,6 +38,54 @@ class Mismatch(StoreError):
     """A store holds, or stored, something other than what was written or expected."""
 
     kind = MISMATCH
+
+
+class UploadInterrupted(StoreError):
+    """A blob upload broke in a way that starting it again, from a fresh read, can fix.
+
+    A sink raises it (from ``write`` or ``commit``) when the bytes it had sent are lost
+    and cannot be replayed by the store itself: a streamed body cut by a reset, a 429 or
+    5xx answer to it, an upload session the store forgot. The copier then aborts the
+    sink and, within :attr:`Destination.upload_restarts`, opens a new one and streams
+    the blob into it again. ``delay`` is how long the store asked to be left alone
+    first (a ``Retry-After``), in seconds.
+    """
+
+    kind = UNREACHABLE
+    delay: float = 0.0
+
+
+class _RetryTally(threading.local):
+    """Per-thread stack of open :func:`counting_retries` counters."""
+
+    def __init__(self) -> None:
+        self.stack: list[list[int]] = []
+
+
+_tally = _RetryTally()
+
+
+def note_retry() -> None:
+    """Count one retry (a request sent again, an upload started again) for the current thread.
+
+    Stores call it wherever they try something again; the engine wraps the work for one
+    audit row in :func:`counting_retries` to report how many retries it took. Retries
+    happen in the thread that asked (the transport's loop blocks its caller), so a
+    thread-local tally attributes them without passing counters through every call.
+    """
+    for counter in _tally.stack:
+        counter[0] += 1
+
+
+@contextlib.contextmanager
+def counting_retries() -> Iterator[list[int]]:
+    """Count :func:`note_retry` calls in this thread while open: ``counter[0]`` is the count."""
+    counter = [0]
+    _tally.stack.append(counter)
+    try:
+        yield counter
+    finally:
+        _tally.stack.remove(counter)
 
 
 @dataclass(frozen=True)
@@ -164,6 +214,9 @@ class Destination(abc.ABC):
     #: Set by stores that choose layer compression themselves (a docker-archive keeps
     #: layers uncompressed): ``--compression`` does not apply to them.
     fixed_layer_compression: str | None = None
+    #: How many times a copier may start a blob upload again after its sink raised
+    #: :class:`UploadInterrupted` (0: never; local stores do not break that way).
+    upload_restarts: int = 0
 
     def prepare(self) -> None:
         """Check and initialise the store once, on the launcher, before the pipeline runs."""

@@ -19,13 +19,21 @@ from imagepush.transforms.stores.registry.auth import Authenticator
 from imagepush.transforms.stores.registry.authfile import Credentials
 from imagepush.transforms.stores.registry.errors import (
     RegistryError,
+    RegistryUnavailable,
     RetriableUploadError,
     describe,
     error_for,
     registry_error_detail,
 )
 from imagepush.transforms.stores.registry.streams import ERROR_BODY_LIMIT, Reply, StreamedResponse
-from imagepush.transforms.stores.registry.transport import BACKOFF_BASE, BACKOFF_MAX, Transport, is_transient
+from imagepush.transforms.stores.registry.transport import (
+    BACKOFF_BASE,
+    BACKOFF_MAX,
+    RETRY_AFTER_MAX,
+    Transport,
+    is_transient,
+    retry_after_seconds,
+)
 
 
 class RegistryClient:
@@ -120,12 +128,23 @@ class RegistryClient:
         subclass. Use :meth:`open` for large responses. ``attempts`` lowers the retry
         budget for requests whose server errors are more likely refusals than hiccups.
         """
-        with self._perform(
-            method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
-            body=body, params=params, follow_redirects=follow_redirects, replayable=True,
-            attempts=attempts,
-        ) as streamed:
-            return streamed.reply(limit)
+        budget = min(attempts or self.transport.max_attempts, self.transport.max_attempts)
+        attempt = 0
+        while True:
+            attempt += 1
+            with self._perform(
+                method, path_or_url, scopes=scopes, where=where, what=what, ok=ok, headers=headers,
+                body=body, params=params, follow_redirects=follow_redirects, replayable=True,
+                attempts=attempts,
+            ) as streamed:
+                try:
+                    return streamed.reply(limit)
+                except RegistryUnavailable:
+                    # The answer was cut mid-body (a reset): the request is replayable and
+                    # its body small, so it is asked again like any transient failure.
+                    if attempt >= budget:
+                        raise
+            self.transport.pause(attempt, where, what, "connection lost while reading the answer")
 
     def open(
         self,
@@ -196,7 +215,8 @@ class RegistryClient:
         status = streamed.status_code
         if status in ok:
             return streamed
-        error_body = streamed.drain().content
+        drained = streamed.drain()
+        error_body = drained.content
         if status == 401:
             if not replayable:
                 raise RetriableUploadError(
@@ -209,6 +229,7 @@ class RegistryClient:
             raise RetriableUploadError(
                 f"{where}: {what} failed ({describe(status, code, message, error_body)}); the upload must start again",
                 status=status, code=code,
+                delay=min(retry_after_seconds(drained.headers.get("Retry-After")) or 0.0, RETRY_AFTER_MAX),
             )
         raise error_for(status, error_body, where, what, self.transport.max_attempts)
 

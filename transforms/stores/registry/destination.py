@@ -93,6 +93,11 @@ class RegistryDestination(RegistryStore, Destination):
                 return True
         return blob_exists(self.client, self.repository, digest, self.where())
 
+    @property
+    def upload_restarts(self) -> int:  # type: ignore[override]
+        """An interrupted upload starts again as often as a request is retried (``--retry-times``)."""
+        return max(0, int(self.options.registry_retries))
+
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
         digestlib.checked(descriptor.digest, self.where(), StoreError)
         return RegistryBlobSink(

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from imagepush.transforms.errors import AUTH, INVALID_INPUT, NOT_FOUND, REFUSED, UNREACHABLE
-from imagepush.transforms.stores.base import NotFound, StoreError
+from imagepush.transforms.stores.base import NotFound, StoreError, UploadInterrupted
 
 
 class RegistryError(StoreError):
@@ -74,12 +74,24 @@ class RegistryMisconfigured(RegistryError):
     kind = INVALID_INPUT  # type: ignore[assignment]
 
 
-class RetriableUploadError(RegistryError):
-    """A streamed request failed after its body was (partly) consumed.
+class RetriableUploadError(RegistryError, UploadInterrupted):
+    """A streamed request failed after its body was (partly) consumed, or its session was lost.
 
     The stream cannot be replayed, so the client does not retry it; the upload as a
-    whole may succeed if the caller starts again with a fresh read of the source.
+    whole may succeed if the caller starts again with a fresh read of the source and a
+    fresh session (see :class:`~imagepush.transforms.stores.base.UploadInterrupted`).
     """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, code: str | None = None, detail: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        super().__init__(message, status=status, code=code, detail=detail)
+        self.delay = delay
+
+
+class ResponseTooLarge(RegistryError):
+    """A response body longer than the caller's limit (a manifest over 4 MiB is not one)."""
 
 
 class InvalidName(StoreError):

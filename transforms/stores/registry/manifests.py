@@ -14,7 +14,7 @@ from imagepush.transforms.formats.manifest import detect_media_type, manifest_di
 from imagepush.transforms.stores.base import ManifestBlob, StoreError
 from imagepush.transforms.stores.registry.auth import pull_scope
 from imagepush.transforms.stores.registry.client import RegistryClient
-from imagepush.transforms.stores.registry.errors import RegistryError
+from imagepush.transforms.stores.registry.errors import ResponseTooLarge
 from imagepush.transforms.stores.registry.streams import Reply
 
 #: Distribution and containers/image cap manifests at 4 MiB; a larger body is not one.
@@ -27,15 +27,15 @@ def fetch_manifest(
 ) -> ManifestBlob:
     """The manifest ``reference`` names, checked against the registry's digest and ``expected``."""
     what = f"manifest {reference}"
-    with client.open(
-        "GET", f"/v2/{repository}/manifests/{reference}", scopes=[pull_scope(repository)],
-        where=where, what=what, headers={"Accept": ACCEPT},
-    ) as response:
-        try:
-            data = response.read_limited(MANIFEST_LIMIT)
-        except RegistryError:
-            raise StoreError(f"{where}: {what} is larger than {MANIFEST_LIMIT >> 20} MiB") from None
-        headers = response.headers
+    try:
+        # request(), not open(): an answer cut mid-body is asked for again.
+        reply = client.request(
+            "GET", f"/v2/{repository}/manifests/{reference}", scopes=[pull_scope(repository)],
+            where=where, what=what, headers={"Accept": ACCEPT}, limit=MANIFEST_LIMIT,
+        )
+    except ResponseTooLarge:
+        raise StoreError(f"{where}: {what} is larger than {MANIFEST_LIMIT >> 20} MiB") from None
+    data, headers = reply.content, reply.headers
     media_type = _media_type(data, headers.get("Content-Type"), f"{where}: {what}")
     try:
         digest = manifest_digest(data, media_type)

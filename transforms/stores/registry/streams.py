@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable
+from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, ResponseTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class StreamedResponse:
             total += len(chunk)
             if total > limit:
                 self.close()
-                raise RegistryError(f"{self._where}: response is larger than the {limit}-byte limit")
+                raise ResponseTooLarge(f"{self._where}: response is larger than the {limit}-byte limit")
 
     def reply(self, limit: int) -> Reply:
         """Read the whole (size-capped) body and describe the exchange as a :class:`Reply`."""

@@ -8,7 +8,9 @@
   tried again with exponential backoff and jitter, honouring ``Retry-After``,
   ``registry_retries`` times (``--retry-times``). A request whose body is a *stream*
   cannot be replayed; it fails with :class:`RetriableUploadError` so the caller restarts
-  the whole upload from a fresh read of the source. A host that could not be reached at
+  the whole upload from a fresh read of the source (the copy engine does, within the
+  same budget). Every retry is counted (:func:`~imagepush.transforms.stores.base.note_retry`)
+  for the audit's ``retries`` column. A host that could not be reached at
   all is not asked again for :data:`HOST_DOWN_SECONDS`: its other requests fail at once.
 * **Misconfiguration fails fast.** A TLS failure is no hiccup: it fails at once, and a
   registry that answers TLS with plain HTTP says to use ``--insecure-registry``, for
@@ -47,6 +49,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from imagepush.transforms.stores.base import note_retry
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.errors import (
     RegistryError,
@@ -395,6 +398,10 @@ class Transport:
                 log.warning("%s stopped answering; waiting up to %.0fs for it", self.host, self._outage_grace)
             return self._outage_grace - (now - self._outage_since)
 
+    def pause(self, attempt: int, where: str, what: str, reason: str) -> None:
+        """Wait (and count a retry) before asking again after a failure seen above the transport."""
+        self._pause(attempt, None, where, what, reason)
+
     def _pause(
         self, attempt: int, response: requests.Response | None, where: str, what: str, reason: str,
         cap: float | None = None,
@@ -413,6 +420,7 @@ class Transport:
             if wanted is not None:
                 delay = max(delay, min(wanted, RETRY_AFTER_MAX))
         log.info("%s: %s: %s; retrying in %.1fs", where, what, reason, delay)
+        note_retry()
         self._sleep(delay)
 
     def _unreachable(

@@ -23,7 +23,13 @@ from imagepush.transforms.stores.base import BlobSink, Mismatch, StoreError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import RegistryClient
-from imagepush.transforms.stores.registry.errors import RegistryError, RetriableUploadError
+from imagepush.transforms.stores.registry.errors import (
+    AccessDenied,
+    AuthenticationError,
+    RegistryError,
+    RegistryUnavailable,
+    RetriableUploadError,
+)
 from imagepush.transforms.stores.registry.streams import Reply
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,37 @@ def blob_exists(client: RegistryClient, repository: str, digest: str, where: str
         what=f"blob {digest}", ok=(200, 404, 301, 302, 303, 307, 308),
     )
     return reply.status != 404
+
+
+#: Registry error codes that mean the upload session is broken or gone, not the blob refused.
+SESSION_LOST_CODES = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID", "RANGE_INVALID"})
+
+
+def as_restartable(exc: BaseException) -> BaseException:
+    """``exc`` as a :class:`RetriableUploadError` when a fresh session and read can fix it, else ``exc``.
+
+    Restartable: no answer (a reset, a timeout), 429 and 5xx (a request with a streamed
+    body is sent once, so the transport could not retry it), and a lost or broken session (404, 416, ``BLOB_UPLOAD_*``: after
+    a mid-body reset the registry holds a half-written session that refuses the next
+    chunk). A 401 on a streamed body (a token gone stale mid-upload) is already a
+    :class:`RetriableUploadError` from the client. Not restartable: a host that stayed
+    unreachable through every retry, credentials refused after renewal, and the
+    registry's considered refusals (``DIGEST_INVALID``, 403, …), which a second try
+    would only repeat.
+    """
+    if isinstance(exc, RetriableUploadError) or not isinstance(exc, RegistryError):
+        return exc
+    if isinstance(exc, (RegistryUnavailable, AuthenticationError, AccessDenied)):
+        return exc
+    status = exc.status
+    if (
+        status is None or status in (404, 416, 429) or status >= 500
+        or (exc.code or "") in SESSION_LOST_CODES
+    ):
+        restart = RetriableUploadError(f"{exc}; the upload must start again", status=status, code=exc.code)
+        restart.__cause__ = exc
+        return restart
+    return exc
 
 
 _END = object()
@@ -159,7 +196,7 @@ class _Patch:
                 if not self._thread.is_alive():
                     if self.error is not None:
                         raise self.error
-                    raise StoreError("upload connection ended before the data was sent")
+                    raise RetriableUploadError("upload connection ended before the data was sent")
 
     def finish(self) -> Reply:
         self.put(_END)
@@ -185,8 +222,12 @@ class RegistryBlobSink(BlobSink):
     The final ``PUT ?digest=`` makes the registry hash what it received and refuse a
     mismatch (``DIGEST_INVALID``), so this sink :attr:`verifies_digest` itself.
 
-    Failures of the streamed part are :class:`RetriableUploadError`: the bytes are gone,
-    and the caller must copy again from a fresh source read.
+    Failures that a fresh start can fix (see :func:`as_restartable`) are raised from
+    :meth:`write` and :meth:`commit` as :class:`RetriableUploadError`: the bytes sent are
+    gone and the session may be half-written, so retrying inside this session could only
+    end in ``BLOB_UPLOAD_INVALID``. The caller aborts this sink (which DELETEs the
+    session) and copies again into a new sink from a fresh source read; the copy engine
+    does that within the destination's ``upload_restarts`` (``--retry-times``).
     """
 
     verifies_digest = True
@@ -241,6 +282,12 @@ class RegistryBlobSink(BlobSink):
             raise StoreError(f"{self._where}: write to blob {self.descriptor.digest} after commit or abort")
         if not chunk:
             return
+        try:
+            self._write(chunk)
+        except RegistryError as exc:
+            raise as_restartable(exc) from None
+
+    def _write(self, chunk: bytes) -> None:
         if self._small:
             self._buffer += chunk
             if len(self._buffer) <= SMALL_BLOB_LIMIT:
@@ -341,14 +388,15 @@ class RegistryBlobSink(BlobSink):
                     self._finished = True
                     self._on_present(digest)
                     return
-                if isinstance(exc, RetriableUploadError):
-                    raise
-                raise RetriableUploadError(str(exc), status=exc.status, code=exc.code) from None
+                raise as_restartable(exc) from None
             announced = reply.headers.get("Docker-Content-Digest")
             if announced and announced != digest:
                 raise Mismatch(f"{self._where}: the registry stored blob {digest} as {announced}")
             self._finished = True
             self._on_present(digest)
+        except RegistryError as exc:
+            self.abort()
+            raise as_restartable(exc) from None
         except BaseException:
             self.abort()
             raise
