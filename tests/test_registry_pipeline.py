@@ -217,3 +217,21 @@ def test_sync_from_a_registry_storage_tree_keeps_names_and_digests(source, tmp_p
         assert row["status"] == "copied"
         if repo != "legacy/s1" and tag != "v2s2":
             assert row["destination_digest"] == row["source_digest"] == digest_of(source.host, f"{repo}:{tag}")
+
+
+def test_an_insecure_tls_registry_named_by_the_user_prints_no_tls_warnings(tmp_path):
+    """urllib3 warns on every unverified connection; the user asked for exactly that, once."""
+    import subprocess
+    import sys
+
+    write_oci_samples(str(tmp_path / "layout"))
+    for tls in registry(tmp_path / "tls", tls=True):
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("imagepush")), "copy", f"oci:{tmp_path}/layout:demo/app:1.0",
+             f"docker://{tls.host}/quiet/app:1", "--insecure-registry", tls.host,
+             "--audit", str(tmp_path / "a.parquet")],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"imagepush: oci:{tmp_path}/layout:demo/app:1.0 -> docker://{tls.host}/quiet/app:1: copied"]

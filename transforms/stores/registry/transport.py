@@ -41,6 +41,7 @@ import re
 import ssl
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 import socket
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
@@ -48,6 +49,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InsecureRequestWarning
 
 from imagepush.transforms.stores.base import note_retry
 from imagepush.transforms.stores.options import StoreOptions
@@ -196,6 +198,10 @@ class _UnverifiedTLSAdapter(HTTPAdapter):
     """
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        # The user named this host insecure on purpose; urllib3 would otherwise print a
+        # multi-line warning per connection to it. Only unverified requests raise that
+        # warning, and only these adapters make them, so no other warning is hidden.
+        warnings.filterwarnings("ignore", category=InsecureRequestWarning)
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._context.check_hostname = False
         self._context.verify_mode = ssl.CERT_NONE
