@@ -17,11 +17,12 @@ MAY_IMPORT = {
     "errors": {"errors"},
     "records": {"records"},
     "pool": {"pool"},
+    "backoff": {"backoff"},
     "formats": {"formats", "errors"},
-    "stores": {"stores", "formats", "errors", "pool"},
+    "stores": {"stores", "formats", "errors", "pool", "backoff"},
     "audit": {"audit", "records"},
-    "engine": {"engine", "stores", "formats", "errors", "records", "pool", "audit"},
-    "beam": {"beam", "engine", "stores", "formats", "errors", "records", "pool", "audit"},
+    "engine": {"engine", "stores", "formats", "errors", "records", "pool", "audit", "backoff"},
+    "beam": {"beam", "engine", "stores", "formats", "errors", "records", "pool", "audit", "backoff"},
 }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, ContextManager, Iterable, Protocol
 
 from imagepush.transforms import errors
+from imagepush.transforms.backoff import MAXIMUM, backoff_delay
 from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, BlobResult
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, CopyOutcome, recompress, stream_blob
 from imagepush.transforms.formats import mediatypes as mt
@@ -29,11 +30,6 @@ from imagepush.transforms.stores.base import Destination, Source, UploadInterrup
 log = logging.getLogger(__name__)
 
 Opener = Callable[[], ContextManager[BinaryIO]]
-
-#: Backoff before an interrupted upload starts again: doubles per restart, with jitter, capped.
-RESTART_BACKOFF_BASE = 0.5
-RESTART_BACKOFF_MAX = 16.0
-
 
 class Stores(Protocol):
     """What the engine needs of a worker's opened stores (a ``StoreCache`` in practice)."""
@@ -214,9 +210,8 @@ class BlobDelivery:
             for store in pending:
                 used[store] += 1
                 note_retry()
-            delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_BASE * 2 ** (restart - 1))
-            delay *= 0.5 + self._rng.random() / 2
-            delay = max(delay, min(RESTART_BACKOFF_MAX, max(interrupted[s] for s in pending)))
+            delay = backoff_delay(restart, self._rng,
+                                  at_least=min(MAXIMUM, max(interrupted[s] for s in pending)))
             log.info("blob %s: upload interrupted at %s; starting again in %.1fs",
                      descriptor.digest, ", ".join(pending), delay)
             self._sleep(delay)

@@ -51,6 +51,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import InsecureRequestWarning
 
+from imagepush.transforms import backoff
+from imagepush.transforms.backoff import backoff_delay
 from imagepush.transforms.stores.base import note_retry
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.errors import (
@@ -64,8 +66,8 @@ from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedR
 log = logging.getLogger(__name__)
 
 #: First backoff delay and cap, in seconds; the delay doubles per attempt.
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 16.0
+BACKOFF_BASE = backoff.BASE
+BACKOFF_MAX = backoff.MAXIMUM
 #: A ``Retry-After`` longer than this is clipped: a worker must not sleep for hours.
 RETRY_AFTER_MAX = 60.0
 #: (connect, read) timeouts. Reads are long because a registry may hash a large blob
@@ -417,14 +419,11 @@ class Transport:
         ``cap`` bounds the wait (what is left of an outage's grace), so a host back in
         time is asked again before the grace ends.
         """
-        delay = min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
-        if cap is not None:
-            delay = min(delay, max(cap, 0.05))
-        delay *= 0.5 + self._rng.random() / 2  # jitter: spread retries of parallel workers
-        if response is not None:
-            wanted = retry_after_seconds(response.headers.get("Retry-After"))
-            if wanted is not None:
-                delay = max(delay, min(wanted, RETRY_AFTER_MAX))
+        wanted = retry_after_seconds(response.headers.get("Retry-After")) if response is not None else None
+        delay = backoff_delay(
+            attempt, self._rng, base=self._backoff_base, maximum=self._backoff_max, cap=cap,
+            at_least=min(wanted, RETRY_AFTER_MAX) if wanted is not None else None,
+        )
         log.info("%s: %s: %s; retrying in %.1fs", where, what, reason, delay)
         note_retry()
         self._sleep(delay)
