@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from imagepush.transforms.formats.descriptor import FormatError
-from imagepush.transforms.formats.schema1 import parse_schema1
+from imagepush.transforms.formats import jsonio
+from imagepush.transforms.formats.schema1 import payload_of
 
 #: The JSON key libtrust and Distribution splice the signatures in under.
 SIGNATURES_KEY = "signatures"
@@ -102,7 +103,8 @@ def _signatures_json(signatures: list[dict[str, Any]], indent: str) -> bytes:
 def sign_schema1(data: bytes, key: ec.EllipticCurvePrivateKey, *, signed_at: datetime | None = None) -> bytes:
     """A signed ("prettyjws") schema1 manifest whose payload is exactly the payload of ``data``.
 
-    ``data`` is a schema1 manifest, unsigned or signed; existing signatures are dropped
+    ``data`` is a schema1 manifest, unsigned or signed (only its envelope is checked:
+    judging the content is the registry's business); existing signatures are dropped
     and replaced by one made with ``key`` (an ECDSA P-256 key, normally generated for the
     run and never stored). The payload is kept byte for byte, so the manifest digest
     (sha256 of the payload) is unchanged. The output bytes are not reproducible: ECDSA
@@ -111,7 +113,10 @@ def sign_schema1(data: bytes, key: ec.EllipticCurvePrivateKey, *, signed_at: dat
     """
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise FormatError("schema1 signing needs an ECDSA P-256 private key")
-    payload = parse_schema1(data).payload
+    payload = payload_of(data)
+    version = jsonio.load_object(payload, "schema1 payload").get("schemaVersion")
+    if version != 1 or isinstance(version, bool):
+        raise FormatError(f"schema1 payload has schemaVersion {version!r}, expected 1")
     body = payload.rstrip(_JSON_SPACE)
     if not body.endswith(b"}"):
         raise FormatError("schema1 payload does not end with '}'")
@@ -131,6 +136,6 @@ def sign_schema1(data: bytes, key: ec.EllipticCurvePrivateKey, *, signed_at: dat
         signed = head + b",\n" + indent.encode("ascii") + f'"{SIGNATURES_KEY}": '.encode("ascii") + array + b"\n}"
     else:
         signed = head + f',"{SIGNATURES_KEY}":'.encode("ascii") + array + b"}"
-    if parse_schema1(signed).payload != payload:  # the one property callers rely on
+    if payload_of(signed) != payload:  # the one property callers rely on
         raise FormatError("signing changed the schema1 payload")
     return signed

@@ -165,8 +165,8 @@ class RegistryDestination(RegistryStore, Destination):
 
     def _put_manifest(self, data: bytes, media_type: str, reference: str, digest: str) -> None:
         where = self.where()
+        kind = media_type  # errors name the type being copied, even if it travels signed
         data, media_type = self._schema1.for_put(data, media_type, where)
-        kind = media_type
         with self._manifest_lock:
             try:
                 reply = self.client.request(
