@@ -30,7 +30,7 @@ from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
-from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, head_manifest
+from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, Schema1Signer, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
@@ -52,6 +52,8 @@ class RegistryDestination(RegistryStore, Destination):
         self._new: bool | None = None
         #: Blobs this store object uploaded or mounted: present without asking.
         self._present: set[str] = set()
+        #: Signs unsigned schema1 (a storage tree's) before a PUT; its key is this store's alone.
+        self._schema1 = Schema1Signer()
 
     def _is_new_repository(self) -> bool:
         """Whether the repository had no tags when this store first looked (one request).
@@ -163,7 +165,8 @@ class RegistryDestination(RegistryStore, Destination):
 
     def _put_manifest(self, data: bytes, media_type: str, reference: str, digest: str) -> None:
         where = self.where()
-        kind = media_type
+        kind = media_type  # errors name the type being copied, even if it travels signed
+        data, media_type = self._schema1.for_put(data, media_type, where)
         with self._manifest_lock:
             try:
                 reply = self.client.request(
