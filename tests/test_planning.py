@@ -145,3 +145,16 @@ def test_copy_dry_run_is_the_plan_and_names_the_digest_a_conversion_writes(sourc
     out = capsys.readouterr().out
     assert out.startswith(f"{FAILING}  docker://{source.host}/team/absent:1 -> oci:{layout}:x  error: ")
     assert "1 failing" in out.splitlines()[-1]
+
+
+def test_run_dry_run_prints_the_plan_of_its_file_and_writes_not_even_an_audit(layout, tmp_path, capsys):
+    out, audit = tmp_path / "mirror", tmp_path / "audit.parquet"
+    config = tmp_path / "run.yaml"
+    config.write_text(f"audit: {audit}\njobs:\n  - sync: oci:{layout}\n    to: [oci:{out}]\n")
+    capsys.readouterr()
+    assert main(["plan", f"oci:{layout}", f"oci:{out}"]) == 0
+    printed = capsys.readouterr().out
+    assert main(["run", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().out == printed
+    assert printed.splitlines()[-1].startswith("plan: 2 images at destinations, 2 copy; blobs: ")
+    assert not out.exists() and not audit.exists()

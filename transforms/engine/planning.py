@@ -23,7 +23,6 @@ Beam-free, on the launcher: a bounded thread pool over the stores' per-registry 
 from __future__ import annotations
 
 import collections
-import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,13 +42,10 @@ from imagepush.transforms.records import AuditRow, ImageRecord
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 
-log = logging.getLogger(__name__)
 
 #: What a run would do with one image at one destination.
 COPY, CONVERT, CURRENT, FAILING = "copy", "convert", "current", "failing"
 ACTIONS = (COPY, CONVERT, CURRENT, FAILING)
-#: What it would do with one blob one image needs at one destination store.
-UPLOAD, MOUNT, SKIP = "upload", "mount", "skip"
 
 
 @dataclass
@@ -203,9 +199,14 @@ def _plan_job(job: CopyJob, stores: StoreCache) -> tuple[list[PlannedImage], lis
     """The job resolved and planned for each target, as the pipeline's first two steps do; its blob requests."""
     plan = resolve_image(job, stores)
     images, requests = [], []
-    for tp in plan_targets(plan, stores):
-        images.append(_planned(tp))
-        requests.extend(blob_requests(tp))
+    try:
+        for tp in plan_targets(plan, stores):
+            images.append(_planned(tp))
+            requests.extend(blob_requests(tp))
+    except Exception as exc:  # anything unexpected fails this image alone, as the run would
+        message, kind = errors.describe(exc)
+        return [PlannedImage(source=job.source, destination=t.destination, store=t.store, action=FAILING,
+                             error=message, error_kind=kind, job=job, target=t) for t in job.targets], []
     return images, requests
 
 
