@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -26,6 +27,8 @@ from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryMisconfigured, RegistryUnavailable
 
+if TYPE_CHECKING:
+    from imagepush.transforms.engine.planning import StoreTotals
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +468,7 @@ def show_plan(spec: RunSpec, output: str | None) -> int:
 PLAN_COLUMNS = tuple(field.name for field in dataclasses.fields(records.ImageRecord))
 
 
-def _plan_totals(totals) -> str:
+def _plan_totals(totals: StoreTotals) -> str:
     """``2 copy, 1 current; blobs: 3 upload (1.2 MB), 1 mount, 4 skip``."""
     from imagepush.transforms.engine.planning import ACTIONS
 
