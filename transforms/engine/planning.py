@@ -329,12 +329,19 @@ def _count(result: RunPlan, outcomes: list[_Routed]) -> None:
     by_key: dict[str, list[PlannedImage]] = collections.defaultdict(list)
     for image in result.images:
         by_key[image.key].append(image)
+    uploaded: set[tuple[str, str, str | None]] = set()
     for o in outcomes:
         totals = result.stores.setdefault(o.request.dest_store, StoreTotals())
-        if o.status == FAILED:  # the copy would fail the image: its blob could not be checked
+        key = (o.request.dest_store, o.request.descriptor.digest, o.request.recompress)
+        if o.status == COPIED and key in uploaded:
+            # The same blob from another source domain is another delivery: whichever
+            # finishes first uploads, and the other finds it there.
+            totals.skip += 1
+        elif o.status == FAILED:  # the copy would fail the image: its blob could not be checked
             for image in by_key.get(o.request.target_key, ()):
                 image.failed(f"blob {o.request.descriptor.digest}: {o.error}", o.error_kind or errors.INTERNAL)
         elif o.status == COPIED:
+            uploaded.add(key)
             totals.upload += 1
             if o.nbytes < 0:
                 totals.unsized += 1
