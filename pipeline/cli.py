@@ -90,6 +90,7 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         p.add_argument("--audit", metavar="URL",
                        help="where the Parquet audit goes (any fsspec URL; default "
                             "./imagepush-audit/<run-id>.parquet)")
+        p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=fmt)
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
 
     p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line")
     p.add_argument("source", metavar="SRC", help="any source store or registry (prefix)")
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, writes=False)
 
     _verify_parser(sub, fmt)
+    _plan_parser(sub, fmt)
 
     p = sub.add_parser("audit", help="print an audit report: its rows, totals by status and destination, "
                                      "the top errors (or JSON lines with --json)")
@@ -180,6 +183,34 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--records", metavar="URL",
                    help="check the images a records file names (as copy --records reads it); the positionals "
                         "are then DST_PREFIXes for rows without a destination")
+
+
+DRY_RUN_HELP = ("print what this run would do (as `imagepush plan`) and write nothing; "
+                "Beam's --dry_run, with an underscore, builds the job offline instead")
+
+
+def _plan_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``plan SRC DST…``: what a copy or sync would do, found out with its own checks; nothing written."""
+    p = sub.add_parser("plan", help="print what a copy or sync would do, writing nothing: each image copied, "
+                                    "converted, current or failing, with the digest it gets, and the blobs to "
+                                    "upload, mount and skip and the bytes to transfer per destination",
+                       epilog=EPILOG, formatter_class=fmt)
+    p.add_argument("source", metavar="SRC", nargs="?",
+                   help="one image (a tag, digest or ref name: planned as copy copies it), or a registry, "
+                        "repository prefix, layout or archive (every image listed, planned as sync maps it)")
+    p.add_argument("destinations", metavar="DST", nargs="*",
+                   help="where the images go: an image reference for one image, a prefix or store for a listing")
+    _common(p, writes=False)
+    p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
+                   help="manifest/config format the run would write (default: %(default)s)")
+    p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
+                   help="layer compression the run would write (default: %(default)s)")
+    p.add_argument("--records", metavar="URL",
+                   help="plan the images a records file names (as copy --records reads it); the positionals "
+                        "are then DST_PREFIXes for rows without a destination")
+    p.add_argument("--output", metavar="URL",
+                   help="write the images still to copy (not the current ones) as image records, each with its "
+                        "destination and pinned source digest (.jsonl, .parquet or .csv), for `copy --records`")
 
 
 def _records_flags(p: argparse.ArgumentParser) -> None:
@@ -281,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.ls(args)
         if command == "verify":
             return commands.verify_images(args, new_run_id())
+        if command == "plan":
+            return commands.plan_images(args, new_run_id())
         if command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)

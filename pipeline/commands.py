@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import logging
 import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -25,6 +27,8 @@ from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryMisconfigured, RegistryUnavailable
 
+if TYPE_CHECKING:
+    from imagepush.transforms.engine.planning import StoreTotals
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,8 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
+    if getattr(args, "dry_run", False):  # ours, --dry-run; Beam's --dry_run is checked_dry_run below
+        return dry_run(args, beam_args, run_id)
     spec = build_spec(args, beam_args, run_id)
     if spec.verify:  # a run file of verify jobs
         return verify_spec(spec)
@@ -403,3 +409,70 @@ def verify_spec(spec: RunSpec) -> int:
     rows = verify(spec.jobs, spec.syncs, spec.records, spec.run_id, spec.options, spec.parallel)
     audit.write(rows, spec.audit_url)
     return summarize(spec.audit_url, time.monotonic() - started)
+
+
+def plan_images(args: argparse.Namespace, run_id: str) -> int:
+    """``plan SRC DST…`` (or ``plan --records URL [DST_PREFIX…]``): what a copy or sync would do.
+
+    SRC selects as ``verify`` does: a reference naming an image is one copy, a store is
+    listed and name-mapped as ``sync`` maps it.
+    """
+    spec = config.spec_from_flags(args, run_id, _default_audit(run_id))
+    return show_plan(spec, args.output)
+
+
+def dry_run(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
+    """``copy``, ``sync``, ``run`` or ``retry`` with ``--dry-run``: the plan of exactly that run, nothing written."""
+    spec = build_spec(args, beam_args, run_id)
+    if spec.verify:
+        raise UsageError("--dry-run: a file of verify jobs writes nothing already; run it as it is")
+    return show_plan(spec, None)
+
+
+def show_plan(spec: RunSpec, output: str | None) -> int:
+    """Plan the run (see engine/planning.py), print it, and write its records to ``output``.
+
+    Exit 1 when an image would fail (a source that cannot be read), as the run would.
+    """
+    from imagepush.transforms.engine.planning import plan_run
+    from imagepush.transforms.engine.records_io import RecordsError, record_format, write_records
+
+    if output:
+        try:
+            record_format(output)
+        except RecordsError as exc:
+            raise UsageError(f"--output: {exc}") from None
+    check_records(spec)
+    plan = plan_run(spec.jobs, spec.syncs, spec.records, spec.options, spec.parallel)
+    out = sys.stdout
+    for image in plan.images:
+        line = f"{image.action:8} {image.source} -> {image.destination}"
+        if image.error:
+            line += f"  error: {image.error}"
+        else:
+            line += f"  {image.target_digest or '(digest known once the layers are read)'}"
+        out.write(line + "\n")
+    for store in sorted(plan.stores):
+        out.write(f"{store}: {_plan_totals(plan.stores[store])}\n")
+    total = plan.total()
+    pairs = sum(total.images.values())
+    out.write(f"plan: {pairs} image{'' if pairs == 1 else 's'} at destinations, {_plan_totals(total)}; "
+              "nothing written\n")
+    if output:
+        count = write_records(plan.records(), output, columns=PLAN_COLUMNS)
+        print(f"{count} image records written to {output}", file=sys.stderr)
+    return EXIT_FAILED if plan.failing else EXIT_OK
+
+
+#: The columns a plan's records hold: every image record column, each row naming its destination.
+PLAN_COLUMNS = tuple(field.name for field in dataclasses.fields(records.ImageRecord))
+
+
+def _plan_totals(totals: StoreTotals) -> str:
+    """``2 copy, 1 current; blobs: 3 upload (1.2 MB), 1 mount, 4 skip``."""
+    from imagepush.transforms.engine.planning import ACTIONS
+
+    images = ", ".join(f"{totals.images[a]} {a}" for a in ACTIONS if totals.images[a]) or "no images"
+    unsized = f" + {totals.unsized} of unknown size" if totals.unsized else ""
+    return (f"{images}; blobs: {totals.upload} upload ({_size(totals.bytes)}{unsized}), "
+            f"{totals.mount} mount, {totals.skip} skip")

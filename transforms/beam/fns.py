@@ -27,14 +27,13 @@ from imagepush.transforms.engine.deliver import BlobDelivery
 from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, finalize, listing_failed
 from imagepush.transforms.engine.naming import sync_jobs
-from imagepush.transforms.engine.plan import plan_targets
+from imagepush.transforms.engine.plan import delivery_key, plan_targets
 from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow, now
 from imagepush.transforms.stores.cache import StoreCache
-from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.stores.options import StoreOptions
 
 log = logging.getLogger("imagepush.progress")
@@ -276,9 +275,5 @@ class _Progress:
 
 
 def blob_key(request: BlobRequest) -> str:
-    """Requests for one source blob share this key: one read serves them all.
-
-    Keyed by the source's blob-sharing domain, so a blob that many repositories of one
-    source registry hold is read once.
-    """
-    return f"{blob_domain(request.source_store)}|{request.descriptor.digest}|{request.recompress or ''}"
+    """Requests for one source blob share this key: one read serves them all (``plan`` groups by it too)."""
+    return delivery_key(request)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
@@ -117,6 +117,14 @@ class RegistryDestination(RegistryStore, Destination):
         A store of another blob domain (another host, or not a registry) cannot lend its
         blobs, and neither can a store id that is no reference at all.
         """
+        return any(self._mount_from(descriptor, repository) for repository in self._lenders(known_at))
+
+    def would_mount(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
+        """Whether :meth:`mount_blob` would ask to mount: some other repository of this host holds it."""
+        return next(iter(self._lenders(known_at)), None) is not None
+
+    def _lenders(self, known_at: Sequence[str]) -> Iterator[str]:
+        """The repositories, in order, that :meth:`mount_blob` asks to lend a blob; no request is made."""
         for store in known_at:
             try:
                 holder = refs.parse_reference(store)
@@ -125,11 +133,8 @@ class RegistryDestination(RegistryStore, Destination):
             if holder.blob_domain != self.blob_domain:
                 continue
             repository = holder.repository
-            if not repository or repository == self.repository:
-                continue
-            if self._mount_from(descriptor, repository):
-                return True
-        return False
+            if repository and repository != self.repository:
+                yield repository
 
     def _mount_from(self, descriptor: Descriptor, source_repo: str) -> bool:
         try:
