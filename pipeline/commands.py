@@ -19,6 +19,7 @@ from imagepush.pipeline.launch import checked_dry_run
 from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
+from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.stores.refs import ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.stores.cache import StoreCache
@@ -87,13 +88,19 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             ref = parse_reference(out.ref)
             if not ref.per_repository:
                 stores.setdefault(ref.store)
-    for store in stores:
+    def prepare(store: str) -> BaseException | None:
         try:
             cache.destination(store).prepare()
-        except RegistryUnavailable as exc:
-            log.warning("%s; its images will fail", one_line(exc))
-        except RegistryMisconfigured as exc:  # no image could be written there: stop before starting
+        except (RegistryUnavailable, RegistryMisconfigured) as exc:
+            return exc
+        return None
+
+    # Each store is a round trip or more (a registry's ping, a layout's index): all at once.
+    for _, exc in bounded_map(prepare, list(stores), workers=min(len(stores), 8) or 1, ordered=True):
+        if isinstance(exc, RegistryMisconfigured):  # no image could be written there: stop before starting
             raise UsageError(one_line(exc)) from None
+        if exc is not None:
+            log.warning("%s; its images will fail", one_line(exc))
 
 
 def _direct_wanted(spec: RunSpec) -> bool:
