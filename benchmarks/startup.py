@@ -13,10 +13,11 @@ Two workloads, each against fresh, empty destination registries on loopback:
          repositories of three tags: one ``imagepush sync`` of the whole source against
          ``skopeo sync`` run once per repository, as its users run it
 
-Runs alternate which tool goes first. Reported per tool: median wall seconds, median
+Runs rotate which tool goes first. Reported per tool: median wall seconds, median
 CPU seconds (user + system of the timed process and its children), median peak RSS; then
-imagepush's ratios to skopeo. ``--imagepush`` names another installation's console
-script, to compare against an older version in the same conditions.
+imagepush's ratios to skopeo. ``--baseline`` names another installation's console
+script (an older version) to time in the same runs, interleaved, so that a busy machine
+weighs on both alike; its ratios are reported too.
 """
 
 from __future__ import annotations
@@ -113,13 +114,19 @@ def imagepush_cmd(imagepush: str, command: str, src: str, dst: str, hosts: list[
     return [imagepush, command, src, dst, *insecure, "--audit", str(work / f"audit-{time.time_ns()}.parquet")]
 
 
-def one_image(src: Registry, work: Path, imagepush: str, first: str) -> dict[str, Timed]:
+def order(tools: dict[str, str], run: int) -> list[str]:
+    """The tools of one run, rotated by run so that none always goes first."""
+    names = list(tools)
+    return names[run % len(names):] + names[:run % len(names)]
+
+
+def one_image(src: Registry, work: Path, tools: dict[str, str], run: int) -> dict[str, Timed]:
     out = {}
-    for tool in (first, "skopeo" if first == "imagepush" else "imagepush"):
+    for tool in order(tools, run):
         dst = fresh(work)
         try:
-            if tool == "imagepush":
-                out[tool] = timed(imagepush_cmd(imagepush, "copy", f"docker://{src.host}/bench/one:1",
+            if tool != "skopeo":
+                out[tool] = timed(imagepush_cmd(tools[tool], "copy", f"docker://{src.host}/bench/one:1",
                                                 f"docker://{dst.host}/bench/one:1", [src.host, dst.host], work))
             else:
                 out[tool] = timed(["skopeo", "--insecure-policy", "copy", "-q", "--src-tls-verify=false",
@@ -130,13 +137,13 @@ def one_image(src: Registry, work: Path, imagepush: str, first: str) -> dict[str
     return out
 
 
-def many_images(src: Registry, repos: list[str], work: Path, imagepush: str, first: str) -> dict[str, Timed]:
+def many_images(src: Registry, repos: list[str], work: Path, tools: dict[str, str], run: int) -> dict[str, Timed]:
     out = {}
-    for tool in (first, "skopeo" if first == "imagepush" else "imagepush"):
+    for tool in order(tools, run):
         dst = fresh(work)
         try:
-            if tool == "imagepush":
-                out[tool] = timed(imagepush_cmd(imagepush, "sync", f"docker://{src.host}/bench/many",
+            if tool != "skopeo":
+                out[tool] = timed(imagepush_cmd(tools[tool], "sync", f"docker://{src.host}/bench/many",
                                                 f"docker://{dst.host}/mirror", [src.host, dst.host], work))
             else:
                 parts = [timed(["skopeo", "--insecure-policy", "sync", "--src", "docker", "--dest", "docker",
@@ -152,13 +159,16 @@ def many_images(src: Registry, repos: list[str], work: Path, imagepush: str, fir
 def report(title: str, runs: list[dict[str, Timed]]) -> None:
     med = {tool: Timed(statistics.median(r[tool].seconds for r in runs),
                        statistics.median(r[tool].cpu for r in runs),
-                       statistics.median(r[tool].rss_mb for r in runs)) for tool in ("imagepush", "skopeo")}
+                       statistics.median(r[tool].rss_mb for r in runs)) for tool in runs[0]}
     print(f"\n{title} (medians of {len(runs)})")
-    for tool, t in med.items():
-        print(f"  {tool:9}  wall {t.seconds:6.2f} s   cpu {t.cpu:6.2f} s   peak rss {t.rss_mb:6.0f} MB")
-    ip, sk = med["imagepush"], med["skopeo"]
-    print(f"  imagepush/skopeo: wall x{ip.seconds / sk.seconds:.2f}, cpu x{ip.cpu / max(sk.cpu, 1e-3):.2f}, "
-          f"rss x{ip.rss_mb / sk.rss_mb:.2f}")
+    for tool, t in sorted(med.items()):
+        walls = " ".join(f"{r[tool].seconds:.2f}" for r in runs)
+        print(f"  {tool:9}  wall {t.seconds:6.2f} s   cpu {t.cpu:6.2f} s   peak rss {t.rss_mb:6.0f} MB   (runs {walls})")
+    ip = med["imagepush"]
+    for other in sorted(set(med) - {"imagepush"}):
+        o = med[other]
+        print(f"  imagepush/{other}: wall x{ip.seconds / o.seconds:.2f}, cpu x{ip.cpu / max(o.cpu, 1e-3):.2f}, "
+              f"rss x{ip.rss_mb / o.rss_mb:.2f}")
 
 
 def main() -> None:
@@ -167,10 +177,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30, help="images of the second workload (0: skip it)")
     parser.add_argument("--imagepush", default=str(Path(sys.executable).with_name("imagepush")),
                         help="the imagepush console script to time (default: this interpreter's)")
+    parser.add_argument("--baseline", help="another imagepush console script to time in the same runs")
     args = parser.parse_args()
     for tool in ("skopeo", "docker-registry", "/usr/bin/time"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is required")
+    tools = {"imagepush": args.imagepush, "skopeo": "skopeo"}
+    if args.baseline:
+        tools["baseline"] = args.baseline
     work = Path(tempfile.mkdtemp(prefix="imagepush-startup-"))
     try:
         many = [f"many/r{i // TAGS_PER_REPO:02d}:t{i % TAGS_PER_REPO}" for i in range(args.images)]
@@ -179,13 +193,11 @@ def main() -> None:
         src = start_registry(work / "source")
         try:
             push(layout, ["one:1", *many], src)
-            runs = [one_image(src, work, args.imagepush, "imagepush" if i % 2 == 0 else "skopeo")
-                    for i in range(args.runs)]
+            runs = [one_image(src, work, tools, i) for i in range(args.runs)]
             report("one small image, registry -> registry: imagepush copy vs skopeo copy", runs)
             if many:
                 repos = sorted({name.split(":")[0] for name in many})
-                runs = [many_images(src, repos, work, args.imagepush, "imagepush" if i % 2 == 0 else "skopeo")
-                        for i in range(args.runs)]
+                runs = [many_images(src, repos, work, tools, i) for i in range(args.runs)]
                 report(f"{len(many)} small images in {len(repos)} repositories: imagepush sync vs "
                        f"skopeo sync per repository", runs)
         finally:
