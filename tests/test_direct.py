@@ -57,7 +57,10 @@ def normalized(path: Path, hosts: dict[str, str]) -> list[dict]:
 
 
 def test_the_direct_path_writes_the_audit_rows_beam_writes(source, tmp_path):
-    """A sync with shared blobs and an index, and a copy that fails, to a registry and a layout."""
+    """A sync with shared blobs and an index, a copy that fails and a source that cannot be listed.
+
+    Without the preflight, so that the direct path lists the syncs itself, as Beam's workers do.
+    """
     rows = {}
     for engine in ("beam", "direct"):
         mirror = start_registry(tmp_path / f"mirror-{engine}")
@@ -66,10 +69,12 @@ def test_the_direct_path_writes_the_audit_rows_beam_writes(source, tmp_path):
             config.write_text(json.dumps({
                 "audit": str(tmp_path / f"{engine}.parquet"),
                 "registries": {"insecure": [source.host, mirror.host]},
+                "preflight": False,
                 "jobs": [
                     {"sync": f"docker://{source.host}/team", "to": [f"docker://{mirror.host}/mirror",
                                                                   f"oci:{tmp_path}/layout-{engine}"]},
                     {"copy": f"docker://{source.host}/team/gone:1", "to": [f"docker://{mirror.host}/mirror/gone:1"]},
+                    {"sync": f"oci:{tmp_path}/no-layout", "to": [f"docker://{mirror.host}/other"]},
                 ],
             }))
             assert main(["run", str(config), "--engine", engine]) == 1  # the missing image failed
@@ -82,7 +87,7 @@ def test_the_direct_path_writes_the_audit_rows_beam_writes(source, tmp_path):
            for r in rows["direct"] if r["role"] != "child"}
     assert top == {("app:1", "docker"): "copied", ("app:v2s2", "docker"): "copied", ("multi:1.0", "docker"): "copied",
                    ("app:1", "oci"): "copied", ("app:v2s2", "oci"): "copied", ("multi:1.0", "oci"): "copied",
-                   ("gone:1", "docker"): "failed"}
+                   ("gone:1", "docker"): "failed", ("no-layout", "docker"): "failed"}
     assert sorted(r["platform"] for r in rows["direct"] if r["role"] == "child") == \
         ["linux/amd64", "linux/amd64", "linux/arm64", "linux/arm64"]
     # Each blob is written once per destination: the base layer that all three images
@@ -119,10 +124,10 @@ def test_a_small_copy_never_imports_beam_and_the_commands_that_run_nothing_impor
         assert _modules_after(args) == {"status": 0, "beam": False, "pyarrow": False}, args
 
 
-@pytest.mark.parametrize("flags", [["--engine", "beam"], ["--direct_num_workers", "1"]])
-def test_beam_runs_when_asked_for_or_when_a_beam_option_is_given(source, tmp_path, flags):
+def test_engine_beam_runs_beam_for_a_copy_auto_would_run_directly(source, tmp_path):
     copy = _modules_after(["copy", f"docker://{source.host}/team/app:1", f"oci:{tmp_path}/layout:app",
-                           "--insecure-registry", source.host, "--audit", str(tmp_path / "a.parquet"), *flags])
+                           "--insecure-registry", source.host, "--audit", str(tmp_path / "a.parquet"),
+                           "--engine", "beam"])
     assert copy == {"status": 0, "beam": True, "pyarrow": True}
 
 
@@ -142,7 +147,7 @@ def _spec(jobs: int, syncs: int = 0, engine: str = "auto", beam_args: list[str] 
                    engine=engine, beam_args=beam_args or [])
 
 
-def test_auto_copies_directly_up_to_a_few_dozen_images_known_after_the_preflight():
+def test_auto_copies_directly_up_to_a_few_dozen_images_known_after_the_preflight_and_without_beam_options():
     assert commands._direct_wanted(_spec(1)) and commands._runs_direct(_spec(MAX_DIRECT_JOBS))
     assert not commands._runs_direct(_spec(MAX_DIRECT_JOBS + 1))
     assert not commands._runs_direct(_spec(1, syncs=1))  # a listing left unlisted (--no-preflight)
