@@ -38,6 +38,7 @@ from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow, now
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
+
 T = TypeVar("T")
 
 #: Elements in flight per DoFn instance (and worker): enough to keep a registry or an
