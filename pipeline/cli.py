@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryConfig, RunConfig
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
-from imagepush.pipeline.options import BeamOptionError, BeamOptions, runner_name
+from imagepush.pipeline.options import ENGINES, BeamOptionError, BeamOptions, runner_name
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
 
@@ -91,6 +91,14 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                        help="where the Parquet audit goes (any fsspec URL; default "
                             "./imagepush-audit/<run-id>.parquet)")
         p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+        _engine_flag(p)
+
+
+def _engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="beam: run the Beam pipeline; direct: copy in this process without Beam; auto (default): "
+                        "direct when no Beam option is given and at most 32 images are left to copy after the "
+                        "preflight, else Beam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    _engine_flag(p)
 
     p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line")
     p.add_argument("source", metavar="SRC", help="any source store or registry (prefix)")

@@ -18,9 +18,10 @@ from imagepush.pipeline import config
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.launch import checked_dry_run
-from imagepush.pipeline.options import is_local, is_multiprocess
+from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
+from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.stores.refs import ImageReference, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.stores.cache import StoreCache
@@ -63,8 +64,11 @@ def _check_memory_urls(refs: list[str], beam_args: list[str]) -> None:
 
 def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> RunSpec:
     if args.command == "run":
-        return config.spec_from_file(args.config, run_id, _default_audit(run_id), beam_args)
-    return config.spec_from_flags(args, run_id, _default_audit(run_id), beam_args)
+        spec = config.spec_from_file(args.config, run_id, _default_audit(run_id), beam_args)
+    else:
+        spec = config.spec_from_flags(args, run_id, _default_audit(run_id), beam_args)
+    spec.engine = getattr(args, "engine", None) or spec.engine
+    return spec
 
 
 def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
@@ -88,13 +92,42 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             ref = parse_reference(out.ref)
             if not ref.per_repository:
                 stores.setdefault(ref.store)
-    for store in stores:
+    def prepare(store: str) -> BaseException | None:
         try:
             cache.destination(store).prepare()
-        except RegistryUnavailable as exc:
-            log.warning("%s; its images will fail", one_line(exc))
-        except RegistryMisconfigured as exc:  # no image could be written there: stop before starting
+        except (RegistryUnavailable, RegistryMisconfigured) as exc:
+            return exc
+        return None
+
+    # Each store is a round trip or more (a registry's ping, a layout's index): all at once.
+    for _, exc in bounded_map(prepare, list(stores), workers=min(len(stores), 8) or 1, ordered=True):
+        if isinstance(exc, RegistryMisconfigured):  # no image could be written there: stop before starting
             raise UsageError(one_line(exc)) from None
+        if exc is not None:
+            log.warning("%s; its images will fail", one_line(exc))
+
+
+def _direct_wanted(spec: RunSpec) -> bool:
+    """Whether the run may go without Beam, before knowing how many images it has.
+
+    ``--engine direct`` always does (refused with records files, which Beam's workers
+    read, and with Beam options, which would mean nothing); ``auto`` only without Beam
+    options and records files.
+    """
+    if spec.engine == "direct":
+        if spec.records:
+            raise UsageError("--engine direct: records files are read by Beam's workers; use --engine beam or auto")
+        if spec.beam_args:
+            raise UsageError(f"--engine direct runs without Beam: {spec.beam_args[0]} is a Beam option")
+        return True
+    return spec.engine == "auto" and not spec.records and direct_allowed(spec.beam_args)
+
+
+def _runs_direct(spec: RunSpec) -> bool:
+    """After the preflight: whether the images left are few enough for ``auto`` to copy directly."""
+    from imagepush.transforms.engine.direct import MAX_DIRECT_JOBS
+
+    return spec.engine == "direct" or (not spec.syncs and len(spec.jobs) <= MAX_DIRECT_JOBS)
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
@@ -111,8 +144,12 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     if checked_dry_run(spec):
         return EXIT_OK
     check_records(spec)
+    direct = _direct_wanted(spec)
+    if direct:
+        audit.import_in_background()  # the report's writer, ready by the time the copy is done
+    settled_rows: list[records.AuditRow] = []
     # One set of store objects on the launcher: a registry is pinged (or found
-    # unreachable) once for the preparation and the preflight together.
+    # unreachable) once for the preparation, the preflight and a direct run together.
     cache = StoreCache(spec.options)
     try:
         prepare_destinations(spec, cache)
@@ -125,26 +162,38 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
             limit = None if is_local(spec.beam_args) else MAX_LAUNCHER_JOBS
             settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel, max_jobs=limit,
                                 stores=cache)
+            spec.jobs, spec.syncs, settled_rows = settled.jobs, settled.syncs, settled.rows
+            if not settled.pipeline_needed and not spec.records:  # every image already current: nothing to start
+                audit.write(settled_rows, spec.audit_url)
+                return summarize(spec.audit_url, time.monotonic() - started)
+        if direct and _runs_direct(spec):
+            from imagepush.transforms.engine.direct import migrate
+
+            try:
+                rows = migrate(spec.jobs, spec.syncs, spec.run_id, cache, parallel=spec.parallel)
+            except Exception as exc:  # a bug, not a per-image error (those are rows)
+                return _failed(exc)
+            audit.write(settled_rows + rows, spec.audit_url)
+            return summarize(spec.audit_url, time.monotonic() - started)
     finally:
         cache.close()
-    if spec.preflight:
-        spec.jobs, spec.syncs = settled.jobs, settled.syncs
-        if not settled.pipeline_needed and not spec.records:  # every image already current: no pipeline to start
-            audit.write(settled.rows, spec.audit_url)
-            return summarize(spec.audit_url, time.monotonic() - started)
-        if settled.rows:
-            spec.settled_url = f"{spec.audit_url}.settled.parquet"
-            audit.write(settled.rows, spec.settled_url)
+    if settled_rows:
+        spec.settled_url = f"{spec.audit_url}.settled.parquet"
+        audit.write(settled_rows, spec.settled_url)
     try:
         run(spec)
     except Exception as exc:  # a bug or a runner failure, not a per-image error
-        print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(exc)
     finally:
         if spec.settled_url:
             audit.remove(spec.settled_url)
     return summarize(spec.audit_url, time.monotonic() - started)
+
+
+def _failed(exc: Exception) -> int:
+    print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+          file=sys.stderr)
+    return EXIT_FAILED
 
 
 #: What the summary needs: timestamps would cost a timezone-aware datetime per row.
