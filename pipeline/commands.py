@@ -91,6 +91,10 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             log.warning("%s; its images will fail", one_line(exc))
         except RegistryMisconfigured as exc:  # no image could be written there: stop before starting
             raise UsageError(one_line(exc)) from None
+        try:  # what an earlier run left when it stopped half way; never a reason to fail
+            cache.destination(store).clean_leftovers()
+        except Exception:
+            log.debug("%s: could not clean up leftovers", store, exc_info=True)
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
