@@ -41,8 +41,8 @@ SMALL_BLOB_LIMIT = 1 << 20
 PIPE_DEPTH = 4
 #: A PATCH body waiting this long for the next ``write`` gives up (the writer died).
 PIPE_IDLE_TIMEOUT = 600.0
-#: An aborted upload request with at most this many bytes still to send is finished with
-#: zeros rather than cut (see :meth:`_Patch.finish_early`).
+#: An aborted PATCH with at most this many bytes still to send is finished with zeros
+#: rather than cut (see :meth:`_Patch.finish_early`).
 ABORT_PAD_LIMIT = 8 << 20
 #: How long an abort waits for such a request to end.
 ABORT_WAIT = 30.0
@@ -191,7 +191,7 @@ class _Patch:
     def room(self) -> int:
         return self.capacity - self.sent
 
-    def put(self, item: object, *, stoppable: bool = True) -> None:
+    def put(self, item: object) -> None:
         while True:
             if self.error is not None:
                 raise self.error
@@ -199,8 +199,6 @@ class _Patch:
                 self.body.queue.put(item, timeout=0.5)
                 return
             except queue.Full:
-                if stoppable:
-                    OPEN_SINKS.check()  # a slow upload must not hold up a process told to stop
                 if not self._thread.is_alive():
                     if self.error is not None:
                         raise self.error
@@ -215,15 +213,16 @@ class _Patch:
         return self.reply
 
     def finish_early(self, limit: int) -> Reply | None:
-        """End an aborted request whole, zeros standing in for the bytes never sent; its answer.
+        """End an aborted PATCH whole, zeros standing in for the bytes never sent; its answer.
 
         A body cut short leaves Distribution (2.8) a session whose stored size no longer
         matches the offset in its ``_state``, and it then refuses every request for that
         session, the cancelling DELETE included, until its upload purging runs (days
-        later). Sent whole, a PATCH leaves a session the DELETE can cancel, and a final
-        PUT fails the registry's digest check, after which the registry drops the session
-        itself (zeros that happen to match the digest are the right bytes). None when
-        more than ``limit`` bytes are missing or the request already failed: then cut it.
+        later). A PATCH sent whole answers with the session's new state, with which the
+        DELETE cancels it. (A final PUT gains nothing from this: once its bytes are in,
+        2.8 refuses the DELETE whether the PUT was cut or failed its digest check.)
+        None when more than ``limit`` bytes are missing or the request already failed:
+        then it is cut.
         """
         if self.error is not None or not self._thread.is_alive():
             return None
@@ -234,10 +233,10 @@ class _Patch:
         try:
             while missing > 0:
                 piece = zeros[: min(missing, len(zeros))]
-                self.put(piece, stoppable=False)
+                self.put(piece)
                 self.sent += len(piece)
                 missing -= len(piece)
-            self.put(_END, stoppable=False)
+            self.put(_END)
         except BaseException:
             return None
         self._thread.join(ABORT_WAIT)
@@ -327,7 +326,6 @@ class RegistryBlobSink(BlobSink):
     def write(self, chunk: bytes) -> None:
         if self._finished:
             raise StoreError(f"{self._where}: write to blob {self.descriptor.digest} after commit or abort")
-        OPEN_SINKS.check()
         if not chunk:
             return
         try:
@@ -459,10 +457,10 @@ class RegistryBlobSink(BlobSink):
         self._buffer = bytearray()
         patch, self._patch = self._patch, None
         if patch is not None:
-            reply = patch.finish_early(ABORT_PAD_LIMIT)
+            reply = None if self._monolithic else patch.finish_early(ABORT_PAD_LIMIT)
             if reply is None:
                 patch.cancel()
-            elif not self._monolithic and reply.location():
+            elif reply.location():
                 self._location = reply.location()  # the session's state after the bytes it took
         if self._location is not None:
             try:
