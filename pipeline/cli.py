@@ -309,24 +309,27 @@ STOP_GRACE = 10.0
 
 
 def _stop_on_signal(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: undo the writes in flight, then exit at once, as skopeo and crane do.
+    """Ctrl-C or SIGTERM: end the writes in flight within :data:`STOP_GRACE`, then exit.
 
     Nothing is half-visible: files are renamed into place (and registry uploads
     committed) only once verified, and names are written last, so a rerun skips what
-    this run finished. What is in flight is undone within :data:`STOP_GRACE`: registry
-    upload sessions are cancelled, temporary files and S3 multipart uploads removed
-    (see ``stores.stopping``). Beam would otherwise wait for the copies on its worker
-    threads, then print a traceback; a second signal exits without waiting.
+    this run finished. Nothing new starts; blob writes in flight get half the grace to
+    finish, then the rest are aborted: registry upload sessions cancelled, temporary
+    files and S3 multipart uploads removed (see ``stores.stopping``). Beam would
+    otherwise wait for every copy on its worker threads, then print a traceback; a
+    second signal exits without waiting.
     """
     if OPEN_SINKS.stopping:
         os._exit(EXIT_INTERRUPTED)
     name = signal.Signals(signum).name
     try:
-        in_flight = len(OPEN_SINKS)
-        left = OPEN_SINKS.stop(STOP_GRACE)
-        done = f"{in_flight - left} of {in_flight}" if left else f"{in_flight}"
-        undone = f": {done} unfinished upload{'s' if in_flight != 1 else ''} cancelled" if in_flight else ""
-        os.write(2, f"imagepush: interrupted by {name}{undone}; a rerun skips what was finished\n".encode())
+        in_flight, left = OPEN_SINKS.stop(STOP_GRACE)
+        ended = ""
+        if in_flight:
+            ended = f": {in_flight} upload{'s' if in_flight != 1 else ''} in flight finished or cancelled"
+            if left:
+                ended += f" ({left} not in time)"
+        os.write(2, f"imagepush: interrupted by {name}{ended}; a rerun skips what was finished\n".encode())
     finally:
         os._exit(EXIT_INTERRUPTED)
 
