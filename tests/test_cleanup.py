@@ -88,6 +88,7 @@ class BreaksMidStream(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         if self._at >= self._good:
+            time.sleep(0.3)  # a stall first, as a dropping connection does: the bytes read are sent meanwhile
             raise OSError("the source connection dropped")
         n = min(len(buffer), self._good - self._at)
         buffer[:n] = self._data[self._at:self._at + n]
