@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class Stopped(StoreError):
-    """The process is stopping: no blob write may start or go on."""
+    """The process is stopping: no upload session or temporary file may be started."""
 
 
 class Abortable(Protocol):
@@ -33,7 +33,9 @@ class OpenSinks:
     """Sinks that hold something to undo, and whether the process is stopping."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: the signal handler runs in the main thread, maybe between the
+        # bytecodes of a ``with self._lock`` block of that same thread.
+        self._lock = threading.RLock()
         self._sinks: set[Abortable] = set()
         self._stopping = threading.Event()
 
