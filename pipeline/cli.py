@@ -23,6 +23,7 @@ from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXI
 from imagepush.pipeline.options import ENGINES, BeamOptionError, BeamOptions, runner_name
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
+from imagepush.transforms.stores.stopping import OPEN_SINKS
 
 #: The commands that run a pipeline, and so take Beam options.
 RUNS = ("copy", "sync", "run", "retry")
@@ -42,8 +43,8 @@ Any other --name value is an Apache Beam option (--runner, --direct_num_workers,
 Beam does not know is refused. The default runner is the in-process FnApiRunner.
 
 exit status: 0 all images done; 1 some images failed (the audit names each);
-2 bad usage or configuration (nothing written); 130 interrupted (Ctrl-C stops at
-once; a rerun skips what was finished).
+2 bad usage or configuration (nothing written); 130 interrupted (Ctrl-C or SIGTERM
+stops at once, cancelling open uploads; a rerun skips what was finished).
 """
 
 
@@ -345,17 +346,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _stop_on_interrupt(signum: int, frame: object) -> None:
-    """Ctrl-C: stop at once, as skopeo and crane do, instead of after the blobs in flight.
+#: How long a stopped run may take to cancel its open uploads and remove its temporary files.
+STOP_GRACE = 10.0
 
-    Safe because nothing is half-visible: files are renamed into place (and registry
-    uploads committed) only once verified, names are written last, and a registry
-    drops an abandoned upload session by itself; a rerun skips what this run finished.
-    Beam would otherwise wait for the copies running on worker threads, then print a
-    traceback.
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM: end the writes in flight within :data:`STOP_GRACE`, then exit.
+
+    Nothing is half-visible: files are renamed into place (and registry uploads
+    committed) only once verified, and names are written last, so a rerun skips what
+    this run finished. Nothing new starts; blob writes in flight get half the grace to
+    finish, then the rest are aborted: registry upload sessions cancelled, temporary
+    files and S3 multipart uploads removed (see ``stores.stopping``). Beam would
+    otherwise wait for every copy on its worker threads, then print a traceback; a
+    second signal exits without waiting.
     """
+    if OPEN_SINKS.stopping:
+        os._exit(EXIT_INTERRUPTED)
+    name = signal.Signals(signum).name
     try:
-        os.write(2, b"imagepush: interrupted\n")
+        in_flight, left = OPEN_SINKS.stop(STOP_GRACE)
+        ended = ""
+        if in_flight:
+            ended = f": {in_flight} upload{'s' if in_flight != 1 else ''} in flight finished or cancelled"
+            if left:
+                ended += f" ({left} not in time)"
+        os.write(2, f"imagepush: interrupted by {name}{ended}; a rerun skips what was finished\n".encode())
     finally:
         os._exit(EXIT_INTERRUPTED)
 
@@ -372,7 +388,8 @@ def entry() -> None:
     # numpy (under pyarrow) starts an OpenBLAS thread per core that spins for a while;
     # nothing here does linear algebra, and on two cores that is CPU a registry needs.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    signal.signal(signal.SIGINT, _stop_on_interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_on_signal)
     code = main()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -97,6 +97,10 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             cache.destination(store).prepare()
         except (RegistryUnavailable, RegistryMisconfigured) as exc:
             return exc
+        try:  # what an earlier run left when it stopped half way; never a reason to fail
+            cache.destination(store).clean_leftovers()
+        except Exception:
+            log.debug("%s: could not clean up leftovers", store, exc_info=True)
         return None
 
     # Each store is a round trip or more (a registry's ping, a layout's index): all at once.

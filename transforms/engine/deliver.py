@@ -25,7 +25,7 @@ from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, S
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, CopyOutcome, recompress, stream_blob
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
-from imagepush.transforms.stores.base import Destination, Source, UploadInterrupted, counting_retries, note_retry
+from imagepush.transforms.stores.base import BlobSink, Destination, Source, UploadInterrupted, counting_retries, note_retry
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,9 @@ class BlobDelivery:
                     want_diff_id=want_diff, chunk_size=self._chunk,
                 )
         except Exception as exc:
+            # stream_blob aborts the sinks it was given; these are for a source that could not even be opened.
+            for sink in sinks:
+                _abort_quietly(sink)
             failure = _State.failed(_missing_at_source(exc))
             log.warning("blob %s: %s", descriptor.digest, failure.error)
             for store in sink_stores:
@@ -272,6 +275,14 @@ class BlobDelivery:
 
             states, written, _, _ = self._deliver(new, reread, result.size, stores, False, [])
         return states, written, size, result.diff_id, (compression, result.digest, result.size)
+
+
+def _abort_quietly(sink: BlobSink) -> None:
+    """Abort a sink (a second abort does nothing); cleanup never hides the failure that caused it."""
+    try:
+        sink.abort()
+    except Exception:
+        log.debug("abort failed", exc_info=True)
 
 
 def _results(requests, stores, states, size, written, diff_id, recompressed):

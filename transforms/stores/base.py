@@ -221,6 +221,16 @@ class Destination(abc.ABC):
     def prepare(self) -> None:
         """Check and initialise the store once, on the launcher, before the pipeline runs."""
 
+    def clean_leftovers(self) -> int:
+        """Remove what an earlier run that stopped half way left here; how many things.
+
+        Called once per run, on the launcher, after :meth:`prepare`. Only what is clearly
+        abandoned goes (see ``stores.fs.LEFTOVER_AGE``): another run, or a retried bundle
+        of this one, may be writing the store at the same time. Best effort: a failure is
+        logged at debug level and never fails the run.
+        """
+        return 0
+
     @abc.abstractmethod
     def accepts_manifest(self, media_type: str) -> bool:
         """Whether the store can hold a manifest of this type unchanged."""

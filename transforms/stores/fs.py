@@ -10,28 +10,44 @@ Beam bundle) never sees a half-written blob or index under its final name.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import logging
 import os
 import posixpath
+import re
 import tarfile
 import threading
+import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.stores.base import BlobSink, NotFound, StoreError
+from imagepush.transforms.stores.stopping import OPEN_SINKS
+
+log = logging.getLogger(__name__)
 
 #: Copy granularity: big enough for throughput, small enough to keep many copies in memory.
 CHUNK_SIZE = 1 << 20
 #: Prefix of temporary files; stores skip such names when listing.
 TMP_PREFIX = ".tmp-"
+#: The whole name of a temporary file this project writes: only those are ever cleaned up,
+#: never another program's ``.tmp-`` files in a folder an archive shares with them.
+TMP_NAME = re.compile(r"^\.tmp-[0-9a-f]{32}$")
 #: Appended to an archive's path for the folder its content is staged in until publish.
 STAGING_SUFFIX = ".imagepush-staging"
+#: A temporary file untouched this long belongs to a run that stopped (a crash, a kill):
+#: a later run removes it when it prepares the store. A live writer touches its file at
+#: least once per chunk, and several runs (or a retried Beam bundle) may write one store
+#: at once, so only what is clearly abandoned goes.
+LEFTOVER_AGE = 3600.0
 
 
 def open_fs(url: str) -> tuple[AbstractFileSystem, str]:
@@ -80,6 +96,124 @@ def _remove_quietly(fs: AbstractFileSystem, path: str) -> None:
         pass
 
 
+def _discard(file: Any) -> None:
+    """Close a file being written without publishing what it holds.
+
+    Closing an fsspec buffered file (S3, GCS) completes its upload, a multipart upload
+    included; ``discard`` aborts it instead, so nothing of an aborted write is stored.
+    """
+    try:
+        if isinstance(file, AbstractBufferedFile):
+            if not file.closed:
+                file.discard()
+                file.closed = True  # or its close (and __del__) would upload the buffer
+        else:
+            file.close()
+    except Exception:  # cleanup is best effort; the error that caused it is what matters
+        log.debug("could not discard a temporary file", exc_info=True)
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """An fsspec listing entry's modification time, in seconds since the epoch, if it says."""
+    for key in ("mtime", "LastModified", "updated", "last_modified", "Initiated"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, dt.datetime):
+            return value.timestamp() if value.tzinfo else value.replace(tzinfo=dt.timezone.utc).timestamp()
+        if isinstance(value, str):
+            try:
+                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
+
+
+def is_abandoned(info: dict[str, Any], older_than: float, now: float | None = None) -> bool:
+    """Whether a listed entry was last modified more than ``older_than`` seconds ago."""
+    modified = _modified(info)
+    return modified is not None and (time.time() if now is None else now) - modified > older_than
+
+
+def remove_leftovers(fs: AbstractFileSystem, folders: Iterable[str], where: str,
+                     older_than: float | None = None) -> int:
+    """Remove the abandoned temporary files (``.tmp-<uuid>``) directly inside ``folders``: how many.
+
+    One listing per folder; a folder that is not there has nothing to clean, and a file
+    that cannot be removed is left for the next run (cleanup never fails a run). On S3,
+    the multipart uploads of such files that a killed run never finished are aborted too.
+    """
+    older_than = LEFTOVER_AGE if older_than is None else older_than
+    folders = list(folders)
+    removed = _abort_stale_multipart(fs, folders, where, older_than)
+    now = time.time()
+    for folder in folders:
+        try:
+            entries = fs.ls(folder, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except Exception:
+            log.debug("%s: could not list %s for leftovers", where, folder, exc_info=True)
+            continue
+        for info in entries:
+            path = info["name"]
+            if not TMP_NAME.match(posixpath.basename(path.rstrip("/"))):
+                continue
+            if not is_abandoned(info, older_than, now):
+                continue
+            try:
+                fs.rm(path, recursive=info.get("type") == "directory")
+            except Exception:
+                log.debug("%s: could not remove %s", where, path, exc_info=True)
+                continue
+            log.debug("%s: removed %s, left by an earlier run", where, path)
+            removed += 1
+    return removed
+
+
+def _abort_stale_multipart(fs: AbstractFileSystem, folders: list[str], where: str, older_than: float) -> int:
+    """Abort the multipart uploads of abandoned temporary files in or below ``folders`` (S3 through s3fs).
+
+    A process killed while writing a large file leaves its multipart upload open: no
+    object, but parts the bucket keeps (and bills) until someone aborts them. Below the
+    folders too, since a blob folder holds no object until its first blob is written. An
+    upload is abandoned when its last part (or its start, with none) is older than
+    ``older_than``: a long upload that is still sending parts is left alone.
+    """
+    if not all(hasattr(fs, name) for name in ("list_multipart_uploads", "abort_mpu", "call_s3")):
+        return 0
+    wanted = {folder.rstrip("/") for folder in folders}
+    aborted = 0
+    now = time.time()
+    for bucket in sorted({folder.split("/", 1)[0] for folder in wanted}):
+        try:
+            uploads = fs.list_multipart_uploads(bucket)
+        except Exception:
+            log.debug("%s: could not list the multipart uploads of %s", where, bucket, exc_info=True)
+            continue
+        for upload in uploads:
+            path = f"{bucket}/{upload.get('Key', '')}"
+            folder = posixpath.dirname(path)
+            if not TMP_NAME.match(posixpath.basename(path)) or not any(
+                folder == w or folder.startswith(w + "/") for w in wanted
+            ):
+                continue
+            try:
+                if not is_abandoned(upload, older_than, now):
+                    continue
+                parts = fs.call_s3("list_parts", Bucket=bucket, Key=upload["Key"],
+                                   UploadId=upload["UploadId"]).get("Parts") or []
+                if any(not is_abandoned(part, older_than, now) for part in parts):
+                    continue
+                fs.abort_mpu(bucket, upload["Key"], upload["UploadId"])
+            except Exception:
+                log.debug("%s: could not abort the multipart upload of %s", where, path, exc_info=True)
+                continue
+            log.debug("%s: aborted the multipart upload of %s, left by an earlier run", where, path)
+            aborted += 1
+    return aborted
+
+
 class AtomicFileSink(BlobSink):
     """Streams a file to ``<dir>/.tmp-<uuid>`` and renames it into place on commit.
 
@@ -99,8 +233,16 @@ class AtomicFileSink(BlobSink):
 
     def _ensure_open(self) -> None:
         if self._file is None:
-            self._fs.makedirs(posixpath.dirname(self._tmp), exist_ok=True)
-            self._file = self._fs.open(self._tmp, "wb")
+            OPEN_SINKS.opened(self)  # from here on a stop must remove the temporary file
+            try:
+                self._fs.makedirs(posixpath.dirname(self._tmp), exist_ok=True)
+                self._file = self._fs.open(self._tmp, "wb")
+                if self._finished:  # aborted by a stopping process meanwhile
+                    raise StoreError(f"write to {self.path} after abort")
+            except BaseException:
+                self._finished = False
+                self.abort()
+                raise
 
     def write(self, chunk: bytes) -> None:
         if self._finished:
@@ -134,17 +276,16 @@ class AtomicFileSink(BlobSink):
             raise
         self.path = path
         self._finished = True
+        OPEN_SINKS.closed(self)
 
     def abort(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            _discard(file)
         if not self._finished:
             _remove_quietly(self._fs, self._tmp)
         self._finished = True
+        OPEN_SINKS.closed(self)
 
 
 def write_atomic(fs: AbstractFileSystem, path: str, data: bytes, *, overwrite: bool = True) -> None:

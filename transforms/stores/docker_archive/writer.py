@@ -38,6 +38,7 @@ from imagepush.transforms.stores.fs import (
     atomic_tar,
     digest_parts,
     join,
+    remove_leftovers,
     tar_info,
     write_atomic,
 )
@@ -115,6 +116,22 @@ class DockerArchiveDestination(FsStore, Destination):
         if parent:
             fs.makedirs(parent, exist_ok=True)
         fs.makedirs(self.staging, exist_ok=True)
+
+    def clean_leftovers(self) -> int:
+        """Temporary files of writes that never finished: in the staging folder and beside the archive.
+
+        What an earlier run staged and committed stays: blobs are named by their digest,
+        so this run takes them as they are instead of copying them again.
+        """
+        fs = self.fs
+        folders = [posixpath.dirname(self.root), join(self.staging, "layers")]
+        for kind in ("blobs", "diffids"):
+            try:
+                entries = fs.ls(join(self.staging, kind), detail=True)
+            except FileNotFoundError:
+                continue
+            folders += [e["name"] for e in entries if e.get("type") == "directory"]
+        return remove_leftovers(fs, folders, self._where())
 
     def accepts_manifest(self, media_type: str) -> bool:
         return media_type in mt.IMAGE_MANIFEST_TYPES

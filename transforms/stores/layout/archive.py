@@ -24,7 +24,15 @@ from typing import Any
 import fsspec
 
 from imagepush.transforms.stores.base import NotFound, Publication, PublishErrors, StoreError
-from imagepush.transforms.stores.fs import CHUNK_SIZE, STAGING_SUFFIX, BoundedReader, atomic_tar, member_name, tar_info
+from imagepush.transforms.stores.fs import (
+    CHUNK_SIZE,
+    STAGING_SUFFIX,
+    BoundedReader,
+    atomic_tar,
+    member_name,
+    remove_leftovers,
+    tar_info,
+)
 from imagepush.transforms.stores.layout.index import INDEX_FILE, LAYOUT_FILE
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
 
@@ -107,6 +115,14 @@ class OCIArchiveDestination(OCILayoutDestination):
         if fs.exists(self.root):  # left by a run that stopped before publishing: start clean
             fs.rm(self.root, recursive=True)
         super().prepare()
+
+    def clean_leftovers(self) -> int:
+        """A tar an earlier run was packing when it stopped, beside the archive.
+
+        Its staged layout needs nothing here: :meth:`prepare` starts every run with an
+        empty one, since the archive holds the images of one run.
+        """
+        return remove_leftovers(self.fs, [posixpath.dirname(self.archive)], self._where())
 
     def publish(self, publications: list[Publication]) -> PublishErrors:
         if not publications:

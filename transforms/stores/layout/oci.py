@@ -26,7 +26,15 @@ from imagepush.transforms.stores.base import (
     StoreError,
     select_unnamed,
 )
-from imagepush.transforms.stores.fs import AtomicFileSink, FsStore, digest_parts, open_read, read_bytes, write_atomic
+from imagepush.transforms.stores.fs import (
+    AtomicFileSink,
+    FsStore,
+    digest_parts,
+    open_read,
+    read_bytes,
+    remove_leftovers,
+    write_atomic,
+)
 from imagepush.transforms.stores.layout.index import (
     INDEX_FILE,
     LAYOUT_CONTENT,
@@ -170,6 +178,18 @@ class OCILayoutDestination(FsStore, Destination):
             write_atomic(fs, self.path(LAYOUT_FILE), LAYOUT_CONTENT)
         if not fs.exists(self.path(INDEX_FILE)):
             write_atomic(fs, self.path(INDEX_FILE), dump_index({}))
+
+    def clean_leftovers(self) -> int:
+        """Temporary files of writes that never finished: beside index.json and among the blobs."""
+        return remove_leftovers(self.fs, [self.root, *self._blob_folders()], self._where())
+
+    def _blob_folders(self) -> list[str]:
+        """``blobs/<algorithm>`` folders, where blob writes keep their temporary files."""
+        try:
+            entries = self.fs.ls(self.path("blobs"), detail=True)
+        except FileNotFoundError:
+            return []
+        return [e["name"] for e in entries if e.get("type") == "directory"]
 
     def accepts_manifest(self, media_type: str) -> bool:
         return media_type in ACCEPTED

@@ -31,6 +31,7 @@ from imagepush.transforms.stores.registry.errors import (
     RetriableUploadError,
 )
 from imagepush.transforms.stores.registry.streams import Reply
+from imagepush.transforms.stores.stopping import OPEN_SINKS, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ SMALL_BLOB_LIMIT = 1 << 20
 PIPE_DEPTH = 4
 #: A PATCH body waiting this long for the next ``write`` gives up (the writer died).
 PIPE_IDLE_TIMEOUT = 600.0
+#: An aborted PATCH with at most this many bytes still to send is finished with zeros
+#: rather than cut (see :meth:`_Patch.finish_early`).
+ABORT_PAD_LIMIT = 8 << 20
+#: How long an abort waits for such a request to end.
+ABORT_WAIT = 30.0
 
 
 def with_query(url: str, **params: str) -> str:
@@ -206,6 +212,36 @@ class _Patch:
         assert self.reply is not None
         return self.reply
 
+    def finish_early(self, limit: int) -> Reply | None:
+        """End an aborted PATCH whole, zeros standing in for the bytes never sent; its answer.
+
+        A body cut short leaves Distribution (2.8) a session whose stored size no longer
+        matches the offset in its ``_state``, and it then refuses every request for that
+        session, the cancelling DELETE included, until its upload purging runs (days
+        later). A PATCH sent whole answers with the session's new state, with which the
+        DELETE cancels it. (A final PUT gains nothing from this: once its bytes are in,
+        2.8 refuses the DELETE whether the PUT was cut or failed its digest check.)
+        None when more than ``limit`` bytes are missing or the request already failed:
+        then it is cut.
+        """
+        if self.error is not None or not self._thread.is_alive():
+            return None
+        missing = self.capacity - self.sent if self.body.length is not None else 0
+        if missing > limit:
+            return None
+        zeros = bytes(min(missing, 1 << 20))
+        try:
+            while missing > 0:
+                piece = zeros[: min(missing, len(zeros))]
+                self.put(piece)
+                self.sent += len(piece)
+                missing -= len(piece)
+            self.put(_END)
+        except BaseException:
+            return None
+        self._thread.join(ABORT_WAIT)
+        return None if self._thread.is_alive() else self.reply
+
     def cancel(self) -> None:
         """Cut the PATCH short; a thread stuck in a send ends at the socket timeout."""
         self.body.aborted.set()
@@ -270,6 +306,16 @@ class RegistryBlobSink(BlobSink):
         if not location:
             raise RegistryError(f"{self._where}: the registry started an upload without a Location")
         self._location = location
+        try:
+            OPEN_SINKS.opened(self)  # from here on a stop must cancel the session
+        except Stopped:
+            self._finished = False
+            self.abort()
+            raise
+        if self._finished:  # aborted by a stopping process while the POST was on its way
+            self._finished = False
+            self.abort()
+            raise Stopped("imagepush is stopping")
         minimum = reply.headers.get("OCI-Chunk-Min-Length", "")
         if minimum.isdigit() and int(minimum) > self._chunk:
             # Registries backed by multipart object storage refuse smaller chunks.
@@ -386,6 +432,7 @@ class RegistryBlobSink(BlobSink):
                 if blob_exists(self._client, self._repository, digest, self._where):
                     log.debug("%s: blob %s present after a failed final PUT (%s)", self._where, digest, exc)
                     self._finished = True
+                    OPEN_SINKS.closed(self)
                     self._on_present(digest)
                     return
                 raise as_restartable(exc) from None
@@ -393,6 +440,7 @@ class RegistryBlobSink(BlobSink):
             if announced and announced != digest:
                 raise Mismatch(f"{self._where}: the registry stored blob {digest} as {announced}")
             self._finished = True
+            OPEN_SINKS.closed(self)
             self._on_present(digest)
         except RegistryError as exc:
             self.abort()
@@ -402,19 +450,26 @@ class RegistryBlobSink(BlobSink):
             raise
 
     def abort(self) -> None:
+        """Cancel the upload session (DELETE), so that the registry keeps nothing of it."""
         if self._finished:
             return
         self._finished = True
         self._buffer = bytearray()
-        if self._patch is not None:
-            self._patch.cancel()
-            self._patch = None
+        patch, self._patch = self._patch, None
+        if patch is not None:
+            reply = None if self._monolithic else patch.finish_early(ABORT_PAD_LIMIT)
+            if reply is None:
+                patch.cancel()
+            elif reply.location():
+                self._location = reply.location()  # the session's state after the bytes it took
         if self._location is not None:
             try:
                 self._client.request(
                     "DELETE", self._location, scopes=self._scopes, where=self._where,
                     what=f"cancel upload of {self.descriptor.digest}", ok=(202, 204, 404),
                 )
+                log.debug("%s: cancelled the upload of %s", self._where, self.descriptor.digest)
             except StoreError as exc:  # the session expires on its own; cleanup is best effort
                 log.debug("%s: could not cancel an upload: %s", self._where, exc)
             self._location = None
+        OPEN_SINKS.closed(self)
