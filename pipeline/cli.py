@@ -92,6 +92,14 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                             "./imagepush-audit/<run-id>.parquet)")
 
 
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    """A sync's regular-expression filters (a run file's job has the others: tags, semver, latest)."""
+    p.add_argument("--include", action="append", default=[], metavar="REGEX",
+                   help="copy only images whose REPOSITORY:TAG matches (repeatable: any of them)")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="skip images whose REPOSITORY:TAG matches (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagepush",
@@ -120,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p, writes=True)
         if name == "copy":
             _records_flags(p)
+        else:
+            _filter_flags(p)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
                        epilog=EPILOG, formatter_class=fmt)
