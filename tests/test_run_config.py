@@ -281,3 +281,19 @@ def test_a_run_file_without_beam_options_does_not_import_beam():
 def test_the_demo_run_file_is_valid():
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     assert spec_from_yaml(demo.read_text(), "r", "/a").jobs
+
+
+def test_the_mirror_run_file_is_valid_and_its_selections_and_host_settings_reach_the_run(monkeypatch):
+    from imagepush.pipeline.config import spec_from_file
+    from imagepush.transforms.engine.selection import TagSelection
+
+    monkeypatch.setenv("QUAY_PASSWORD", "from-the-environment")
+    spec = spec_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "mirror.yaml"), "r", "/a")
+    assert [s.selection for s in spec.syncs] == [
+        TagSelection(semver=">=1.4, <2"), TagSelection(exclude=("-debug$",), latest=3),
+        TagSelection(tags=("stable", "2.4"))]
+    assert [s.rename and s.rename.text for s in spec.syncs] == [None, "team-{name}", "{registry}/{repository}"]
+    quay = spec.options.for_host("quay.io")
+    assert quay.host_entry("quay.io").password.value == "from-the-environment"
+    assert spec.options.for_host("mirror.internal:5000").registry_concurrency == 4
+    assert "from-the-environment" not in repr(spec)
