@@ -180,6 +180,7 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("destinations", metavar="DST", nargs="*",
                    help="where the images should be: an image reference for one image, a prefix or store for a listing")
     _common(p, writes=False)
+    _filter_flags(p)
     p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                    help="the format the migration wrote: preserve is checked by digest, a conversion "
                         "by the layers' diff_ids (default: %(default)s)")

@@ -297,3 +297,12 @@ def test_the_mirror_run_file_is_valid_and_its_selections_and_host_settings_reach
     assert quay.host_entry("quay.io").password.value == "from-the-environment"
     assert spec.options.for_host("mirror.internal:5000").registry_concurrency == 4
     assert "from-the-environment" not in repr(spec)
+
+
+def test_include_and_exclude_flags_select_the_images_of_sync_and_verify(refused, out):
+    for command in ("sync", "verify"):
+        spec = _flags_spec([command, "oci:/in", out, "--include", "^a", "--include", "b$", "--exclude", "dev"])
+        assert spec.syncs[0].selection.include == ("^a", "b$")
+        assert spec.syncs[0].selection.exclude == ("dev",)
+    assert refused(["sync", "oci:/in", out, "--exclude", "[z"]) == (
+        "imagepush: --exclude: bad regular expression '[z': unterminated character set at position 0")
