@@ -10,6 +10,7 @@ Example (relative paths are relative to the current directory)::
 
     audit: out/audit.parquet
     runner: {direct_num_workers: 2, direct_running_mode: multi_threading}
+    registries: {hosts: {quay.io: {username: robot, password_env: QUAY_PASSWORD}}}
     defaults: {format: preserve, platforms: []}
     jobs:
       - copy: oci:./sample:demo/app:1.0
@@ -19,6 +20,11 @@ Example (relative paths are relative to the current directory)::
       - sync: oci:./sample
         include: ["^demo/"]
         to: [{ref: "oci:./mirror", format: oci}]
+      - sync: docker://quay.io/team             # tag selection and names: docs/cli.md
+        semver: ">=1.2, <2"
+        latest: 3
+        rename: "mirror/{repository:1}"
+        to: [docker://mirror.example.com/hub]
       - records: s3://bucket/images/*.parquet    # one image per row, read on the workers
         to: [docker://mirror.example.com/hub]    # for rows without a destination
 
