@@ -499,17 +499,26 @@ def _reported(
         yield
     except RunConfigError as exc:
         problems = sorted(exc.problems, key=lambda p: order(p[0])) if order is not None else exc.problems
-        lines = [f"{where(loc)}{message}" for loc, message in problems]
-        if len(lines) == 1:
-            raise UsageError(prefix + lines[0]) from None
-        raise UsageError(f"{several}{len(lines)} problems:\n" + "\n".join("  " + line for line in lines)) from None
+        raise _usage([f"{where(loc)}{message}" for loc, message in problems], prefix, several) from None
+
+
+def _usage(lines: list[str], prefix: str, several: str) -> UsageError:
+    """One problem as ``prefix`` and its line; several as ``several``, their count and a line each."""
+    if len(lines) == 1:
+        return UsageError(prefix + lines[0])
+    return UsageError(f"{several}{len(lines)} problems:\n" + "\n".join("  " + line for line in lines))
 
 
 Marks = dict[Loc, tuple[yaml.Mark, yaml.Mark]]
 
 
-def _marks(node: yaml.Node | None, loc: Loc = (), marks: Marks | None = None) -> Marks:
-    """Where each key (and its value) of a YAML document starts, by its path in the model."""
+def _marks(node: yaml.Node | None, loc: Loc = (), marks: Marks | None = None,
+           repeated: list[tuple[Loc, yaml.Mark, yaml.Mark]] | None = None) -> Marks:
+    """Where each key (and its value) of a YAML document starts, by its path in the model.
+
+    A key written twice in one mapping goes to ``repeated`` with both places: YAML keeps
+    the last silently, and a second ``jobs:`` would drop the first list of jobs.
+    """
     marks = {} if marks is None else marks
     if node is None:
         return marks
@@ -518,12 +527,15 @@ def _marks(node: yaml.Node | None, loc: Loc = (), marks: Marks | None = None) ->
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode):
-                marks[loc + (key.value,)] = (key.start_mark, value.start_mark)
-                _marks(value, loc + (key.value,), marks)
+                here = loc + (key.value,)
+                if here in marks and repeated is not None:
+                    repeated.append((here, marks[here][0], key.start_mark))
+                marks[here] = (key.start_mark, value.start_mark)
+                _marks(value, here, marks, repeated)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             marks[loc + (i,)] = (item.start_mark, item.start_mark)
-            _marks(item, loc + (i,), marks)
+            _marks(item, loc + (i,), marks, repeated)
     return marks
 
 
@@ -567,7 +579,7 @@ def _load_yaml(text: str, name: str) -> tuple[Any, Marks]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        return (loader.construct_document(node) if node is not None else None), _marks(node)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{name}:{_position(mark)}: " if mark is not None else f"{name}: "
@@ -579,6 +591,13 @@ def _load_yaml(text: str, name: str) -> tuple[Any, Marks]:
         raise UsageError(f"config: {name}: not valid YAML: {str(exc).splitlines()[0]}") from None
     finally:
         loader.dispose()
+    repeated: list[tuple[Loc, yaml.Mark, yaml.Mark]] = []
+    marks = _marks(node, repeated=repeated)
+    lines = [f"{name}:{_position(again)}: {_dotted(loc)}: duplicate key (first at {_position(first)})"
+             for loc, first, again in repeated]
+    if lines:
+        raise _usage(lines, "config: ", f"config: {name} has ")
+    return data, marks
 
 
 def spec_from_yaml(

@@ -88,3 +88,11 @@ def test_filters_and_templates_belong_to_sync_jobs(refused):
     assert lines == [f"imagepush: config: {path}:2:5: jobs.0: 'latest' filters sync jobs only"]
     path, lines = refused("jobs:\n  - sync: oci:/in\n    to: [oci:/out]\n    rename: '{registry}/{name}'\n")
     assert lines == [f"imagepush: config: {path}:2:5: jobs.0: 'rename' uses {{registry}}, but 'oci:/in' is no registry"]
+
+
+def test_a_key_written_twice_is_refused_where_it_repeats(refused):
+    """YAML keeps the last silently: a second ``jobs:`` would drop every job of the first."""
+    path, lines = refused("jobs:\n  - sync: oci:/in\n    to: [oci:/out]\n    to: [oci:/elsewhere]\njobs: []\n")
+    assert lines == [f"imagepush: config: {path} has 2 problems:",
+                     f"  {path}:4:5: jobs.0.to: duplicate key (first at 3:5)",
+                     f"  {path}:5:1: jobs: duplicate key (first at 1:1)"]
