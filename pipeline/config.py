@@ -288,6 +288,9 @@ class JobConfig(_Strict):
         if self.sync is None and self.verify is None and self.selects:
             keys = self.selects
             raise ValueError(f"{'/'.join(repr(k) for k in keys)} filter{'s' if len(keys) == 1 else ''} sync jobs only")
+        if self.verify is not None and names_one_image(parse_reference(self.verify)) and (
+                self.selects or self.rename is not None):
+            raise ValueError(f"{self.verify!r} names one image: filters and 'rename' apply to a listed store")
         if self.rename is not None:
             if self.sync is None and self.verify is None:
                 raise ValueError("'rename' names the images of sync jobs only")

@@ -83,11 +83,14 @@ def test_a_password_given_inline_is_never_repeated_in_an_error(refused):
     assert lines == [f"imagepush: config: {path}:3:5: registries.hosts.quay.io: a password needs a 'username'"]
 
 
-def test_filters_and_templates_belong_to_sync_jobs(refused):
+def test_filters_and_templates_belong_to_sync_jobs_and_verify_jobs_of_a_listed_store(refused):
     path, lines = refused("jobs:\n  - copy: oci:/in:a\n    to: [oci:/out:a]\n    latest: 2\n    rename: '{name}'\n")
     assert lines == [f"imagepush: config: {path}:2:5: jobs.0: 'latest' filters sync jobs only"]
     path, lines = refused("jobs:\n  - sync: oci:/in\n    to: [oci:/out]\n    rename: '{registry}/{name}'\n")
     assert lines == [f"imagepush: config: {path}:2:5: jobs.0: 'rename' uses {{registry}}, but 'oci:/in' is no registry"]
+    path, lines = refused("jobs:\n  - verify: docker://reg.example/app:1\n    to: [oci:/out]\n    tags: ['1']\n")
+    assert lines == [f"imagepush: config: {path}:2:5: jobs.0: 'docker://reg.example/app:1' names one image: "
+                     "filters and 'rename' apply to a listed store"]
 
 
 def test_a_key_written_twice_is_refused_where_it_repeats(refused):
