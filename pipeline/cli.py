@@ -102,6 +102,14 @@ def _engine_flag(p: argparse.ArgumentParser) -> None:
                         "preflight, else Beam")
 
 
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    """A sync's regular-expression filters (a run file's job has the others: tags, semver, latest)."""
+    p.add_argument("--include", action="append", default=[], metavar="REGEX",
+                   help="copy only images whose REPOSITORY:TAG matches (repeatable: any of them)")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="skip images whose REPOSITORY:TAG matches (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imagepush",
@@ -130,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p, writes=True)
         if name == "copy":
             _records_flags(p)
+        else:
+            _filter_flags(p)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
                        epilog=EPILOG, formatter_class=fmt)
@@ -183,6 +193,7 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("destinations", metavar="DST", nargs="*",
                    help="where the images should be: an image reference for one image, a prefix or store for a listing")
     _common(p, writes=False)
+    _filter_flags(p)
     p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                    help="the format the migration wrote: preserve is checked by digest, a conversion "
                         "by the layers' diff_ids (default: %(default)s)")

@@ -10,6 +10,7 @@ Example (relative paths are relative to the current directory)::
 
     audit: out/audit.parquet
     runner: {direct_num_workers: 2, direct_running_mode: multi_threading}
+    registries: {hosts: {quay.io: {username: robot, password_env: QUAY_PASSWORD}}}
     defaults: {format: preserve, platforms: []}
     jobs:
       - copy: oci:./sample:demo/app:1.0
@@ -19,6 +20,11 @@ Example (relative paths are relative to the current directory)::
       - sync: oci:./sample
         include: ["^demo/"]
         to: [{ref: "oci:./mirror", format: oci}]
+      - sync: docker://quay.io/team             # tag selection and names: docs/cli.md
+        semver: ">=1.2, <2"
+        latest: 3
+        rename: "mirror/{repository:1}"
+        to: [docker://mirror.example.com/hub]
       - records: s3://bucket/images/*.parquet    # one image per row, read on the workers
         to: [docker://mirror.example.com/hub]    # for rows without a destination
 
@@ -32,21 +38,30 @@ A file of ``verify:`` jobs checks a finished migration instead (nothing is writt
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
+    model_validator,
+)
 
 from imagepush.pipeline.exits import UsageError
 from imagepush.pipeline.graph import RunSpec
 from imagepush.pipeline.options import DEFAULT_RUNNER, BeamOptions
 from imagepush.transforms.formats.descriptor import Platform
 from imagepush.transforms.engine.jobs import Output, RecordSource, SyncSpec
-from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.refs import SINGLE_IMAGE, ImageReference, ReferenceError, parse_reference
+from imagepush.transforms.engine.selection import SelectionError, TagSelection, parse_range
+from imagepush.transforms.engine.templates import NameTemplate, TemplateError
+from imagepush.transforms.stores.options import HostOptions, Secret, StoreOptions
+from imagepush.transforms.stores.refs import (
+    REGISTRY_TRANSPORT, SINGLE_IMAGE, TAG_RE, ImageReference, ReferenceError, parse_reference,
+)
 
 Format = Literal["preserve", "oci", "v2s2"]
 Compression = Literal["preserve", "gzip", "zstd", "none"]
@@ -58,15 +73,17 @@ Loc = tuple[str | int, ...]
 
 
 class RunConfigError(ValueError):
-    """A rule of the run model broken at ``loc``.
+    """A rule of the run model broken at ``loc``; or several, each with its place, in ``problems``.
 
     The message never repeats the value of a key the model does not know: a misspelt
     ``password`` must not end up in a terminal or a CI log.
     """
 
-    def __init__(self, loc: Loc, message: str) -> None:
+    def __init__(self, loc: Loc, message: str, problems: Sequence[tuple[Loc, str]] = ()) -> None:
         super().__init__(message)
         self.loc = loc
+        #: Every problem found, the first being ``(loc, message)``.
+        self.problems: list[tuple[Loc, str]] = list(problems) or [(loc, message)]
 
 
 def _parsed(text: str) -> ImageReference:
@@ -94,6 +111,28 @@ def _pattern(text: str) -> str:
     return text
 
 
+def _range(text: str) -> str:
+    try:
+        parse_range(text)
+    except SelectionError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def _template(text: str) -> str:
+    try:
+        NameTemplate(text)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+def _tag(text: str) -> str:
+    if not TAG_RE.match(text):
+        raise ValueError(f"{text!r} is not a tag")
+    return text
+
+
 def _beam_flags(options: object) -> object:
     """``runner`` is a mapping of Beam options; the model keeps them as the flags Beam parses."""
     if not isinstance(options, dict):
@@ -106,6 +145,9 @@ def _beam_flags(options: object) -> object:
 Reference = Annotated[str, AfterValidator(_reference)]
 PlatformText = Annotated[str, AfterValidator(_platform)]
 Pattern = Annotated[str, AfterValidator(_pattern)]
+VersionRange = Annotated[str, AfterValidator(_range)]
+Template = Annotated[str, AfterValidator(_template)]
+Tag = Annotated[str, AfterValidator(_tag)]
 
 
 class _Strict(BaseModel):
@@ -139,6 +181,49 @@ class Defaults(_Strict):
     platforms: list[PlatformText] = Field(default_factory=list)
 
 
+class HostConfig(_Strict):
+    """One registry host's own settings, in place of the run's (``registries.hosts``).
+
+    A password is given inline or, better, named by the environment variable that holds
+    it on the launcher (``password_env``); it travels to the workers with the run and
+    is never shown, logged or written to the audit.
+    """
+
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    authfile: str | None = None
+    tls_verify: bool | None = None
+    ca_bundle: str | None = None
+    concurrency: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> HostConfig:
+        if self.password is not None and self.password_env is not None:
+            raise ValueError("give 'password' or 'password_env', not both")
+        if self.password_env is not None and self.password_env not in os.environ:
+            raise ValueError(f"password_env: the environment variable {self.password_env} is not set")
+        if (self.password is not None or self.password_env is not None) and self.username is None:
+            raise ValueError("a password needs a 'username'")
+        if self.tls_verify is False and self.ca_bundle is not None:
+            raise ValueError("'ca_bundle' means nothing with 'tls_verify: false'")
+        return self
+
+    def host_options(self, host: str) -> HostOptions:
+        if self.password_env is not None:
+            password: Secret | None = Secret(os.environ[self.password_env])
+        else:
+            password = Secret(self.password.get_secret_value()) if self.password is not None else None
+        return HostOptions(host=host, username=self.username, password=password, authfile=self.authfile,
+                           ca_bundle=self.ca_bundle, tls_verify=self.tls_verify, concurrency=self.concurrency)
+
+
+def _host_key(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?|\[[0-9A-Fa-f:.]+\](:[0-9]+)?", text):
+        raise ValueError(f"{text!r} is not a registry host[:port] (no scheme, no path)")
+    return text
+
+
 class RegistryConfig(_Strict):
     insecure: list[str] = Field(default_factory=list)
     authfile: str | None = None
@@ -147,6 +232,8 @@ class RegistryConfig(_Strict):
     retries: int = Field(default=4, ge=0)
     #: Seconds a registry that answered earlier in the run is waited for once it stops answering.
     outage_grace: float = Field(default=30.0, ge=0)
+    #: Settings of single hosts, keyed by ``host[:port]``; they win over the ones above.
+    hosts: dict[Annotated[str, AfterValidator(_host_key)], HostConfig] = Field(default_factory=dict)
 
     def store_options(self) -> StoreOptions:
         return StoreOptions(
@@ -156,6 +243,7 @@ class RegistryConfig(_Strict):
             registry_concurrency=self.concurrency,
             registry_retries=self.retries,
             outage_grace=self.outage_grace,
+            hosts=tuple(config.host_options(host) for host, config in self.hosts.items()),
         )
 
 
@@ -181,15 +269,34 @@ class JobConfig(_Strict):
     format: Format | None = None
     compression: Compression | None = None
     platforms: list[PlatformText] | None = None
+    #: Regular expressions over ``repository:tag`` (engine/selection.py has every filter's rule).
     include: list[Pattern] = Field(default_factory=list)
     exclude: list[Pattern] = Field(default_factory=list)
+    #: Only these tags.
+    tags: list[Tag] = Field(default_factory=list)
+    #: Only tags that are versions in this range (``>=1.2, <2``, ``~1.2``, ``^1.2``).
+    semver: VersionRange | None = None
+    #: Per repository, only the N highest versions among the tags the other filters keep.
+    latest: int | None = Field(default=None, ge=1)
+    #: The name each image gets below the destinations (engine/templates.py).
+    rename: Template | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> JobConfig:
         if [self.copy_, self.sync, self.records, self.verify].count(None) != 3:
             raise ValueError("each job needs exactly one of 'copy', 'sync', 'records' or 'verify'")
-        if self.sync is None and self.verify is None and (self.include or self.exclude):
-            raise ValueError("'include'/'exclude' filter sync jobs only")
+        if self.sync is None and self.verify is None and self.selects:
+            keys = self.selects
+            raise ValueError(f"{'/'.join(repr(k) for k in keys)} filter{'s' if len(keys) == 1 else ''} sync jobs only")
+        if self.verify is not None and names_one_image(parse_reference(self.verify)) and (
+                self.selects or self.rename is not None):
+            raise ValueError(f"{self.verify!r} names one image: filters and 'rename' apply to a listed store")
+        if self.rename is not None:
+            if self.sync is None and self.verify is None:
+                raise ValueError("'rename' names the images of sync jobs only")
+            source = parse_reference(self.source)
+            if "registry" in NameTemplate(self.rename).placeholders and source.transport != REGISTRY_TRANSPORT:
+                raise ValueError(f"'rename' uses {{registry}}, but {self.source!r} is no registry")
         if self.records is None and (self.only_failed or self.pin_digest is not None):
             raise ValueError("'only_failed'/'pin_digest' apply to records jobs only")
         if self.records is None and self.to is None:
@@ -202,6 +309,14 @@ class JobConfig(_Strict):
                         f"{dest.ref!r}: a {transport}: holds one image; sync into oci:, docker-archive: or docker://"
                     )
         return self
+
+    @property
+    def selects(self) -> list[str]:
+        """The selection keys this job sets."""
+        return [key for key in ("include", "exclude", "tags", "semver", "latest") if getattr(self, key)]
+
+    def selection(self) -> TagSelection:
+        return TagSelection(tuple(self.include), tuple(self.exclude), tuple(self.tags), self.semver, self.latest)
 
     @property
     def source(self) -> str:
@@ -232,18 +347,23 @@ class RunConfig(_Strict):
 
     @classmethod
     def parse(cls, data: object) -> RunConfig:
-        """The model of ``data``; the first problem found is a :class:`RunConfigError`."""
+        """The model of ``data``; every problem found at once is one :class:`RunConfigError`."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            error = exc.errors(include_url=False, include_input=False)[0]
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            elif error["type"] == "value_error":
-                message = str(error["ctx"]["error"])  # our own words, without pydantic's "Value error, "
-            else:
-                message = error["msg"]
-            raise RunConfigError(tuple(error["loc"]), message) from None
+            problems: list[tuple[Loc, str]] = []
+            for error in exc.errors(include_url=False, include_input=False):
+                # A bad mapping key is reported at the key itself, not at pydantic's "[key]" below it.
+                loc = tuple(part for part in error["loc"] if part != "[key]")
+                if error["type"] == "extra_forbidden":
+                    message = "unknown key" + _did_you_mean(loc)
+                elif error["type"] == "value_error":
+                    message = str(error["ctx"]["error"])  # our own words, without pydantic's "Value error, "
+                else:
+                    message = error["msg"]
+                if (loc, message) not in problems:
+                    problems.append((loc, message))
+            raise RunConfigError(*problems[0], problems=problems) from None
 
     def to_spec(self, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = ()) -> RunSpec:
         """The run this model describes; Beam options of the command line come after the file's."""
@@ -270,9 +390,8 @@ class RunConfig(_Strict):
             if job.copy_ is not None or (job.verify is not None and names_one_image(source)):
                 spec.jobs.append(copy_job(source, outputs, platforms))
             else:
-                spec.syncs.append(
-                    SyncSpec(str(source), tuple(outputs), platforms, tuple(job.include), tuple(job.exclude))
-                )
+                rename = NameTemplate(job.rename) if job.rename is not None else None
+                spec.syncs.append(SyncSpec(str(source), tuple(outputs), platforms, job.selection(), rename))
         return spec
 
     def _records(self, n: int, outputs: list[Output], platforms: tuple[str, ...]) -> RecordSource:
@@ -328,25 +447,168 @@ def names_one_image(ref: ImageReference) -> bool:
     return ref.ref is not None or ref.transport in SINGLE_IMAGE
 
 
+def _keys_at(loc: Loc) -> list[str]:
+    """The keys the model knows in the mapping at ``loc`` (empty when ``loc`` is no model's place)."""
+    model: type[BaseModel] | None = RunConfig
+    parts = list(loc)
+    while parts and model is not None:
+        part = parts.pop(0)
+        field = next((f for name, f in model.model_fields.items() if (f.alias or name) == part), None)
+        if field is None:
+            return []
+        annotation: Any = field.annotation
+        model = None
+        while True:  # through Optional, list and dict to what the next part names
+            origin, args = get_origin(annotation), get_args(annotation)
+            if origin is Annotated:
+                annotation = args[0]
+            elif origin in (list, dict) and parts:
+                parts.pop(0)
+                annotation = args[-1]
+            elif args and type(None) in args:
+                annotation = next(a for a in args if a is not type(None))
+            else:
+                break
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    if model is None or parts:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _did_you_mean(loc: Loc) -> str:
+    """`` (did you mean 'to'?)`` for a misspelt key, when one known there is close enough."""
+    key = loc[-1] if loc else None
+    if not isinstance(key, str):
+        return ""
+    close = difflib.get_close_matches(key, _keys_at(loc[:-1]), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
 @contextmanager
-def _reported(where: Callable[[Loc], str]) -> Iterator[None]:
-    """A broken rule as a one-line usage error, its place named by ``where``."""
+def _reported(
+    where: Callable[[Loc], str], prefix: str = "", several: str = "", order: Callable[[Loc], Any] | None = None
+) -> Iterator[None]:
+    """Broken rules as one usage error: one line for one problem, else ``several`` and a line each.
+
+    ``where`` names the place of a problem; ``prefix`` starts a lone problem's line;
+    ``order`` sorts the problems (a file's by line).
+    """
     try:
         yield
     except RunConfigError as exc:
-        raise UsageError(f"{where(exc.loc)}{exc}") from None
+        problems = sorted(exc.problems, key=lambda p: order(p[0])) if order is not None else exc.problems
+        raise _usage([f"{where(loc)}{message}" for loc, message in problems], prefix, several) from None
 
 
-def _in_file(loc: Loc) -> str:
-    return "config: " + (".".join(str(part) for part in loc) + ": " if loc else "")
+def _usage(lines: list[str], prefix: str, several: str) -> UsageError:
+    """One problem as ``prefix`` and its line; several as ``several``, their count and a line each."""
+    if len(lines) == 1:
+        return UsageError(prefix + lines[0])
+    return UsageError(f"{several}{len(lines)} problems:\n" + "\n".join("  " + line for line in lines))
 
 
-def spec_from_yaml(text: str, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = ()) -> RunSpec:
+Marks = dict[Loc, tuple[yaml.Mark, yaml.Mark]]
+
+
+def _marks(node: yaml.Node | None, loc: Loc = (), marks: Marks | None = None,
+           repeated: list[tuple[Loc, yaml.Mark, yaml.Mark]] | None = None) -> Marks:
+    """Where each key (and its value) of a YAML document starts, by its path in the model.
+
+    A key written twice in one mapping goes to ``repeated`` with both places: YAML keeps
+    the last silently, and a second ``jobs:`` would drop the first list of jobs.
+    """
+    marks = {} if marks is None else marks
+    if node is None:
+        return marks
+    if not loc:
+        marks[()] = (node.start_mark, node.start_mark)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                here = loc + (key.value,)
+                if here in marks and repeated is not None:
+                    repeated.append((here, marks[here][0], key.start_mark))
+                marks[here] = (key.start_mark, value.start_mark)
+                _marks(value, here, marks, repeated)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            marks[loc + (i,)] = (item.start_mark, item.start_mark)
+            _marks(item, loc + (i,), marks, repeated)
+    return marks
+
+
+def _position(mark: yaml.Mark) -> str:
+    return f"{mark.line + 1}:{mark.column + 1}"
+
+
+def _mark_of(marks: Marks, loc: Loc) -> yaml.Mark | None:
+    """Where a problem at ``loc`` is shown: the key when the file has it, else where its nearest mapping starts.
+
+    A missing key, or a place only the model has, has no mark of its own.
+    """
+    known = next((loc[:end] for end in range(len(loc), -1, -1) if loc[:end] in marks), None)
+    if known is None:
+        return None
+    key_mark, value_mark = marks[known]
+    return key_mark if known == loc else value_mark
+
+
+def _at_in_file(name: str, marks: Marks) -> Callable[[Loc], str]:
+    """``FILE:LINE:COLUMN: key.path: `` for a problem at ``loc``."""
+
+    def where(loc: Loc) -> str:
+        mark = _mark_of(marks, loc)
+        position = f"{name}:{_position(mark)}: " if mark is not None else f"{name}: "
+        return position + (f"{_dotted(loc)}: " if loc else "")
+
+    return where
+
+
+def _in_file_order(marks: Marks) -> Callable[[Loc], tuple[int, int]]:
+    def order(loc: Loc) -> tuple[int, int]:
+        mark = _mark_of(marks, loc)
+        return (mark.line, mark.column) if mark is not None else (0, 0)
+
+    return order
+
+
+def _load_yaml(text: str, name: str) -> tuple[Any, Marks]:
+    """The document and where each of its keys is; a syntax error names its line and column."""
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{name}:{_position(mark)}: " if mark is not None else f"{name}: "
+        context = f" ({exc.context} at {_position(exc.context_mark)})" if exc.context and exc.context_mark else ""
+        # PyYAML's words for a line indented unlike its siblings; say what the user has to check.
+        hint = "; check the indentation" if (exc.problem or "").startswith("expected <block end>") else ""
+        raise UsageError(f"config: {where}not valid YAML: {exc.problem or exc.context}{context}{hint}") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"config is not valid YAML: {str(exc).splitlines()[0]}") from None
-    with _reported(_in_file):
+        raise UsageError(f"config: {name}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+    repeated: list[tuple[Loc, yaml.Mark, yaml.Mark]] = []
+    marks = _marks(node, repeated=repeated)
+    lines = [f"{name}:{_position(again)}: {_dotted(loc)}: duplicate key (first at {_position(first)})"
+             for loc, first, again in repeated]
+    if lines:
+        raise _usage(lines, "config: ", f"config: {name} has ")
+    return data, marks
+
+
+def spec_from_yaml(
+    text: str, run_id: str, default_audit: str, extra_beam_args: Sequence[str] = (), name: str = "<config>"
+) -> RunSpec:
+    """The run a YAML text describes; ``name`` (its file) starts the place of every problem."""
+    raw, marks = _load_yaml(text, name)
+    with _reported(_at_in_file(name, marks), "config: ", f"config: {name} has ", _in_file_order(marks)):
         return RunConfig.parse(raw).to_spec(run_id, default_audit, extra_beam_args)
 
 
@@ -356,7 +618,7 @@ def spec_from_file(path: str, run_id: str, default_audit: str, extra_beam_args: 
             text = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
-    return spec_from_yaml(text, run_id, default_audit, extra_beam_args)
+    return spec_from_yaml(text, run_id, default_audit, extra_beam_args, name=path)
 
 
 #: Where each flag of the command line goes in the model, and its argparse ``dest``.
@@ -377,11 +639,20 @@ FLAGS: dict[Loc, tuple[str, str]] = {
 }
 
 
+#: Flags of the one job of ``sync`` (and ``verify`` of a store): keys of ``jobs.0``.
+JOB_FLAGS: dict[str, tuple[str, str]] = {
+    "include": ("--include", "include"),
+    "exclude": ("--exclude", "exclude"),
+}
+
+
 def _by_flag(loc: Loc) -> str:
     """The flag a problem at ``loc`` came from; a problem with SRC or DST names the reference itself."""
     for end in range(len(loc), 0, -1):
         if loc[:end] in FLAGS:
             return FLAGS[loc[:end]][0] + ": "
+    if len(loc) >= 3 and loc[:2] == ("jobs", 0) and loc[2] in JOB_FLAGS:
+        return JOB_FLAGS[str(loc[2])][0] + ": "
     return ""
 
 
@@ -406,6 +677,9 @@ def _flag_data(args: argparse.Namespace) -> dict[str, Any]:
             raise RunConfigError((), f"{args.command} needs SRC and at least one DST" +
                                  (", or --records URL" if args.command == "copy" else ""))
         data["jobs"].append({args.command: args.source, "to": args.destinations})
+    for key, (_, dest) in JOB_FLAGS.items():
+        if getattr(args, dest, None) and data["jobs"]:
+            data["jobs"][0][key] = getattr(args, dest)
     return data
 
 
@@ -427,7 +701,7 @@ def _records_job(args: argparse.Namespace) -> dict[str, Any]:
 
 def from_flags(args: argparse.Namespace) -> RunConfig:
     """The settings of any command line (``ls`` and ``inspect`` use its registries and platforms)."""
-    with _reported(_by_flag):
+    with _reported(_by_flag, several="the command line has "):
         return RunConfig.parse(_flag_data(args))
 
 
@@ -435,5 +709,5 @@ def spec_from_flags(
     args: argparse.Namespace, run_id: str, default_audit: str, beam_args: Sequence[str] = ()
 ) -> RunSpec:
     """The run of ``copy`` or ``sync``; ``beam_args`` were checked when they were split from ours."""
-    with _reported(_by_flag):
+    with _reported(_by_flag, several="the command line has "):
         return RunConfig.parse(_flag_data(args)).to_spec(run_id, default_audit, beam_args)

@@ -6,6 +6,7 @@ the path of the key in the file. Either way: exit 2, one line on stderr, nothing
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,12 @@ def refused(capsys, tmp_path):
         assert (code, out) == (EXIT_USAGE, "")
         assert err.endswith("\n") and err.count("\n") == 1, err
         assert {p.name for p in tmp_path.iterdir()} <= {"run.yaml"}
+        if yaml is not None:
+            # Every problem of a run file starts with its file, line and column (checked in
+            # test_run_config_errors.py); the tests here are about the words after them.
+            place = re.escape(str(tmp_path / "run.yaml")) + r"(:\d+:\d+)?: "
+            assert re.match("imagepush: config: " + place, err), err
+            err = re.sub(place, "", err, count=1)
         return err.rstrip("\n")
 
     return refuse
@@ -161,8 +168,8 @@ def test_the_runner_must_be_one_beam_can_load(refused, out):
 def test_a_misspelt_key_is_unknown_and_its_value_is_not_repeated(refused, out):
     err = refused(yaml=f"registries: {{authfile: a.json, pasword: hunter2}}\njobs: [{{sync: 'oci:/in', to: ['{out}']}}]")
     assert err == "imagepush: config: registries.pasword: unknown key"
-    assert refused(yaml=f"jobs:\n  - sync: oci:/in\n    to: ['{out}']\n    tags: [hunter2]\n") == (
-        "imagepush: config: jobs.0.tags: unknown key")
+    assert refused(yaml=f"jobs:\n  - sync: oci:/in\n    to: ['{out}']\n    tagz: [hunter2]\n") == (
+        "imagepush: config: jobs.0.tagz: unknown key (did you mean 'tags'?)")
 
 
 def test_a_job_has_exactly_one_source(refused, out):
@@ -180,7 +187,7 @@ def test_filters_are_regular_expressions_of_sync_jobs(refused, out):
     assert refused(yaml=f"jobs: [{{sync: 'oci:/in', include: ['(('], to: ['{out}']}}]") == (
         "imagepush: config: jobs.0.include.0: bad regular expression '((': missing ), unterminated subpattern at position 1")
     assert refused(yaml=f"jobs: [{{copy: 'oci:/in:a', exclude: [x], to: ['{out}']}}]") == (
-        "imagepush: config: jobs.0: 'include'/'exclude' filter sync jobs only")
+        "imagepush: config: jobs.0: 'exclude' filters sync jobs only")
 
 
 def test_a_beam_switch_in_the_run_file_is_true_or_false(refused, out):
@@ -191,7 +198,8 @@ def test_a_beam_switch_in_the_run_file_is_true_or_false(refused, out):
 def test_the_run_file_must_be_readable_yaml_holding_a_mapping(refused, tmp_path):
     assert refused(["run", str(tmp_path / "none.yaml")]) == (
         f"imagepush: cannot read config {tmp_path / 'none.yaml'}: No such file or directory")
-    assert refused(yaml="jobs: [\n").startswith("imagepush: config is not valid YAML: ")
+    assert refused(yaml="jobs: [\n") == ("imagepush: config: not valid YAML: expected the node content, "
+                                         "but found '<stream end>' (while parsing a flow node at 2:1)")
     assert refused(yaml="- copy: oci:/in:a\n") == (
         "imagepush: config: Input should be a valid dictionary or instance of RunConfig")
 
@@ -247,7 +255,7 @@ def test_each_destination_of_a_run_file_is_written_with_its_own_settings_else_it
     assert [(t.destination, t.format, t.compression) for t in spec.jobs[0].targets] == [
         ("oci:/b:app:1", "v2s2", "none"), ("dir:/c", "oci", "zstd")]
     assert [(o.ref, o.format, o.compression) for o in spec.syncs[0].destinations] == [("oci:/m", "v2s2", "gzip")]
-    assert spec.syncs[0].include == ("^app",)
+    assert spec.syncs[0].selection.include == ("^app",)
 
 
 def test_beam_options_of_a_run_file_become_flags_before_those_of_the_command_line():
@@ -273,3 +281,28 @@ def test_a_run_file_without_beam_options_does_not_import_beam():
 def test_the_demo_run_file_is_valid():
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     assert spec_from_yaml(demo.read_text(), "r", "/a").jobs
+
+
+def test_the_mirror_run_file_is_valid_and_its_selections_and_host_settings_reach_the_run(monkeypatch):
+    from imagepush.pipeline.config import spec_from_file
+    from imagepush.transforms.engine.selection import TagSelection
+
+    monkeypatch.setenv("QUAY_PASSWORD", "from-the-environment")
+    spec = spec_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "mirror.yaml"), "r", "/a")
+    assert [s.selection for s in spec.syncs] == [
+        TagSelection(semver=">=1.4, <2"), TagSelection(exclude=("-debug$",), latest=3),
+        TagSelection(tags=("stable", "2.4"))]
+    assert [s.rename and s.rename.text for s in spec.syncs] == [None, "team-{name}", "{registry}/{repository}"]
+    quay = spec.options.for_host("quay.io")
+    assert quay.host_entry("quay.io").password.value == "from-the-environment"
+    assert spec.options.for_host("mirror.internal:5000").registry_concurrency == 4
+    assert "from-the-environment" not in repr(spec)
+
+
+def test_include_and_exclude_flags_select_the_images_of_sync_and_verify(refused, out):
+    for command in ("sync", "verify"):
+        spec = _flags_spec([command, "oci:/in", out, "--include", "^a", "--include", "b$", "--exclude", "dev"])
+        assert spec.syncs[0].selection.include == ("^a", "b$")
+        assert spec.syncs[0].selection.exclude == ("dev",)
+    assert refused(["sync", "oci:/in", out, "--exclude", "[z"]) == (
+        "imagepush: --exclude: bad regular expression '[z': unterminated character set at position 0")

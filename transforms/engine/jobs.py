@@ -9,14 +9,15 @@ and is tested without Beam.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor, Platform
 from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, blobs_of
 from imagepush.transforms.formats.schema1 import Schema1Manifest
-from imagepush.transforms.stores.base import ImageEntry, ManifestBlob
+from imagepush.transforms.engine.selection import TagSelection
+from imagepush.transforms.engine.templates import NameTemplate
+from imagepush.transforms.stores.base import ManifestBlob
 
 PRESERVE, OCI, V2S2 = "preserve", "oci", "v2s2"
 
@@ -54,16 +55,11 @@ class SyncSpec:
     source: str
     destinations: tuple[Output, ...]
     platforms: tuple[str, ...] = ()
-    #: Regular expressions over ``repository:tag``; an image is kept if it matches
-    #: any include (or there is none) and no exclude.
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    def wants(self, entry: ImageEntry) -> bool:
-        name = f"{entry.repository}:{entry.tag or ''}" if entry.repository else (entry.tag or entry.ref)
-        if self.include and not any(re.search(p, name) for p in self.include):
-            return False
-        return not any(re.search(p, name) for p in self.exclude)
+    #: Which listed images are copied (engine/selection.py): every one by default.
+    selection: TagSelection = TagSelection()
+    #: How a listed image is named below each destination (engine/templates.py); None
+    #: appends its repository path below the source's, tag kept.
+    rename: NameTemplate | None = None
 
 
 @dataclass(frozen=True)

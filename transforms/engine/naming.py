@@ -6,11 +6,15 @@ how a listed image maps to a destination) is asked of the reference (stores/refs
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 from imagepush.transforms.engine.jobs import CopyJob, Output, SyncSpec, Target
+from imagepush.transforms.engine.templates import NameTemplate
 from imagepush.transforms.stores.base import ImageEntry
-from imagepush.transforms.stores.refs import ImageReference, ReferenceError, parse_reference, split_repo_tag
+from imagepush.transforms.stores.refs import (
+    REGISTRY_TRANSPORT, ImageReference, ReferenceError, parse_reference, split_repo_tag,
+)
 from imagepush.transforms.stores.cache import StoreCache
 
 
@@ -60,6 +64,19 @@ def copy_job(source: ImageReference, outputs: list[Output], platforms: tuple[str
     )
 
 
+def renamed(source: ImageReference, entry: ImageEntry, template: NameTemplate) -> ImageEntry:
+    """``entry`` as ``template`` names it: the path written below a destination, and the tag.
+
+    The template sees the full repository path in the source (what ``ls`` shows), not
+    the path below the sync's source prefix that the default mapping appends.
+    """
+    listed = source.listed(entry)
+    registry = source.host if source.transport == REGISTRY_TRANSPORT else ""
+    repository = (source_names(listed)[0] if entry.ref else None) or entry.repository
+    path, tag = template.render(registry, repository, entry.tag)
+    return replace(entry, ref=f"{path}:{tag}" if tag else path, repository=path, tag=tag)
+
+
 def sync_target(out: Output, entry: ImageEntry) -> Target:
     """``sync``: the repository path below the source is appended to the destination, tags kept."""
     return _target(parse_reference(out.ref).synced(entry), out)
@@ -70,15 +87,17 @@ def sync_job(
     entry: ImageEntry,
     outputs: list[Output],
     platforms: tuple[str, ...],
+    rename: NameTemplate | None = None,
 ) -> CopyJob:
     """``sync``: one listed image; an unnamed one is read (and shown) by its digest."""
     listed = source.listed(entry)
+    named = entry if rename is None else renamed(source, entry, rename)
     return CopyJob(
         source_store=listed.store,
         source=str(listed) if entry.ref else f"{listed}@{entry.digest}",
         image=listed.ref,
         digest=None if entry.ref else entry.digest,
-        targets=tuple(sync_target(out, entry) for out in outputs),
+        targets=tuple(sync_target(out, named) for out in outputs),
         platforms=platforms,
         # The full repository (a registry lists paths below the sync's prefix), the listed tag.
         repository=source_names(listed)[0] if entry.ref else (entry.repository or None),
@@ -87,8 +106,9 @@ def sync_job(
 
 
 def sync_jobs(spec: SyncSpec, stores: StoreCache) -> Iterator[CopyJob]:
-    """One job per image the sync's source lists and its filters keep, lazily (catalogs can be huge)."""
+    """One job per image the sync's source lists and its selection keeps, lazily (catalogs can be huge)."""
     source = parse_reference(spec.source)
-    for entry in stores.source(source.store).list_images(details=False):
-        if spec.wants(entry):
-            yield sync_job(source, entry, list(spec.destinations), spec.platforms)
+    entries = stores.source(source.store).list_images(details=False)
+    # A registry lists each repository's tags together; a file store's listing is one index.
+    for entry in spec.selection.select(entries, grouped=source.transport == REGISTRY_TRANSPORT):
+        yield sync_job(source, entry, list(spec.destinations), spec.platforms, spec.rename)

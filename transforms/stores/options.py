@@ -1,13 +1,53 @@
 """Settings that stores need besides a reference: registry security and limits.
 
-Plain, picklable values: they travel with the DoFns to every worker. Credentials
-themselves are never stored here, only where to read them from.
+Plain, picklable values: they travel with the DoFns to every worker. Credentials are
+normally not stored here, only where to read them from (an auth file); a password the
+run file gives a registry (inline or from an environment variable of the launcher)
+travels as a :class:`Secret`, which no ``repr``, log line or audit row shows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A password on its way to the registry client: its value is shown nowhere."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret(****)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """What one registry host gets instead of the run's settings; None keeps the run's.
+
+    ``host`` is ``name[:port]``; an entry without a port covers every port of that name
+    (as ``insecure_registries`` entries do), and one with the exact port wins.
+    """
+
+    host: str
+    username: str | None = None
+    password: Secret | None = None
+    authfile: str | None = None
+    ca_bundle: str | None = None
+    #: False: plain HTTP or unverified TLS, as an ``insecure_registries`` entry.
+    tls_verify: bool | None = None
+    concurrency: int | None = None
+
+    def matches(self, host: str) -> int:
+        """How well this entry names ``host``: 2 exactly, 1 by name for any port, 0 not at all."""
+        mine, host = self.host.strip().lower(), host.lower()
+        if mine == host:
+            return 2
+        return 1 if re.sub(r":\d+$", "", host) == mine else 0
 
 
 @dataclass(frozen=True)
@@ -31,6 +71,35 @@ class StoreOptions:
     monolithic_upload_limit: int = 4 << 30
     #: Size of each PATCH when a blob is uploaded in chunks.
     upload_chunk_size: int = 128 << 20
+    #: Per-host settings (``registries:`` of a run file); see :meth:`for_host`.
+    hosts: tuple[HostOptions, ...] = ()
+
+    def host_entry(self, host: str) -> HostOptions | None:
+        """The ``hosts`` entry that applies to ``host``: its exact ``name:port`` first, then its name."""
+        best = max(self.hosts, key=lambda entry: entry.matches(host), default=None)
+        return best if best is not None and best.matches(host) else None
+
+    def for_host(self, host: str) -> StoreOptions:
+        """The options one registry host's client uses: the run's, with that host's entry applied.
+
+        Each client reads only its own options, so a per-host setting reaches its
+        transport and authenticator without either knowing that hosts differ.
+        """
+        entry = self.host_entry(host)
+        if entry is None:
+            return self
+        insecure = tuple(
+            h for h in self.insecure_registries if not (entry.tls_verify is True and HostOptions(h).matches(host))
+        )
+        if entry.tls_verify is False:
+            insecure += (host,)
+        return replace(
+            self,
+            insecure_registries=insecure,
+            authfile=entry.authfile or self.authfile,
+            ca_bundle=entry.ca_bundle or self.ca_bundle,
+            registry_concurrency=entry.concurrency or self.registry_concurrency,
+        )
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its values alone: the options travel inside every store a DoFn ships,

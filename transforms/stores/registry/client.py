@@ -58,7 +58,12 @@ class RegistryClient:
         if not host or "/" in host:
             raise StoreError(f"{host!r} is not a registry host[:port]")
         self.host = host
-        self.options = options or StoreOptions()
+        # This host's own settings (a ``registries:`` entry) replace the run's here, once.
+        self.options = (options or StoreOptions()).for_host(host)
+        entry = self.options.host_entry(host)
+        if credentials is None and entry is not None and (entry.username or entry.password):
+            password = entry.password.value if entry.password is not None else ""
+            credentials = Credentials(entry.username or "", password, origin=f"registries: {entry.host}")
         self.transport = Transport(
             host, self.options, max_attempts=max_attempts, backoff_base=backoff_base, backoff_max=backoff_max,
             sleep=sleep, clock=clock,
