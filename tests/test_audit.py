@@ -60,8 +60,9 @@ def test_a_copy_then_its_rerun_say_copied_then_current_with_every_column(samples
     assert [(r["role"], r["status"]) for r in rows] == [("index", "copied"), ("child", "copied"), ("child", "copied")]
     for r in rows:
         assert (r["repository"], r["tag"], r["format"], r["compression"], r["platforms"], r["schema_version"]) == (
-            "demo/multi", "1.0", "preserve", "preserve", ["linux/arm64", "linux/amd64"], 2)
+            "demo/multi", "1.0", "preserve", "preserve", ["linux/arm64", "linux/amd64"], 3)
         assert r["error"] is None and r["error_kind"] is None and r["blobs_mounted"] == 0
+        assert r["converted_from"] is None
     index, *children = rows
     assert index["platform"] is None
     assert sorted(c["platform"] for c in children) == ["linux/amd64", "linux/arm64"]
