@@ -1,13 +1,17 @@
 """Settings that stores need besides a reference: registry security and limits.
 
-Plain, picklable values: they travel with the DoFns to every worker. Credentials
-themselves are never stored here, only where to read them from.
+Plain, picklable values: they travel with the DoFns to every worker. Credentials are
+stored here only when the user typed them (``--src-creds``), for a local run: they
+are masked in every ``repr`` and kept out of this object's own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagepush.transforms.stores.registry.authfile import Credentials
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class StoreOptions:
     monolithic_upload_limit: int = 4 << 30
     #: Size of each PATCH when a blob is uploaded in chunks.
     upload_chunk_size: int = 128 << 20
+    #: ``(host, credentials)`` given on the command line, used for that host before any auth file.
+    host_credentials: tuple[tuple[str, "Credentials"], ...] = field(default=(), repr=False)
+    #: ``(host, path)``: that host's credentials come from this auth file instead of ``authfile``.
+    host_authfiles: tuple[tuple[str, str], ...] = ()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its values alone: the options travel inside every store a DoFn ships,

@@ -167,11 +167,15 @@ class Authenticator:
         """
         if self._credentials is not None:
             return self._credentials
+        given = dict(self._options.host_credentials).get(self.host)
+        if given is not None:
+            return given
         repository = scope_repository(scopes)
         with self._lock:
             if repository not in self._repository_credentials:
                 if self._auth_files is None:
-                    self._auth_files = AuthFiles(self._options.authfile)
+                    self._auth_files = AuthFiles(dict(self._options.host_authfiles).get(self.host,
+                                                                                        self._options.authfile))
                 self._repository_credentials[repository] = self._auth_files.find(self.host, repository)
             return self._repository_credentials[repository]
 
