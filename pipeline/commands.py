@@ -22,7 +22,7 @@ from imagepush.pipeline.platforms import system_platform
 from imagepush.pipeline.sides import with_sides
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
-from imagepush.transforms.stores.refs import ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, ReferenceError, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
@@ -302,6 +302,14 @@ def _failure_lines(failed: list[dict]) -> list[str]:
     return lines
 
 
+def _store_of(destination: str) -> str:
+    """The store an audit row's destination is in (the reference without its image name)."""
+    try:
+        return parse_reference(destination).store
+    except ReferenceError:
+        return destination
+
+
 def _conversion_notes(rows: list[dict]) -> list[str]:
     """One line per image that ``--format preserve`` could not keep as it was (its digest changed)."""
     return [
@@ -324,7 +332,7 @@ def summarize(audit_url: str, seconds: float, destinations: int | None = None, *
     images = len({r["source"] for r in _top_level(table)})
     pairs = collections.Counter(records.status_of(r["status"]) for r in _top_level(table))
     if not destinations:
-        destinations = len({r["destination"] for r in _top_level(table)})
+        destinations = len({_store_of(r["destination"]) for r in _top_level(table)})
     copied = sum(r["blobs_copied"] for r in table)
     mounted = sum(r["blobs_mounted"] or 0 for r in table)
     skipped = sum(r["blobs_skipped"] for r in table)
