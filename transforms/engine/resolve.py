@@ -113,7 +113,7 @@ def closest_names(source: Source, name: str) -> list[str]:
     tag = name.rpartition(":")[2] if ":" in name else name
     by_tag = {n.rpartition(":")[2] if ":" in n else n: n for n in names}
     close = difflib.get_close_matches(name, names, n=SUGGESTIONS, cutoff=SUGGESTION_CUTOFF)
-    if not close and tag != name:  # a registry lists bare tags where the name was REPO:TAG
+    if not close:  # a registry lists REPO:TAG where the name asked for is a bare tag
         close = [by_tag[t] for t in difflib.get_close_matches(tag, list(by_tag), n=SUGGESTIONS,
                                                               cutoff=SUGGESTION_CUTOFF)]
     return close
