@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 import uuid
 from typing import Any, Sequence
 
@@ -395,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()  # first: Beam, when the line has options of its own, logs as it is imported
     command = None
+    debug = "--debug" in argv
     try:
         ours, beam_args = split_beam_args(_tls_verify_as_skopeo(argv))
         args = build_parser().parse_args(ours)
@@ -421,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not is_expected(exc):
             raise
+        if debug:
+            traceback.print_exc()
         # Nothing could be read (ls, inspect) or a destination refused to be prepared
         # (copy, sync, run): a problem with the stores, not with the command line.
         print(f"imagepush: {one_line(exc)}", file=sys.stderr)
