@@ -131,6 +131,15 @@ def test_no_clobber_keeps_a_tag_that_points_elsewhere_in_preflight_and_pipeline(
     assert OCILayoutSource(f"{tmp_path}/o").get_root("app").digest != before
 
 
+def test_a_run_file_s_no_clobber_reaches_every_destination_of_every_job(tmp_path):
+    from imagepush.pipeline.config import spec_from_yaml
+
+    spec = spec_from_yaml("no_clobber: true\njobs:\n  - {copy: 'oci:/a:x', to: ['oci:/b:x', 'dir:/c']}\n"
+                          "  - {sync: 'oci:/a', to: ['oci:/m']}\n", "r", str(tmp_path / "a.parquet"))
+    assert [t.no_clobber for t in spec.jobs[0].targets] == [True, True]
+    assert [o.no_clobber for o in spec.syncs[0].destinations] == [True]
+
+
 def test_multi_arch_system_keeps_this_machine_s_platform_and_index_only_is_refused(samples, tmp_path, capsys):
     audit = tmp_path / "a.parquet"
     assert main(["copy", "-q", "--multi-arch", "system", f"oci:{samples}:demo/multi:1.0", f"oci:{tmp_path}/o:m",
