@@ -17,11 +17,14 @@ import argparse
 import getpass
 import sys
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from imagepush.pipeline.exits import UsageError
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.refs import parse_reference
-from imagepush.transforms.stores.registry.authfile import Credentials
+
+if TYPE_CHECKING:  # the registry package is imported only when credentials are given
+    from imagepush.transforms.stores.registry.authfile import Credentials
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Side:
 
     #: The flag prefix: ``src-``, ``dest-`` or ``""`` for one-sided commands (to name a flag in a message).
     prefix: str
-    creds: Credentials | None = None
+    creds: "Credentials | None" = None
     authfile: str | None = None
     tls_verify: bool | None = None
 
@@ -52,11 +55,13 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
-def parse_creds(text: str, flag: str, *, ask: bool | None = None) -> Credentials:
+def parse_creds(text: str, flag: str, *, ask: bool | None = None) -> "Credentials":
     """``USER[:PASS]``; a missing password is asked for on the terminal, never read from a pipe.
 
     ``ask``: whether standard input is a terminal (default: find out).
     """
+    from imagepush.transforms.stores.registry.authfile import Credentials
+
     user, has_password, password = text.partition(":")
     if not user:
         raise UsageError(f"{flag}: give USER[:PASS]")
@@ -117,7 +122,7 @@ def apply_sides(options: StoreOptions, sides: list[tuple[Side, list[str]]]) -> S
             if other is not None:
                 for name in ("creds", "authfile", "tls_verify"):
                     mine, theirs = getattr(side, name), getattr(other, name)
-                    if isinstance(mine, Credentials) and isinstance(theirs, Credentials):
+                    if name == "creds" and mine is not None and theirs is not None:  # the account, not the flag
                         mine, theirs = (mine.username, mine.password), (theirs.username, theirs.password)
                     if mine is not None and theirs is not None and mine != theirs:
                         flag = name.replace("_", "-")

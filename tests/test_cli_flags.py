@@ -264,3 +264,21 @@ def test_one_host_on_both_sides_with_different_settings_is_refused(registry, cap
     assert (code, out) == (EXIT_USAGE, "")
     assert err == (f"imagepush: {registry.host} is both source and destination, and --src-creds and "
                    f"--dest-creds differ: one registry host takes one setting\n")
+
+
+def test_side_settings_land_on_the_hosts_each_side_names():
+    from imagepush.pipeline.cli import _tls_verify_as_skopeo
+    from imagepush.pipeline.sides import with_sides
+    from imagepush.transforms.stores.options import StoreOptions
+
+    argv = _tls_verify_as_skopeo(["copy", "docker://src.example:5000/a:1", "docker://dst.example/b:1", "oci:/x:y",
+                                  "--src-tls-verify", "--dest-tls-verify=false", "--src-creds", "alice:pw",
+                                  "--dest-authfile", "/etc/dest-auth.json"])
+    options = with_sides(build_parser().parse_args(argv), StoreOptions(insecure_registries=("other:1",)))
+    assert options.insecure_registries == ("other:1", "dst.example")
+    assert [(host, c.username, c.password) for host, c in options.host_credentials] == [("src.example:5000", "alice", "pw")]
+    assert options.host_authfiles == (("dst.example", "/etc/dest-auth.json"),)
+    assert "pw" not in repr(options) and "pw" not in repr(options.host_credentials)
+    # One host on both sides: the same account (or one side's alone) is that host's setting.
+    same = ["copy", "docker://h.example/a:1", "docker://h.example/b:1", "--src-creds", "bob:pw", "--dest-creds", "bob:pw"]
+    assert [h for h, _ in with_sides(build_parser().parse_args(same), StoreOptions()).host_credentials] == ["h.example"]
