@@ -199,21 +199,24 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
 def _finish(args: argparse.Namespace, audit_url: str, seconds: float, destinations: int) -> int:
     code = summarize(audit_url, seconds, destinations, notes=not args.quiet)
     if getattr(args, "digestfile", None):
-        write_digestfile(args.digestfile, audit_url, one_image=args.command == "copy")
+        one_image = args.command == "copy" and getattr(args, "records", None) is None and destinations == 1
+        write_digestfile(args.digestfile, audit_url, one_image=one_image)
     return code
 
 
 def write_digestfile(path: str, audit_url: str, *, one_image: bool) -> None:
     """``--digestfile``: the manifest digest at each destination the run wrote (or found current).
 
-    ``copy`` to one destination writes the digest alone, without a newline, as skopeo
-    does; otherwise one ``REFERENCE DIGEST`` line per image and destination. Failed and
+    ``copy`` of one image to one destination writes the digest alone, without a newline,
+    as skopeo does (and no file when the copy failed or was skipped); otherwise one ``REFERENCE DIGEST`` line per image and destination. Failed and
     skipped images have no line: nothing of theirs was written.
     """
     table = audit.read(audit_url, ["destination", "destination_digest", "status", "role"]).to_pylist()
     done = [r for r in _top_level(table)
             if records.status_of(r["status"]) in (records.COPIED, records.CURRENT) and r["destination_digest"]]
-    if one_image and len(done) == 1:
+    if one_image:
+        if not done:  # as skopeo: no digest file for a copy that wrote nothing
+            return
         text = done[0]["destination_digest"]
     else:
         text = "".join(f"{r['destination']} {r['destination_digest']}\n" for r in done)
