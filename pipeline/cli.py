@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryConfig, RunConfig
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
-from imagepush.pipeline.options import BeamOptionError, BeamOptions, runner_name
+from imagepush.pipeline.options import ENGINES, BeamOptionError, BeamOptions, runner_name
 from imagepush.pipeline.platforms import system_platform
 from imagepush.pipeline.sides import parse_bool
 from imagepush.transforms.errors import is_expected, one_line
@@ -92,6 +92,11 @@ examples:
 examples:
   imagepush verify docker://registry.example.com/team docker://mirror.example.com/hub
   imagepush verify --format oci oci:./layout:app:1.0 docker://mirror.example.com/app:1.0
+""",
+    "plan": """\
+examples:
+  imagepush plan docker://registry.example.com/team docker://mirror.example.com/hub
+  imagepush plan --output todo.parquet oci:./layout docker://mirror.example.com/hub   (then copy --records)
 """,
     "audit": """\
 examples:
@@ -190,6 +195,15 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         p.add_argument("--audit", metavar="URL",
                        help="where the Parquet audit goes (any fsspec URL; default on a local runner "
                             "$XDG_STATE_HOME/imagepush/audit/<run-id>.parquet, ~/.local/state/... without it)")
+        p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+        _engine_flag(p)
+
+
+def _engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="beam: run the Beam pipeline; direct: copy in this process without Beam; auto (default): "
+                        "direct when no Beam option is given and at most 32 images are left to copy after the "
+                        "preflight, else Beam")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--digestfile", metavar="FILE", help="write one line per image written: REFERENCE DIGEST")
     _output_flags(p)
+    p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    _engine_flag(p)
 
     p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line",
                        epilog=_epilog("ls", references=False), formatter_class=fmt)
@@ -259,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _side_flags(p, ("",))
 
     _verify_parser(sub, fmt)
+    _plan_parser(sub, fmt)
 
     p = sub.add_parser("audit", help="print an audit report: its rows, totals by status and destination, "
                                      "the top errors (or JSON lines with --json)",
@@ -292,6 +309,35 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--records", metavar="URL",
                    help="check the images a records file names (as copy --records reads it); the positionals "
                         "are then DST_PREFIXes for rows without a destination")
+
+
+DRY_RUN_HELP = ("print what this run would do (as `imagepush plan`) and write nothing; "
+                "Beam's --dry_run, with an underscore, builds the job offline instead")
+
+
+def _plan_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``plan SRC DST…``: what a copy or sync would do, found out with its own checks; nothing written."""
+    p = sub.add_parser("plan", help="print what a copy or sync would do, writing nothing: each image copied, "
+                                    "converted, current or failing, with the digest it gets, and the blobs to "
+                                    "upload, mount and skip and the bytes to transfer per destination",
+                       epilog=_epilog("plan"), formatter_class=fmt)
+    p.add_argument("source", metavar="SRC", nargs="?",
+                   help="one image (a tag, digest or ref name: planned as copy copies it), or a registry, "
+                        "repository prefix, layout or archive (every image listed, planned as sync maps it)")
+    p.add_argument("destinations", metavar="DST", nargs="*",
+                   help="where the images go: an image reference for one image, a prefix or store for a listing")
+    _common(p, writes=False)
+    _side_flags(p, ("src-", "dest-"))
+    p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
+                   help="manifest/config format the run would write (default: %(default)s)")
+    p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
+                   help="layer compression the run would write (default: %(default)s)")
+    p.add_argument("--records", metavar="URL",
+                   help="plan the images a records file names (as copy --records reads it); the positionals "
+                        "are then DST_PREFIXes for rows without a destination")
+    p.add_argument("--output", metavar="URL",
+                   help="write the images still to copy (not the current ones) as image records, each with its "
+                        "destination and pinned source digest (.jsonl, .parquet or .csv), for `copy --records`")
 
 
 def _records_flags(p: argparse.ArgumentParser) -> None:
@@ -410,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.ls(args)
         if command == "verify":
             return commands.verify_images(args, new_run_id())
+        if command == "plan":
+            return commands.plan_images(args, new_run_id())
         if command == "audit":
             return commands.show_audit(args)
         return commands.inspect(args)

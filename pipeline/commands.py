@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import logging
 import os
 import re
 import sys
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -17,17 +19,20 @@ from imagepush.pipeline import config
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.launch import checked_dry_run
-from imagepush.pipeline.options import is_local, is_multiprocess
+from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess
 from imagepush.pipeline.platforms import system_platform
 from imagepush.pipeline.sides import with_sides
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
+from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.stores.refs import ImageReference, ReferenceError, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import RegistryMisconfigured, RegistryUnavailable
 
+if TYPE_CHECKING:
+    from imagepush.transforms.engine.planning import StoreTotals
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +100,15 @@ def _check_memory_urls(refs: list[str], beam_args: list[str]) -> None:
 
 def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> RunSpec:
     if args.command == "run":
-        return config.spec_from_file(args.config, run_id, _default_audit(run_id), beam_args)
-    _platforms_of_multi_arch(args)
-    spec = config.spec_from_flags(args, run_id, _default_audit(run_id), beam_args)
-    spec.options = with_sides(args, spec.options)
+        spec = config.spec_from_file(args.config, run_id, _default_audit(run_id), beam_args)
+    else:
+        _platforms_of_multi_arch(args)
+        spec = config.spec_from_flags(args, run_id, _default_audit(run_id), beam_args)
+        spec.options = with_sides(args, spec.options)
     if spec.options.host_credentials and not is_local(spec.beam_args):
         raise UsageError("--src-creds/--dest-creds work on local runners only: a distributed runner would carry "
                          "them to its workers in the job; give its workers an auth file (--authfile)")
+    spec.engine = getattr(args, "engine", None) or spec.engine
     return spec
 
 
@@ -134,16 +141,47 @@ def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
             ref = parse_reference(out.ref)
             if not ref.per_repository:
                 stores.setdefault(ref.store)
-    for store in stores:
+    def prepare(store: str) -> BaseException | None:
         try:
             cache.destination(store).prepare()
-        except RegistryUnavailable as exc:
-            log.warning("%s; its images will fail", one_line(exc))
-        except RegistryMisconfigured as exc:  # no image could be written there: stop before starting
+        except (RegistryUnavailable, RegistryMisconfigured) as exc:
+            return exc
+        return None
+
+    # Each store is a round trip or more (a registry's ping, a layout's index): all at once.
+    for _, exc in bounded_map(prepare, list(stores), workers=min(len(stores), 8) or 1, ordered=True):
+        if isinstance(exc, RegistryMisconfigured):  # no image could be written there: stop before starting
             raise UsageError(one_line(exc)) from None
+        if exc is not None:
+            log.warning("%s; its images will fail", one_line(exc))
+
+
+def _direct_wanted(spec: RunSpec) -> bool:
+    """Whether the run may go without Beam, before knowing how many images it has.
+
+    ``--engine direct`` always does (refused with records files, which Beam's workers
+    read, and with Beam options, which would mean nothing); ``auto`` only without Beam
+    options and records files.
+    """
+    if spec.engine == "direct":
+        if spec.records:
+            raise UsageError("--engine direct: records files are read by Beam's workers; use --engine beam or auto")
+        if spec.beam_args:
+            raise UsageError(f"--engine direct runs without Beam: {spec.beam_args[0]} is a Beam option")
+        return True
+    return spec.engine == "auto" and not spec.records and direct_allowed(spec.beam_args)
+
+
+def _runs_direct(spec: RunSpec) -> bool:
+    """After the preflight: whether the images left are few enough for ``auto`` to copy directly."""
+    from imagepush.transforms.engine.direct import MAX_DIRECT_JOBS
+
+    return spec.engine == "direct" or (not spec.syncs and len(spec.jobs) <= MAX_DIRECT_JOBS)
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
+    if getattr(args, "dry_run", False):  # ours, --dry-run; Beam's --dry_run is checked_dry_run below
+        return dry_run(args, beam_args, run_id)
     spec = build_spec(args, beam_args, run_id)
     if spec.verify:  # a run file of verify jobs
         return verify_spec(spec, quiet=args.quiet)
@@ -158,8 +196,12 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     if checked_dry_run(spec):
         return EXIT_OK
     check_records(spec)
+    direct = _direct_wanted(spec)
+    if direct:
+        audit.import_in_background()  # the report's writer, ready by the time the copy is done
+    settled_rows: list[records.AuditRow] = []
     # One set of store objects on the launcher: a registry is pinged (or found
-    # unreachable) once for the preparation and the preflight together.
+    # unreachable) once for the preparation, the preflight and a direct run together.
     cache = StoreCache(spec.options)
     try:
         prepare_destinations(spec, cache)
@@ -172,24 +214,28 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
             limit = None if is_local(spec.beam_args) else MAX_LAUNCHER_JOBS
             settled = preflight(spec.jobs, spec.syncs, spec.run_id, spec.options, spec.parallel, max_jobs=limit,
                                 stores=cache)
+            spec.jobs, spec.syncs, settled_rows = settled.jobs, settled.syncs, settled.rows
+            if not settled.pipeline_needed and not spec.records:  # every image already current: nothing to start
+                audit.write(settled_rows, spec.audit_url)
+                return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
+        if direct and _runs_direct(spec):
+            from imagepush.transforms.engine.direct import migrate
+
+            try:
+                rows = migrate(spec.jobs, spec.syncs, spec.run_id, cache, parallel=spec.parallel)
+            except Exception as exc:  # a bug, not a per-image error (those are rows)
+                return _failed(exc, args.debug)
+            audit.write(settled_rows + rows, spec.audit_url)
+            return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
     finally:
         cache.close()
-    if spec.preflight:
-        spec.jobs, spec.syncs = settled.jobs, settled.syncs
-        if not settled.pipeline_needed and not spec.records:  # every image already current: no pipeline to start
-            audit.write(settled.rows, spec.audit_url)
-            return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
-        if settled.rows:
-            spec.settled_url = f"{spec.audit_url}.settled.parquet"
-            audit.write(settled.rows, spec.settled_url)
+    if settled_rows:
+        spec.settled_url = f"{spec.audit_url}.settled.parquet"
+        audit.write(settled_rows, spec.settled_url)
     try:
         run(spec)
     except Exception as exc:  # a bug or a runner failure, not a per-image error
-        if args.debug:
-            traceback.print_exc()
-        print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(exc, args.debug)
     finally:
         if spec.settled_url:
             audit.remove(spec.settled_url)
@@ -208,8 +254,9 @@ def write_digestfile(path: str, audit_url: str, *, one_image: bool) -> None:
     """``--digestfile``: the manifest digest at each destination the run wrote (or found current).
 
     ``copy`` of one image to one destination writes the digest alone, without a newline,
-    as skopeo does (and no file when the copy failed or was skipped); otherwise one ``REFERENCE DIGEST`` line per image and destination. Failed and
-    skipped images have no line: nothing of theirs was written.
+    as skopeo does (and no file when the copy failed or was skipped); otherwise one
+    ``REFERENCE DIGEST`` line per image and destination. Failed and skipped images have
+    no line: nothing of theirs was written.
     """
     table = audit.read(audit_url, ["destination", "destination_digest", "status", "role"]).to_pylist()
     done = [r for r in _top_level(table)
@@ -225,6 +272,15 @@ def write_digestfile(path: str, audit_url: str, *, one_image: bool) -> None:
             f.write(text)
     except OSError as exc:
         raise UsageError(f"--digestfile {path}: {exc.strerror}") from None
+
+
+def _failed(exc: Exception, debug: bool = False) -> int:
+    """A bug or a runner failure, not a per-image error: one line (and with ``--debug`` its traceback)."""
+    if debug:
+        traceback.print_exc()
+    print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+          file=sys.stderr)
+    return EXIT_FAILED
 
 
 #: What the summary needs: timestamps would cost a timezone-aware datetime per row.
@@ -521,3 +577,71 @@ def verify_spec(spec: RunSpec, *, quiet: bool = False) -> int:
     rows = verify(spec.jobs, spec.syncs, spec.records, spec.run_id, spec.options, spec.parallel)
     audit.write(rows, spec.audit_url)
     return summarize(spec.audit_url, time.monotonic() - started, destinations, notes=not quiet)
+
+
+def plan_images(args: argparse.Namespace, run_id: str) -> int:
+    """``plan SRC DST…`` (or ``plan --records URL [DST_PREFIX…]``): what a copy or sync would do.
+
+    SRC selects as ``verify`` does: a reference naming an image is one copy, a store is
+    listed and name-mapped as ``sync`` maps it.
+    """
+    spec = config.spec_from_flags(args, run_id, _default_audit(run_id))
+    spec.options = with_sides(args, spec.options)
+    return show_plan(spec, args.output)
+
+
+def dry_run(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
+    """``copy``, ``sync``, ``run`` or ``retry`` with ``--dry-run``: the plan of exactly that run, nothing written."""
+    spec = build_spec(args, beam_args, run_id)
+    if spec.verify:
+        raise UsageError("--dry-run: a file of verify jobs writes nothing already; run it as it is")
+    return show_plan(spec, None)
+
+
+def show_plan(spec: RunSpec, output: str | None) -> int:
+    """Plan the run (see engine/planning.py), print it, and write its records to ``output``.
+
+    Exit 1 when an image would fail (a source that cannot be read), as the run would.
+    """
+    from imagepush.transforms.engine.planning import plan_run
+    from imagepush.transforms.engine.records_io import RecordsError, record_format, write_records
+
+    if output:
+        try:
+            record_format(output)
+        except RecordsError as exc:
+            raise UsageError(f"--output: {exc}") from None
+    check_records(spec)
+    plan = plan_run(spec.jobs, spec.syncs, spec.records, spec.options, spec.parallel)
+    out = sys.stdout
+    for image in plan.images:
+        line = f"{image.action:8} {image.source} -> {image.destination}"
+        if image.error:
+            line += f"  error: {image.error}"
+        else:
+            line += f"  {image.target_digest or '(digest known once the layers are read)'}"
+        out.write(line + "\n")
+    for store in sorted(plan.stores):
+        out.write(f"{store}: {_plan_totals(plan.stores[store])}\n")
+    total = plan.total()
+    pairs = sum(total.images.values())
+    out.write(f"plan: {pairs} image{'' if pairs == 1 else 's'} at destinations, {_plan_totals(total)}; "
+              "nothing written\n")
+    if output:
+        count = write_records(plan.records(), output, columns=PLAN_COLUMNS)
+        print(f"{count} image records written to {output}", file=sys.stderr)
+    return EXIT_FAILED if plan.failing else EXIT_OK
+
+
+#: The columns a plan's records hold: every image record column, each row naming its destination.
+PLAN_COLUMNS = tuple(field.name for field in dataclasses.fields(records.ImageRecord))
+
+
+def _plan_totals(totals: StoreTotals) -> str:
+    """``2 copy, 1 current; blobs: 3 upload (1.2 MB), 1 mount, 4 skip``."""
+    from imagepush.transforms.engine.planning import ACTIONS
+
+    images = ", ".join(f"{totals.images[a]} {a}" for a in ACTIONS if totals.images[a]) or "no images"
+    unsized = f" + {totals.unsized} of unknown size" if totals.unsized else ""
+    return (f"{images}; blobs: {totals.upload} upload ({_size(totals.bytes)}{unsized}), "
+            f"{totals.mount} mount, {totals.skip} skip")

@@ -400,9 +400,9 @@ def _flag_data(args: argparse.Namespace) -> dict[str, Any]:
             node[key] = getattr(args, dest)
     if getattr(args, "records", None) is not None:
         data["jobs"].append(_records_job(args))
-    elif args.command == "verify":
+    elif args.command in ("verify", "plan"):  # a plan selects its images as verify does
         if args.source is None or not args.destinations:
-            raise RunConfigError((), "verify needs SRC and at least one DST, or --records URL")
+            raise RunConfigError((), f"{args.command} needs SRC and at least one DST, or --records URL")
         data["jobs"].append({"verify": args.source, "to": args.destinations})
     elif args.command in ("copy", "sync"):
         if args.source is None or not args.destinations:

@@ -30,6 +30,9 @@ class RunSpec:
     settled_url: str | None = None
     #: Check that the jobs' images are at their destinations instead of copying them (``verify``).
     verify: bool = False
+    #: How the copy runs: ``beam``, ``direct`` (in this process, without Beam), or ``auto``
+    #: (direct for a small local run: see options.direct_allowed and engine/direct.py).
+    engine: str = "auto"
 
 
 def _build(p: Any, spec: RunSpec) -> None:

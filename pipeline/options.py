@@ -226,6 +226,20 @@ class BeamOptions:
         return flags
 
 
+#: How a copy runs: ``auto`` chooses, ``beam`` always builds the Beam graph, ``direct``
+#: runs the engine's steps in this process without Beam (engine/direct.py).
+ENGINES = ("auto", "beam", "direct")
+
+
+def direct_allowed(extra: Sequence[str]) -> bool:
+    """Whether ``--engine auto`` may leave Beam out: the user gave no Beam option at all.
+
+    Naming a runner (even a local one), its workers or its running mode asks for Beam
+    itself; only the default in-process runner, chosen by us, may be replaced.
+    """
+    return not _without_dry_run(extra)
+
+
 #: Batches per step on a distributed runner: enough to keep a fleet of workers busy.
 DISTRIBUTED_SHARDS = 64
 

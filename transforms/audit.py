@@ -9,13 +9,16 @@ k-way merge, a batch of rows at a time), so no worker ever holds every row of a 
 from __future__ import annotations
 
 import heapq
-from typing import Iterable, Iterator
+import threading
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from imagepush.transforms.records import AUDIT_COLUMNS, AUDIT_SCHEMA, AuditRow, status_of
+from imagepush.transforms import records
+from imagepush.transforms.records import AUDIT_COLUMNS, AuditRow, status_of
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Rows per Parquet batch when merging parts.
 MERGE_BATCH = 4096
@@ -27,10 +30,29 @@ def _order(row: AuditRow | dict) -> tuple:
     return (get("source"), get("destination"), get("role") != "index", get("source_digest") or "")
 
 
-def to_table(rows: Iterable[AuditRow]) -> pa.Table:
+def import_in_background() -> None:
+    """Start importing pyarrow's Parquet writer on a thread of its own.
+
+    pyarrow is imported only when a report is written or read; a run that knows it will
+    write one soon (a small direct run) starts the import at once, so that it overlaps
+    the copy instead of following it.
+    """
+    threading.Thread(target=lambda: (_parquet(), records.AUDIT_SCHEMA), name="imagepush-import-pyarrow",
+                     daemon=True).start()
+
+
+def _parquet():
+    import pyarrow.parquet as pq
+
+    return pq
+
+
+def to_table(rows: Iterable[AuditRow]) -> "pa.Table":
+    import pyarrow as pa
+
     ordered = sorted(rows, key=_order)
     columns = {name: [getattr(r, name) for r in ordered] for name in AUDIT_COLUMNS}
-    return pa.table(columns, schema=AUDIT_SCHEMA)
+    return pa.table(columns, schema=records.AUDIT_SCHEMA)
 
 
 def part_url(url: str, shard: int) -> str:
@@ -40,19 +62,23 @@ def part_url(url: str, shard: int) -> str:
 
 def merge(parts: list[str], url: str) -> int:
     """Merge sorted part files into the report at ``url`` (written whole, then moved); the row count."""
+    import pyarrow as pa
+
+    pq = _parquet()
+    schema = records.AUDIT_SCHEMA
     fs, path = _prepared(url)
     readers = [_rows(part) for part in parts]
     count = 0
     tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, AUDIT_SCHEMA) as writer:
+    with fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
         batch: list[dict] = []
         for row in heapq.merge(*readers, key=_order):
             batch.append(row)
             if len(batch) >= MERGE_BATCH:
-                writer.write_table(pa.Table.from_pylist(batch, schema=AUDIT_SCHEMA))
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 count += len(batch)
                 batch = []
-        writer.write_table(pa.Table.from_pylist(batch, schema=AUDIT_SCHEMA))
+        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
         count += len(batch)
     fs.mv(tmp, path)
     return count
@@ -60,6 +86,7 @@ def merge(parts: list[str], url: str) -> int:
 
 def _rows(url: str) -> Iterator[dict]:
     """The rows of one part, a batch at a time; columns an older part lacks come back null."""
+    pq = _parquet()
     fs, path = fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=MERGE_BATCH):
@@ -84,6 +111,7 @@ def _prepared(url: str):
 def write(rows: Iterable[AuditRow], url: str) -> None:
     """Write the report; the file appears whole (write to a temp name, then move)."""
     table = to_table(rows)
+    pq = _parquet()
     fs, path = _prepared(url)
     tmp = f"{path}.tmp"
     with fs.open(tmp, "wb") as f:
@@ -91,7 +119,8 @@ def write(rows: Iterable[AuditRow], url: str) -> None:
     fs.mv(tmp, path)
 
 
-def read(url: str, columns: list[str] | None = None) -> pa.Table:
+def read(url: str, columns: list[str] | None = None) -> "pa.Table":
+    pq = _parquet()
     fs, path = fsspec.core.url_to_fs(url)
     with fs.open(path, "rb") as f:
         # ParquetFile, not read_table: one file needs no pyarrow.dataset (an import that

@@ -9,9 +9,12 @@ add columns, and readers of an older file fill the new ones with nulls.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Version of both schemas below; bumped when a column is added (3: ``converted_from``).
 SCHEMA_VERSION = 3
@@ -51,54 +54,6 @@ class ImageRecord:
     compression: str | None = None
     platforms: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
-
-
-IMAGE_RECORD_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("destination", pa.string()),
-        ("repository", pa.string()),
-        ("tag", pa.string()),
-        ("source_digest", pa.string()),
-        ("media_type", pa.string()),
-        ("format", pa.string()),
-        ("compression", pa.string()),
-        ("platforms", pa.list_(pa.string())),
-        ("schema_version", pa.int32()),
-    ]
-)
-
-
-AUDIT_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("source", pa.string()),
-        ("destination", pa.string()),
-        ("source_digest", pa.string()),
-        ("destination_digest", pa.string()),
-        ("media_type", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("blobs_copied", pa.int64()),
-        ("blobs_skipped", pa.int64()),
-        ("bytes_copied", pa.int64()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("role", pa.string()),
-        ("error_kind", pa.string()),
-        ("schema_version", pa.int32()),
-        ("repository", pa.string()),
-        ("tag", pa.string()),
-        ("platform", pa.string()),
-        ("format", pa.string()),
-        ("compression", pa.string()),
-        ("platforms", pa.list_(pa.string())),
-        ("blobs_mounted", pa.int64()),
-        ("bytes_total", pa.int64()),
-        ("retries", pa.int64()),
-        ("converted_from", pa.string()),
-    ]
-)
 
 
 @dataclass
@@ -153,7 +108,69 @@ class AuditRow:
 
 
 AUDIT_COLUMNS = tuple(f.name for f in fields(AuditRow))
-assert AUDIT_COLUMNS == tuple(AUDIT_SCHEMA.names), "AuditRow and AUDIT_SCHEMA must list the same columns"
+
+
+def __getattr__(name: str) -> Any:
+    """``IMAGE_RECORD_SCHEMA`` and ``AUDIT_SCHEMA``, built on first use.
+
+    pyarrow costs a tenth of a second to import, and most commands (``--help``, ``ls``,
+    a small copy until its audit is written) never need a schema.
+    """
+    if name in ("IMAGE_RECORD_SCHEMA", "AUDIT_SCHEMA"):
+        return _schemas()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _schemas() -> dict[str, "pa.Schema"]:
+    import pyarrow as pa
+
+    IMAGE_RECORD_SCHEMA = pa.schema(
+        [
+            ("source", pa.string()),
+            ("destination", pa.string()),
+            ("repository", pa.string()),
+            ("tag", pa.string()),
+            ("source_digest", pa.string()),
+            ("media_type", pa.string()),
+            ("format", pa.string()),
+            ("compression", pa.string()),
+            ("platforms", pa.list_(pa.string())),
+            ("schema_version", pa.int32()),
+        ]
+    )
+    AUDIT_SCHEMA = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("source", pa.string()),
+            ("destination", pa.string()),
+            ("source_digest", pa.string()),
+            ("destination_digest", pa.string()),
+            ("media_type", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("blobs_copied", pa.int64()),
+            ("blobs_skipped", pa.int64()),
+            ("bytes_copied", pa.int64()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("role", pa.string()),
+            ("error_kind", pa.string()),
+            ("schema_version", pa.int32()),
+            ("repository", pa.string()),
+            ("tag", pa.string()),
+            ("platform", pa.string()),
+            ("format", pa.string()),
+            ("compression", pa.string()),
+            ("platforms", pa.list_(pa.string())),
+            ("blobs_mounted", pa.int64()),
+            ("bytes_total", pa.int64()),
+            ("retries", pa.int64()),
+            ("converted_from", pa.string()),
+        ]
+    )
+    assert AUDIT_COLUMNS == tuple(AUDIT_SCHEMA.names), "AuditRow and AUDIT_SCHEMA must list the same columns"
+    return {"IMAGE_RECORD_SCHEMA": IMAGE_RECORD_SCHEMA, "AUDIT_SCHEMA": AUDIT_SCHEMA}
 
 
 def now() -> dt.datetime:

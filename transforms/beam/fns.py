@@ -11,10 +11,7 @@ limits) are shared by all its DoFns through :class:`apache_beam.utils.shared.Sha
 
 from __future__ import annotations
 
-import logging
-import time
 import zlib
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -25,19 +22,22 @@ from apache_beam.utils.shared import Shared
 from imagepush.transforms import audit
 from imagepush.transforms.engine.deliver import BlobDelivery
 from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, BlobRequest, BlobResult, CopyJob, SyncSpec
-from imagepush.transforms.engine.manifests import Finalized, finalize, listing_failed
+from imagepush.transforms.engine.manifests import Finalized, listing_failed
 from imagepush.transforms.engine.naming import sync_jobs
-from imagepush.transforms.engine.plan import plan_targets
-from imagepush.transforms.engine.publish import publish
-from imagepush.transforms.engine.resolve import resolve_image
+from imagepush.transforms.engine.steps import (
+    Progress,
+    blob_groups,
+    finalize_target,
+    finals_by_store,
+    plan_job,
+    publish_store,
+    results_by_target,
+)
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow, now
 from imagepush.transforms.stores.cache import StoreCache
-from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.stores.options import StoreOptions
-
-log = logging.getLogger("imagepush.progress")
 
 T = TypeVar("T")
 
@@ -126,7 +126,7 @@ class ResolvePlanFn(BatchFn):
             yield from plans
 
     def _plan(self, job: CopyJob):
-        return plan_targets(resolve_image(job, self.stores), self.stores)
+        return plan_job(job, self.stores)
 
 
 class CopyBlobsFn(BatchFn):
@@ -151,15 +151,11 @@ class CopyBlobsFn(BatchFn):
     def setup(self) -> None:
         super().setup()
         self._delivery = BlobDelivery(self.stores, self._chunk)
-        self._progress = _Progress()
+        self._progress = Progress()
 
     def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):
         _, keyed = element
-        by_blob: dict[str, list[BlobRequest]] = defaultdict(list)
-        for key, request in keyed:
-            by_blob[key].append(request)
-        groups = sorted(by_blob.values(), key=lambda rs: -max(r.descriptor.size for r in rs))
-        for _, results in self._map(self._delivery.deliver, groups):
+        for _, results in self._map(self._delivery.deliver, blob_groups(keyed)):
             for target_key, result in results:
                 self._count(result)
                 yield target_key, result
@@ -186,18 +182,12 @@ class FinalizeFn(BatchFn):
 
     def process(self, element: tuple[int, dict[str, Iterable]]):
         _, grouped = element
-        results: dict[str, list[BlobResult]] = defaultdict(list)
-        for target_key, result in grouped["blobs"]:
-            results[target_key].append(result)
+        results = results_by_target(grouped["blobs"])
+        stores, run_id = self.stores, self._run_id
         # Identical jobs share a key; each is finalized (idempotently) and audited.
-        for tp, final in self._map(lambda tp: self._finalize(tp, results.get(tp.key, [])), grouped["plans"]):
+        for tp, final in self._map(lambda tp: finalize_target(tp, results.get(tp.key, []), stores, run_id),
+                                   grouped["plans"]):
             yield tp.target.store, final
-
-    def _finalize(self, tp, results: list[BlobResult]) -> Finalized:
-        destination = None
-        if not tp.error:
-            destination = self.stores.destination(tp.target.store)
-        return finalize(tp, results, destination, self._run_id)
 
 
 class PublishFn(BatchFn):
@@ -212,21 +202,11 @@ class PublishFn(BatchFn):
 
     def process(self, element: tuple[int, Iterable[tuple[str, Finalized]]]):
         _, keyed = element
-        by_store: dict[str, list[Finalized]] = defaultdict(list)
-        for store, final in keyed:
-            by_store[store].append(final)
         stores = self.stores
-        for _, rows in self._map(lambda item: publish(item[0], item[1], lambda: stores.destination(item[0])),
-                                 by_store.items()):
+        for _, rows in self._map(lambda item: publish_store(item[0], item[1], stores), finals_by_store(keyed).items()):
             for row in rows:
                 if row.role != "child":
                     (self._failed if row.status == ROW_FAILED else self._ok).inc()
-                    # A failure is the summary's to report (grouped, once); progress here
-                    # would say it a second time, one line per image.
-                    if row.status == ROW_FAILED:
-                        log.debug("%s -> %s: failed: %s", row.source, row.destination, row.error)
-                    else:
-                        log.info("%s -> %s: %s", row.source, row.destination, row.status)
                 yield row
 
 
@@ -258,27 +238,3 @@ class MergeAuditFn(beam.DoFn):
         count = audit.merge(urls, self._audit_url)
         audit.remove_parts(self._audit_url)
         yield count
-
-
-class _Progress:
-    """Throttled progress lines: local runners show no metrics until the end."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.every, self.last = every, time.monotonic()
-        self.blobs = self.bytes = 0
-
-    def add(self, nbytes: int) -> None:
-        self.blobs += 1
-        self.bytes += nbytes
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            log.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
-
-
-def blob_key(request: BlobRequest) -> str:
-    """Requests for one source blob share this key: one read serves them all.
-
-    Keyed by the source's blob-sharing domain, so a blob that many repositories of one
-    source registry hold is read once.
-    """
-    return f"{blob_domain(request.source_store)}|{request.descriptor.digest}|{request.recompress or ''}"

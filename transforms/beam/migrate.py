@@ -35,11 +35,11 @@ from imagepush.transforms.beam.fns import (
     PublishFn,
     ResolvePlanFn,
     WriteAuditPartFn,
-    blob_key,
     shard_of,
 )
 from imagepush.transforms.engine.jobs import CopyJob
 from imagepush.transforms.engine.plan import blob_requests
+from imagepush.transforms.engine.steps import blob_key
 from imagepush.transforms.records import AuditRow
 from imagepush.transforms.stores.options import StoreOptions
 

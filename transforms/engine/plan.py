@@ -20,6 +20,7 @@ from imagepush.transforms.engine.jobs import (
     choose_format,
 )
 from imagepush.transforms.stores.base import Destination, Source, StoreError
+from imagepush.transforms.stores.refs import blob_domain
 from imagepush.transforms.engine.resolve import load_config
 
 if TYPE_CHECKING:
@@ -165,3 +166,12 @@ def blob_requests(tp: TargetPlan) -> list[BlobRequest]:
         )
         for need in tp.blobs
     ]
+
+
+def delivery_key(request: BlobRequest) -> str:
+    """Requests for one source blob share this key: one delivery reads it once for all of them.
+
+    Keyed by the source's blob-sharing domain, so a blob that many repositories of one
+    source registry hold is read once.
+    """
+    return f"{blob_domain(request.source_store)}|{request.descriptor.digest}|{request.recompress or ''}"

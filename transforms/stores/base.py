@@ -260,6 +260,14 @@ class Destination(abc.ABC):
         """
         return False
 
+    def would_mount(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
+        """Whether :meth:`mount_blob` would take the blob from one of ``known_at``, asked without writing.
+
+        For ``plan``, which must predict a copy without changing the destination; a store
+        that overrides :meth:`mount_blob` overrides this with the same choice of lender.
+        """
+        return False
+
     def current_digest(self, name: str) -> str | None:
         """The digest ``name`` points at in this store now, None if unknown or unnamed.
 

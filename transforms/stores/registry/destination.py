@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
@@ -30,7 +30,7 @@ from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.auth import pull_scope, push_scope
 from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
-from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, head_manifest
+from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, Schema1Signer, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
 from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
 
@@ -52,6 +52,8 @@ class RegistryDestination(RegistryStore, Destination):
         self._new: bool | None = None
         #: Blobs this store object uploaded or mounted: present without asking.
         self._present: set[str] = set()
+        #: Signs unsigned schema1 (a storage tree's) before a PUT; its key is this store's alone.
+        self._schema1 = Schema1Signer()
 
     def _is_new_repository(self) -> bool:
         """Whether the repository had no tags when this store first looked (one request).
@@ -115,6 +117,14 @@ class RegistryDestination(RegistryStore, Destination):
         A store of another blob domain (another host, or not a registry) cannot lend its
         blobs, and neither can a store id that is no reference at all.
         """
+        return any(self._mount_from(descriptor, repository) for repository in self._lenders(known_at))
+
+    def would_mount(self, descriptor: Descriptor, known_at: Sequence[str]) -> bool:
+        """Whether :meth:`mount_blob` would ask to mount: some other repository of this host holds it."""
+        return next(iter(self._lenders(known_at)), None) is not None
+
+    def _lenders(self, known_at: Sequence[str]) -> Iterator[str]:
+        """The repositories, in order, that :meth:`mount_blob` asks to lend a blob; no request is made."""
         for store in known_at:
             try:
                 holder = refs.parse_reference(store)
@@ -123,11 +133,8 @@ class RegistryDestination(RegistryStore, Destination):
             if holder.blob_domain != self.blob_domain:
                 continue
             repository = holder.repository
-            if not repository or repository == self.repository:
-                continue
-            if self._mount_from(descriptor, repository):
-                return True
-        return False
+            if repository and repository != self.repository:
+                yield repository
 
     def _mount_from(self, descriptor: Descriptor, source_repo: str) -> bool:
         try:
@@ -163,7 +170,8 @@ class RegistryDestination(RegistryStore, Destination):
 
     def _put_manifest(self, data: bytes, media_type: str, reference: str, digest: str) -> None:
         where = self.where()
-        kind = media_type
+        kind = media_type  # errors name the type being copied, even if it travels signed
+        data, media_type = self._schema1.for_put(data, media_type, where)
         with self._manifest_lock:
             try:
                 reply = self.client.request(

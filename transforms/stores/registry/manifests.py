@@ -2,15 +2,22 @@
 
 A registry names what it sends (``Docker-Content-Digest``) and we may name what we
 asked for (a digest reference); the bytes must match both, except that old registries
-name signed schema1 by its whole file rather than by its payload.
+name signed schema1 by its whole file rather than by its payload. Writing, a registry
+verifies schema1 signatures, so unsigned schema1 is signed before it is sent.
 """
 
 from __future__ import annotations
 
+import threading
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from imagepush.transforms.formats import digest as digestlib
+from imagepush.transforms.formats import jsonio
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import FormatError
 from imagepush.transforms.formats.manifest import detect_media_type, manifest_digest
+from imagepush.transforms.formats.schema1_sign import sign_schema1
 from imagepush.transforms.stores.base import ManifestBlob, StoreError
 from imagepush.transforms.stores.registry.auth import pull_scope
 from imagepush.transforms.stores.registry.client import RegistryClient
@@ -81,3 +88,40 @@ def _whole_file_digest(candidate: str, data: bytes, media_type: str) -> bool:
         return digestlib.matches(candidate, data)
     except digestlib.DigestError:
         return False
+
+
+class Schema1Signer:
+    """Signs unsigned schema1 manifests for a PUT, with one ephemeral key made on first need.
+
+    Distribution refuses schema1 without a valid signature, yet stores (and storage trees
+    hold) only the unsigned payload. The signature keeps the payload, so the digest the
+    registry answers is the one we planned. The key lives in this object only: never
+    written, never pickled (stores pickle their location and options), and not made at
+    all by a run without unsigned schema1.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: ec.EllipticCurvePrivateKey | None = None
+
+    def _signing_key(self) -> ec.EllipticCurvePrivateKey:
+        with self._lock:
+            if self._key is None:
+                self._key = ec.generate_private_key(ec.SECP256R1())
+            return self._key
+
+    def for_put(self, data: bytes, media_type: str, where: str) -> tuple[bytes, str]:
+        """The bytes and Content-Type to PUT: unsigned schema1 signed, everything else as given.
+
+        Signed schema1 goes verbatim: its signatures are part of what was copied. Nothing
+        beyond what signing needs is checked here; whether the manifest is acceptable is
+        the registry's answer to give.
+        """
+        if not mt.is_schema1(media_type):
+            return data, media_type
+        try:
+            if "signatures" in jsonio.load_object(data, "schema1 manifest"):
+                return data, media_type
+            return sign_schema1(data, self._signing_key()), mt.DOCKER_SCHEMA1_SIGNED
+        except FormatError as exc:
+            raise StoreError(f"{where}: cannot sign schema1 manifest for the registry ({exc})") from None
