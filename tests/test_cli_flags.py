@@ -113,11 +113,13 @@ def test_the_default_audit_goes_to_the_per_user_state_folder(samples, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "state"]
 
 
-def test_no_clobber_keeps_a_tag_that_points_elsewhere_in_preflight_and_pipeline(samples, tmp_path, capsys):
+def test_no_clobber_keeps_a_tag_that_points_elsewhere_in_preflight_pipeline_and_direct_run(samples, tmp_path, capsys):
     out = f"oci:{tmp_path}/o:app"
     assert main(["copy", "-q", f"oci:{samples}:demo/multi:1.0", out, "--audit", str(tmp_path / "0.parquet")]) == 0
     before = OCILayoutSource(f"{tmp_path}/o").get_root("app").digest
-    for n, preflight in enumerate((["--no-preflight"], [])):
+    # The same rule whoever asks: the launcher's preflight, the Beam pipeline, the direct engine.
+    for n, preflight in enumerate((["--no-preflight", "--engine", "beam"], ["--no-preflight", "--engine", "direct"],
+                                   [])):
         audit = tmp_path / f"{n + 1}.parquet"
         assert main(["copy", "-q", f"oci:{samples}:demo/app:1.0", out, "--no-clobber", *preflight,
                      "--audit", str(audit)]) == 0
@@ -126,8 +128,12 @@ def test_no_clobber_keeps_a_tag_that_points_elsewhere_in_preflight_and_pipeline(
         assert row["error"].startswith(f"{out} already points at {before} (not sha256:")
         assert OCILayoutSource(f"{tmp_path}/o").get_root("app").digest == before
     assert "1 image to 1 destination: 1 skipped;" in capsys.readouterr().out
+    # A dry run says so too, and counts nothing to upload.
+    code, plan, _ = run_cli(capsys, "copy", "--dry-run", "--no-clobber", f"oci:{samples}:demo/app:1.0", out)
+    assert code == 0 and plan.startswith(f"skip     oci:{samples}:demo/app:1.0 -> {out}  error: {out} already")
+    assert "1 skip; blobs: 0 upload (0 B), 0 mount, 0 skip" in plan
     # Without the flag the tag moves, as before.
-    assert main(["copy", "-q", f"oci:{samples}:demo/app:1.0", out, "--audit", str(tmp_path / "4.parquet")]) == 0
+    assert main(["copy", "-q", f"oci:{samples}:demo/app:1.0", out, "--audit", str(tmp_path / "5.parquet")]) == 0
     assert OCILayoutSource(f"{tmp_path}/o").get_root("app").digest != before
 
 
