@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 import uuid
 from typing import Any, Sequence
 
@@ -21,12 +22,19 @@ from pydantic import BaseModel
 from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryConfig, RunConfig
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from imagepush.pipeline.options import ENGINES, BeamOptionError, BeamOptions, runner_name
+from imagepush.pipeline.platforms import system_platform
+from imagepush.pipeline.sides import parse_bool
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
 from imagepush.transforms.stores.stopping import OPEN_SINKS
 
 #: The commands that run a pipeline, and so take Beam options.
 RUNS = ("copy", "sync", "run", "retry")
+#: skopeo's ``--multi-arch`` values.
+MULTI_ARCH = ("all", "system", "index-only")
+TLS_VERIFY_FLAGS = ("--tls-verify", "--src-tls-verify", "--dest-tls-verify")
+#: The logger of registry request traces (transforms/stores/registry/transport.py), on under --debug.
+HTTP_TRACE = "imagepush.http"
 
 EPILOG = """\
 references:
@@ -48,6 +56,70 @@ stops at once, cancelling open uploads; a rerun skips what was finished).
 """
 
 
+#: One example per command, shown under its ``--help``: a line to copy, then what it does.
+EXAMPLES = {
+    "copy": """\
+examples:
+  imagepush copy docker://registry.example.com/team/app:1.0 docker://mirror.example.com/team/app:1.0
+  imagepush copy --multi-arch system --digestfile app.digest oci:./layout:app:1.0 docker://localhost:5000/app
+      (a registry destination without a tag is written as :latest, as skopeo does)
+  imagepush copy --src-creds robot --dest-tls-verify=false docker://quay.example.com/a/b:1 docker://10.0.0.5:5000/b:1
+""",
+    "sync": """\
+examples:
+  imagepush sync docker://registry.example.com/team docker://mirror.example.com/hub
+      (team/app:1.0 lands at mirror.example.com/hub/team/app:1.0)
+  imagepush sync --no-clobber --format oci oci:./layout oci:./mirror
+""",
+    "run": """\
+example:
+  imagepush run migration.yaml --digestfile written.txt    (the file format: docs/cli.md)
+""",
+    "ls": """\
+examples:
+  imagepush ls docker://registry.example.com/team | head
+  imagepush ls --output images.parquet docker://registry.example.com/   (records for copy --records)
+""",
+    "retry": """\
+example:
+  imagepush retry ~/.local/state/imagepush/audit/20260101T000000Z-1a2b3c4d.parquet
+""",
+    "inspect": """\
+examples:
+  imagepush inspect docker://registry.example.com/team/app:1.0
+  imagepush inspect --platform linux/arm64 --config docker://registry.example.com/team/app:1.0
+""",
+    "verify": """\
+examples:
+  imagepush verify docker://registry.example.com/team docker://mirror.example.com/hub
+  imagepush verify --format oci oci:./layout:app:1.0 docker://mirror.example.com/app:1.0
+""",
+    "plan": """\
+examples:
+  imagepush plan docker://registry.example.com/team docker://mirror.example.com/hub
+  imagepush plan --output todo.parquet oci:./layout docker://mirror.example.com/hub   (then copy --records)
+""",
+    "audit": """\
+examples:
+  imagepush audit --failed ~/.local/state/imagepush/audit/20260101T000000Z-1a2b3c4d.parquet
+""",
+}
+
+
+def _epilog(command: str, references: bool = True) -> str:
+    return EXAMPLES[command] + ("\n" + EPILOG if references else "")
+
+
+def _version() -> str:
+    """The installed distribution's version: one number, kept in pyproject.toml only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("imagepush")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _default(model: type[BaseModel], field: str) -> Any:
     """A flag's default is the run model's, so that leaving out a flag or a YAML key means the same."""
     return model.model_fields[field].default
@@ -56,6 +128,39 @@ def _default(model: type[BaseModel], field: str) -> Any:
 def _one_of(values: tuple[str, ...]) -> str:
     """The help's ``{a,b,c}``, as argparse shows choices: the values are the model's to check, not argparse's."""
     return "{" + ",".join(values) + "}"
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
+    p.add_argument("--debug", action="store_true",
+                   help="log everything, with tracebacks of internal errors and one line per registry request "
+                        "(method, URL, status; credentials and tokens left out)")
+
+
+def _side_flags(p: argparse.ArgumentParser, prefixes: tuple[str, ...]) -> None:
+    """skopeo's per-side registry flags; each applies to the registry hosts its side names (see sides.py)."""
+    for prefix in prefixes:
+        side = {"src-": "source ", "dest-": "destination ", "": ""}[prefix]
+        p.add_argument(f"--{prefix}creds", metavar="USER[:PASS]",
+                       help=f"credentials for the {side}registry (no PASS: asked on the terminal)")
+        if prefix:
+            p.add_argument(f"--{prefix}authfile", metavar="PATH",
+                           help=f"auth file for the {side}registry instead of --authfile")
+        p.add_argument(f"--{prefix}tls-verify", type=parse_bool, metavar="BOOL",
+                       help=f"--{prefix}tls-verify=false: allow plain HTTP or unverified TLS to the {side}registry")
+
+
+def _copy_flags(p: argparse.ArgumentParser, *, digestfile: str) -> None:
+    p.add_argument("-a", "--all", action="store_true",
+                   help="copy every platform of an index (the default; for skopeo's spelling)")
+    p.add_argument("--multi-arch", choices=MULTI_ARCH,
+                   help="all: every platform of an index (default); system: only this machine's platform "
+                        "(%s); index-only is not supported" % system_platform())
+    p.add_argument("--digestfile", metavar="FILE", help=digestfile)
+    p.add_argument("--no-clobber", action="store_true",
+                   help="never replace a tag (or ref name) that points at another image: such images are "
+                        "reported skipped")
 
 
 def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
@@ -77,7 +182,7 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                         "answering, before its images fail (default: %(default)s)")
     p.add_argument("--parallel", default=_default(RunConfig, "parallel"), metavar="N",
                    help="images and blobs each worker handles at once in every step (default: %(default)s)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    _output_flags(p)
     if writes:
         p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                        help="manifest/config format written (default: preserve bytes and digests)")
@@ -89,8 +194,8 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                             "(by default a rerun with nothing to do starts no pipeline); the workers "
                             "then list and check everything, as for a very large catalog on Dataflow")
         p.add_argument("--audit", metavar="URL",
-                       help="where the Parquet audit goes (any fsspec URL; default "
-                            "./imagepush-audit/<run-id>.parquet)")
+                       help="where the Parquet audit goes (any fsspec URL; default on a local runner "
+                            "$XDG_STATE_HOME/imagepush/audit/<run-id>.parquet, ~/.local/state/... without it)")
         p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
         _engine_flag(p)
 
@@ -117,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"imagepush {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -131,32 +237,38 @@ def build_parser() -> argparse.ArgumentParser:
          "an OCI layout (ref names REPO:TAG) or a docker-archive"),
     )
     for name, summary, source, destinations in jobs:
-        p = sub.add_parser(name, help=summary, epilog=EPILOG, formatter_class=fmt)
+        p = sub.add_parser(name, help=summary, epilog=_epilog(name), formatter_class=fmt)
         # With --records, copy has no SRC: every positional is a DST_PREFIX (checked by the run model).
         p.add_argument("source", metavar="SRC", help=source, nargs="?" if name == "copy" else None)
         p.add_argument("destinations", metavar="DST", nargs="*" if name == "copy" else "+", help=destinations)
         _common(p, writes=True)
+        _side_flags(p, ("src-", "dest-"))
+        _copy_flags(p, digestfile="write the digest of the manifest written (as skopeo does)" if name == "copy"
+                    else "write one line per image written: REFERENCE DIGEST")
         if name == "copy":
             _records_flags(p)
         else:
             _filter_flags(p)
 
     p = sub.add_parser("run", help="run the batch job described by a YAML file",
-                       epilog=EPILOG, formatter_class=fmt)
+                       epilog=_epilog("run"), formatter_class=fmt)
     p.add_argument("config", metavar="CONFIG.yaml")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
+    p.add_argument("--digestfile", metavar="FILE", help="write one line per image written: REFERENCE DIGEST")
+    _output_flags(p)
     p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     _engine_flag(p)
 
-    p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line")
+    p = sub.add_parser("ls", help="print the image records SRC holds, one JSON object per line",
+                       epilog=_epilog("ls", references=False), formatter_class=fmt)
     p.add_argument("source", metavar="SRC", help="any source store or registry (prefix)")
     _common(p, writes=False)
+    _side_flags(p, ("",))
     p.add_argument("--output", metavar="URL",
                    help="write image records to this file instead (any fsspec URL; .jsonl, .parquet or .csv), "
                         "for `copy --records` or a `records:` job")
 
     p = sub.add_parser("retry", help="run again the images an audit reports as failed",
-                       epilog=EPILOG, formatter_class=fmt)
+                       epilog=_epilog("retry"), formatter_class=fmt)
     p.add_argument("records", metavar="AUDIT_URL",
                    help="an audit (or a folder or glob of them): its failed image and index rows are run again, "
                         "each to its destination with its format, compression and platforms")
@@ -164,19 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the source digest the audit recorded (default: resolve the tag again)")
     _common(p, writes=True)
 
-    p = sub.add_parser("inspect", help="print the manifest (or config) of an image as JSON")
+    p = sub.add_parser("inspect", help="print the manifest (or config) of an image as JSON",
+                       epilog=_epilog("inspect", references=False), formatter_class=fmt)
     p.add_argument("source", metavar="SRC", help="one image, as for copy")
     p.add_argument("--config", action="store_true", help="print the image config instead")
     p.add_argument("--as", dest="as_format", choices=("oci", "v2s2"),
                    help="print it converted to this format")
     _common(p, writes=False)
+    _side_flags(p, ("",))
 
     _verify_parser(sub, fmt)
     _plan_parser(sub, fmt)
 
     p = sub.add_parser("audit", help="print an audit report: its rows, totals by status and destination, "
-                                     "the top errors (or JSON lines with --json)")
+                                     "the top errors (or JSON lines with --json)",
+                       epilog=_epilog("audit", references=False), formatter_class=fmt)
     p.add_argument("url", metavar="URL")
+    _output_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per row")
     p.add_argument("--failed", action="store_true", help="only the failed rows")
     return parser
@@ -186,7 +302,7 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     """``verify SRC DST…``: the flags of a copy that say what the destination should hold, and nothing that writes."""
     p = sub.add_parser("verify", help="check that every image of SRC is at each DST (as copy or sync would have "
                                       "left it), writing nothing there; exit 1 if any is missing or different",
-                       epilog=EPILOG, formatter_class=fmt)
+                       epilog=_epilog("verify"), formatter_class=fmt)
     p.add_argument("source", metavar="SRC", nargs="?",
                    help="one image (a tag, digest or ref name: checked as copy copies it), or a registry, "
                         "repository prefix, layout or archive (every image listed, checked as sync maps it)")
@@ -194,13 +310,14 @@ def _verify_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
                    help="where the images should be: an image reference for one image, a prefix or store for a listing")
     _common(p, writes=False)
     _filter_flags(p)
+    _side_flags(p, ("src-", "dest-"))
     p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                    help="the format the migration wrote: preserve is checked by digest, a conversion "
                         "by the layers' diff_ids (default: %(default)s)")
     p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
                    help="the layer compression the migration wrote (recompressed layers are checked by diff_ids)")
     p.add_argument("--audit", metavar="URL",
-                   help="where the Parquet audit goes (default ./imagepush-audit/<run-id>.parquet)")
+                   help="where the Parquet audit goes (default $XDG_STATE_HOME/imagepush/audit/<run-id>.parquet)")
     p.add_argument("--records", metavar="URL",
                    help="check the images a records file names (as copy --records reads it); the positionals "
                         "are then DST_PREFIXes for rows without a destination")
@@ -215,13 +332,14 @@ def _plan_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p = sub.add_parser("plan", help="print what a copy or sync would do, writing nothing: each image copied, "
                                     "converted, current or failing, with the digest it gets, and the blobs to "
                                     "upload, mount and skip and the bytes to transfer per destination",
-                       epilog=EPILOG, formatter_class=fmt)
+                       epilog=_epilog("plan"), formatter_class=fmt)
     p.add_argument("source", metavar="SRC", nargs="?",
                    help="one image (a tag, digest or ref name: planned as copy copies it), or a registry, "
                         "repository prefix, layout or archive (every image listed, planned as sync maps it)")
     p.add_argument("destinations", metavar="DST", nargs="*",
                    help="where the images go: an image reference for one image, a prefix or store for a listing")
     _common(p, writes=False)
+    _side_flags(p, ("src-", "dest-"))
     p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                    help="manifest/config format the run would write (default: %(default)s)")
     p.add_argument("--compression", metavar=_one_of(COMPRESSIONS), default=_default(Defaults, "compression"),
@@ -255,7 +373,24 @@ def _setup_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("imagepush").setLevel(logging.INFO)
+    logging.getLogger(HTTP_TRACE).setLevel(logging.INFO)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
+
+
+def _set_verbosity(args: argparse.Namespace) -> None:
+    """``--quiet`` keeps errors only (the summary is printed, not logged); ``--debug`` adds request traces."""
+    if getattr(args, "debug", False):
+        logging.getLogger("imagepush").setLevel(logging.DEBUG)
+        logging.getLogger(HTTP_TRACE).setLevel(logging.DEBUG)
+    elif getattr(args, "verbose", False):
+        logging.getLogger("imagepush").setLevel(logging.DEBUG)
+    elif getattr(args, "quiet", False):
+        logging.getLogger("imagepush").setLevel(logging.ERROR)
+
+
+def _tls_verify_as_skopeo(argv: list[str]) -> list[str]:
+    """A bare ``--tls-verify`` (skopeo's boolean without a value) means ``=true``; a value needs ``=``."""
+    return [f"{arg}=true" if arg in TLS_VERIFY_FLAGS else arg for arg in argv]
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
@@ -319,12 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()  # first: Beam, when the line has options of its own, logs as it is imported
     command = None
+    debug = "--debug" in argv
     try:
-        ours, beam_args = split_beam_args(argv)
+        ours, beam_args = split_beam_args(_tls_verify_as_skopeo(argv))
         args = build_parser().parse_args(ours)
         command = args.command
-        if getattr(args, "verbose", False):
-            logging.getLogger("imagepush").setLevel(logging.DEBUG)
+        _set_verbosity(args)
         from imagepush.pipeline import commands
 
         if command in RUNS:
@@ -348,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not is_expected(exc):
             raise
+        if debug:
+            traceback.print_exc()
         # Nothing could be read (ls, inspect) or a destination refused to be prepared
         # (copy, sync, run): a problem with the stores, not with the command line.
         print(f"imagepush: {one_line(exc)}", file=sys.stderr)

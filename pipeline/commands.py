@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 import orjson
@@ -19,10 +20,12 @@ from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.launch import checked_dry_run
 from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess
+from imagepush.pipeline.platforms import system_platform
+from imagepush.pipeline.sides import typed_credentials, with_sides
 from imagepush.transforms import audit, records
 from imagepush.transforms.errors import one_line
 from imagepush.transforms.pool import bounded_map
-from imagepush.transforms.stores.refs import ImageReference, parse_reference
+from imagepush.transforms.stores.refs import ImageReference, ReferenceError, parse_reference
 from imagepush.transforms.stores.transports import open_source
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.options import StoreOptions
@@ -39,7 +42,7 @@ MAX_LAUNCHER_JOBS = 10_000
 
 
 def store_options(args: argparse.Namespace) -> StoreOptions:
-    return config.from_flags(args).registries.store_options()
+    return with_sides(args, config.from_flags(args).registries.store_options())
 
 
 def _source(text: str, options: StoreOptions) -> ImageReference:
@@ -49,7 +52,40 @@ def _source(text: str, options: StoreOptions) -> ImageReference:
 
 
 def _default_audit(run_id: str) -> str:
-    return os.path.abspath(os.path.join("imagepush-audit", f"{run_id}.parquet"))
+    """The per-user state folder (XDG base directories), so that no run litters the folder it started in.
+
+    Only local runners use it: a distributed run needs ``--audit`` on an object store
+    its workers can write to (launch.py says so).
+    """
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.abspath(os.path.join(state, "imagepush", "audit", f"{run_id}.parquet"))
+
+
+def _platforms_of_multi_arch(args: argparse.Namespace) -> None:
+    """skopeo's ``--all`` / ``--multi-arch`` as our ``--platform`` (every platform unless told otherwise)."""
+    multi_arch = getattr(args, "multi_arch", None)
+    if multi_arch == "index-only":
+        raise UsageError("--multi-arch index-only is not supported: an index is copied with the images it names "
+                         "(all, the default) or narrowed to some (system, --platform)")
+    chooses = "--multi-arch system" if multi_arch == "system" else "--all" if getattr(args, "all", False) else None
+    if chooses and args.platform:
+        raise UsageError(f"{chooses} and --platform both choose platforms: give one")
+    if getattr(args, "all", False) and multi_arch == "system":
+        raise UsageError("--all and --multi-arch system disagree: give one")
+    if multi_arch == "system":
+        args.platform = [system_platform()]
+
+
+def _tagless_destinations(args: argparse.Namespace) -> None:
+    """Say once per destination that a tagless registry reference is written as ``latest``."""
+    from imagepush.transforms.engine.naming import DEFAULT_TAG, untagged_registry
+
+    if args.command != "copy" or getattr(args, "records", None) is not None:
+        return
+    for text in args.destinations:
+        ref = parse_reference(text)
+        if untagged_registry(ref):
+            log.info("%s names no tag: writing it as %s", text, ref.named(DEFAULT_TAG))
 
 
 def _check_memory_urls(refs: list[str], beam_args: list[str]) -> None:
@@ -66,9 +102,22 @@ def build_spec(args: argparse.Namespace, beam_args: list[str], run_id: str) -> R
     if args.command == "run":
         spec = config.spec_from_file(args.config, run_id, _default_audit(run_id), beam_args)
     else:
+        _platforms_of_multi_arch(args)
         spec = config.spec_from_flags(args, run_id, _default_audit(run_id), beam_args)
+        spec.options = with_sides(args, spec.options)
+    if args.command != "run" and typed_credentials(args) and not is_local(spec.beam_args):
+        raise UsageError("--src-creds/--dest-creds work on local runners only: a distributed runner would carry "
+                         "them to its workers in the job; give its workers an auth file (--authfile)")
     spec.engine = getattr(args, "engine", None) or spec.engine
     return spec
+
+
+def _destination_count(spec: RunSpec) -> int:
+    """The destinations the user named (a sync's prefix counts once, however many repositories it fills)."""
+    named = {t.destination for job in spec.jobs for t in job.targets}
+    named |= {out.ref for sync in spec.syncs for out in sync.destinations}
+    named |= {out.ref for source in spec.records for out in source.outputs}
+    return len(named)
 
 
 def prepare_destinations(spec: RunSpec, cache: StoreCache) -> None:
@@ -139,7 +188,10 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         return dry_run(args, beam_args, run_id)
     spec = build_spec(args, beam_args, run_id)
     if spec.verify:  # a run file of verify jobs
-        return verify_spec(spec)
+        return verify_spec(spec, quiet=args.quiet)
+    if not args.quiet:
+        _tagless_destinations(args)
+    destinations = _destination_count(spec)
     _check_memory_urls(
         [j.source_store for j in spec.jobs] + [t.store for j in spec.jobs for t in j.targets]
         + [s.source for s in spec.syncs] + [o.ref for s in spec.syncs for o in s.destinations] + [spec.audit_url],
@@ -169,16 +221,16 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
             spec.jobs, spec.syncs, settled_rows = settled.jobs, settled.syncs, settled.rows
             if not settled.pipeline_needed and not spec.records:  # every image already current: nothing to start
                 audit.write(settled_rows, spec.audit_url)
-                return summarize(spec.audit_url, time.monotonic() - started)
+                return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
         if direct and _runs_direct(spec):
             from imagepush.transforms.engine.direct import migrate
 
             try:
                 rows = migrate(spec.jobs, spec.syncs, spec.run_id, cache, parallel=spec.parallel)
             except Exception as exc:  # a bug, not a per-image error (those are rows)
-                return _failed(exc)
+                return _failed(exc, args.debug)
             audit.write(settled_rows + rows, spec.audit_url)
-            return summarize(spec.audit_url, time.monotonic() - started)
+            return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
     finally:
         cache.close()
     if settled_rows:
@@ -187,14 +239,49 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     try:
         run(spec)
     except Exception as exc:  # a bug or a runner failure, not a per-image error
-        return _failed(exc)
+        return _failed(exc, args.debug)
     finally:
         if spec.settled_url:
             audit.remove(spec.settled_url)
-    return summarize(spec.audit_url, time.monotonic() - started)
+    return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
 
 
-def _failed(exc: Exception) -> int:
+def _finish(args: argparse.Namespace, audit_url: str, seconds: float, destinations: int) -> int:
+    code = summarize(audit_url, seconds, destinations, notes=not args.quiet)
+    if getattr(args, "digestfile", None):
+        one_image = args.command == "copy" and getattr(args, "records", None) is None and destinations == 1
+        write_digestfile(args.digestfile, audit_url, one_image=one_image)
+    return code
+
+
+def write_digestfile(path: str, audit_url: str, *, one_image: bool) -> None:
+    """``--digestfile``: the manifest digest at each destination the run wrote (or found current).
+
+    ``copy`` of one image to one destination writes the digest alone, without a newline,
+    as skopeo does (and no file when the copy failed or was skipped); otherwise one
+    ``REFERENCE DIGEST`` line per image and destination. Failed and skipped images have
+    no line: nothing of theirs was written.
+    """
+    table = audit.read(audit_url, ["destination", "destination_digest", "status", "role"]).to_pylist()
+    done = [r for r in _top_level(table)
+            if records.status_of(r["status"]) in (records.COPIED, records.CURRENT) and r["destination_digest"]]
+    if one_image:
+        if not done:  # as skopeo: no digest file for a copy that wrote nothing
+            return
+        text = done[0]["destination_digest"]
+    else:
+        text = "".join(f"{r['destination']} {r['destination_digest']}\n" for r in done)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"--digestfile {path}: {exc.strerror}") from None
+
+
+def _failed(exc: Exception, debug: bool = False) -> int:
+    """A bug or a runner failure, not a per-image error: one line (and with ``--debug`` its traceback)."""
+    if debug:
+        traceback.print_exc()
     print(f"imagepush: the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
           file=sys.stderr)
     return EXIT_FAILED
@@ -202,7 +289,8 @@ def _failed(exc: Exception) -> int:
 
 #: What the summary needs: timestamps would cost a timezone-aware datetime per row.
 SUMMARY_COLUMNS = ["source", "destination", "status", "error", "role", "blobs_copied", "blobs_mounted",
-                   "blobs_skipped", "bytes_copied", "retries"]
+                   "blobs_skipped", "bytes_copied", "retries", "format", "media_type", "destination_digest",
+                   "source_digest", "converted_from"]
 
 
 def _top_level(rows: list[dict]) -> list[dict]:
@@ -277,21 +365,50 @@ def _failure_lines(failed: list[dict]) -> list[str]:
     return lines
 
 
-def summarize(audit_url: str, seconds: float) -> int:
-    """One line on stdout for the run, and FAILED lines on stderr (grouped, see :func:`_failure_lines`)."""
+def _store_of(destination: str) -> str:
+    """The store an audit row's destination is in (the reference without its image name)."""
+    try:
+        return parse_reference(destination).store
+    except ReferenceError:
+        return destination
+
+
+def _conversion_notes(rows: list[dict]) -> list[str]:
+    """One line per image that ``--format preserve`` could not keep as it was (its digest changed)."""
+    return [
+        f"imagepush: note: {r['source']} -> {r['destination']}: written as {r['media_type']} "
+        f"({r['destination_digest']}): the destination cannot hold {r['converted_from']} "
+        f"({r['source_digest']}), so its digest changed"
+        for r in _top_level(rows)
+        if r["converted_from"] and r["format"] == "preserve" and records.status_of(r["status"]) == records.COPIED
+    ]
+
+
+def summarize(audit_url: str, seconds: float, destinations: int | None = None, *, notes: bool = True) -> int:
+    """One line on stdout for the run, and FAILED lines on stderr (grouped, see :func:`_failure_lines`).
+
+    The line counts images (each once), the destinations they went to, and the
+    outcomes of every image at every destination: ``3 images to 2 destinations: 6 copied``.
+    """
     table = audit.read(audit_url, SUMMARY_COLUMNS).to_pylist()
     failed = [r for r in _top_level(table) if records.status_of(r["status"]) == records.FAILED]
-    statuses = _image_statuses(table)
-    images = sum(statuses.values())
+    images = len({r["source"] for r in _top_level(table)})
+    pairs = collections.Counter(records.status_of(r["status"]) for r in _top_level(table))
+    if not destinations:
+        destinations = len({_store_of(r["destination"]) for r in _top_level(table)})
     copied = sum(r["blobs_copied"] for r in table)
     mounted = sum(r["blobs_mounted"] or 0 for r in table)
     skipped = sum(r["blobs_skipped"] for r in table)
     nbytes = sum(r["bytes_copied"] for r in table)
     retries = sum(r.get("retries") or 0 for r in table)
+    if notes:
+        for line in _conversion_notes(table):
+            print(line, file=sys.stderr)
     for line in _failure_lines(failed):
         print(line, file=sys.stderr)
     print(
-        f"{images} image{'' if images == 1 else 's'}: {_counted(statuses)}; "
+        f"{images} image{'' if images == 1 else 's'} to {destinations} "
+        f"destination{'' if destinations == 1 else 's'}: {_counted(pairs)}; "
         f"{copied} blobs copied, {mounted} mounted, {skipped} skipped, {_size(nbytes)} in {seconds:.1f}s, "
         f"{retries} retr{'y' if retries == 1 else 'ies'}; "
         f"audit: {audit_url}"
@@ -371,7 +488,7 @@ def inspect(args: argparse.Namespace) -> int:
     from imagepush.transforms.engine.inspection import inspect_image
 
     settings = config.from_flags(args)
-    options = settings.registries.store_options()
+    options = with_sides(args, settings.registries.store_options())
     ref = _source(args.source, options)
     data = inspect_image(ref, config=args.config, as_format=args.as_format, platforms=tuple(settings.defaults.platforms),
                          options=options)
@@ -445,11 +562,12 @@ def _audit_totals(rows: list[dict], out) -> None:
 def verify_images(args: argparse.Namespace, run_id: str) -> int:
     """``verify SRC DST…`` (or ``verify --records URL [DST_PREFIX…]``): check, write only the audit."""
     spec = config.spec_from_flags(args, run_id, _default_audit(run_id))
+    spec.options = with_sides(args, spec.options)
     spec.verify = True
-    return verify_spec(spec)
+    return verify_spec(spec, quiet=args.quiet)
 
 
-def verify_spec(spec: RunSpec) -> int:
+def verify_spec(spec: RunSpec, *, quiet: bool = False) -> int:
     """Check every image of the run at its destinations, without Beam (see engine/verify.py).
 
     Exit 1 when any image is missing or different, as a copy with a failed image does:
@@ -459,9 +577,10 @@ def verify_spec(spec: RunSpec) -> int:
 
     check_records(spec)
     started = time.monotonic()
+    destinations = _destination_count(spec)
     rows = verify(spec.jobs, spec.syncs, spec.records, spec.run_id, spec.options, spec.parallel)
     audit.write(rows, spec.audit_url)
-    return summarize(spec.audit_url, time.monotonic() - started)
+    return summarize(spec.audit_url, time.monotonic() - started, destinations, notes=not quiet)
 
 
 def plan_images(args: argparse.Namespace, run_id: str) -> int:
@@ -471,6 +590,7 @@ def plan_images(args: argparse.Namespace, run_id: str) -> int:
     listed and name-mapped as ``sync`` maps it.
     """
     spec = config.spec_from_flags(args, run_id, _default_audit(run_id))
+    spec.options = with_sides(args, spec.options)
     return show_plan(spec, args.output)
 
 

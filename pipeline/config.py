@@ -331,6 +331,8 @@ class RunConfig(_Strict):
     parallel: int = Field(default=8, ge=1)
     #: Check destinations on the launcher first (see ``--no-preflight``).
     preflight: bool = True
+    #: Never replace a name that points at another image (``--no-clobber``): such targets are skipped.
+    no_clobber: bool = False
     #: Beam options; written as the ``runner`` mapping, kept as the flags Beam parses.
     beam_args: Annotated[list[str], BeforeValidator(_beam_flags)] = Field(default_factory=list, alias="runner")
     defaults: Defaults = Field(default_factory=Defaults)
@@ -434,7 +436,7 @@ class RunConfig(_Strict):
         if compression == "zstd" and fmt == "v2s2":
             where = max(compression_at, fmt_at, key=len)
             raise RunConfigError(where, "zstd needs OCI manifests; it cannot be combined with format v2s2")
-        return Output(str(parse_reference((self.jobs[n].to or [])[i].ref)), fmt, compression)
+        return Output(str(parse_reference((self.jobs[n].to or [])[i].ref)), fmt, compression, self.no_clobber)
 
 
 def names_one_image(ref: ImageReference) -> bool:
@@ -627,6 +629,7 @@ FLAGS: dict[Loc, tuple[str, str]] = {
     ("audit",): ("--audit", "audit"),
     ("parallel",): ("--parallel", "parallel"),
     ("preflight",): ("--no-preflight", "preflight"),
+    ("no_clobber",): ("--no-clobber", "no_clobber"),
     ("defaults", "format"): ("--format", "format"),
     ("defaults", "compression"): ("--compression", "compression"),
     ("defaults", "platforms"): ("--platform", "platform"),

@@ -115,3 +115,9 @@ def bucket(s3_endpoint, monkeypatch):
     yield name
     s3fs.S3FileSystem.clear_instance_cache()
     fsspec.config.conf.pop("s3", None)
+
+
+@pytest.fixture(autouse=True)
+def _default_audits_in_a_temporary_state_folder(monkeypatch, tmp_path_factory):
+    """A run without --audit writes to the user's state folder: in tests, a temporary one."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-state"))

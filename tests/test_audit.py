@@ -29,7 +29,8 @@ from imagepush.transforms.stores.layout.oci import OCILayoutSource
 from imagepush.transforms.stores.refs import parse_reference
 
 #: The query the README shows, run as it is written there.
-README_QUERY = "SELECT status, count(*) FROM 'imagepush-audit/*.parquet' WHERE role != 'child' GROUP BY status"
+README_QUERY = ("SELECT status, count(*) FROM '~/.local/state/imagepush/audit/*.parquet' WHERE role != 'child' "
+                "GROUP BY status")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,9 @@ def test_a_copy_then_its_rerun_say_copied_then_current_with_every_column(samples
     assert [(r["role"], r["status"]) for r in rows] == [("index", "copied"), ("child", "copied"), ("child", "copied")]
     for r in rows:
         assert (r["repository"], r["tag"], r["format"], r["compression"], r["platforms"], r["schema_version"]) == (
-            "demo/multi", "1.0", "preserve", "preserve", ["linux/arm64", "linux/amd64"], 2)
+            "demo/multi", "1.0", "preserve", "preserve", ["linux/arm64", "linux/amd64"], 3)
         assert r["error"] is None and r["error_kind"] is None and r["blobs_mounted"] == 0
+        assert r["converted_from"] is None
     index, *children = rows
     assert index["platform"] is None
     assert sorted(c["platform"] for c in children) == ["linux/amd64", "linux/arm64"]
@@ -195,9 +197,9 @@ def summary_rows(run: str) -> list[records.AuditRow]:
 def test_the_summary_counts_images_by_status_in_one_line(tmp_path, capsys):
     url = str(tmp_path / "run.parquet")
     audit.write(summary_rows("r"), url)
-    assert commands.summarize(url, 1.0) == 1
+    assert commands.summarize(url, 1.0, destinations=2) == 1
     out, err = capsys.readouterr()
-    assert out == (f"6 images: 2 copied, 1 current, 3 failed; 8 blobs copied, 4 mounted, 10 skipped, 8.0 KB in 1.0s, "
+    assert out == (f"6 images to 2 destinations: 3 copied, 3 current, 3 failed; 8 blobs copied, 4 mounted, 10 skipped, 8.0 KB in 1.0s, "
                    f"9 retries; audit: {url}\n")
     assert err.splitlines() == [  # two images failed by one host: one line
         "imagepush: FAILED registry d1 unreachable: 2 images failed (first: s:d -> d1:d: cannot reach d1)",
@@ -260,10 +262,13 @@ def test_the_audit_command_totals_by_status_and_destination_and_lists_top_errors
 def test_the_readme_duckdb_query_over_many_runs(samples, tmp_path, monkeypatch):
     duckdb = pytest.importorskip("duckdb")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
     # Two runs with the default audit location: the copy, then a rerun that finds it current.
     for _ in range(2):
         assert main(["sync", f"oci:{samples}", f"oci:{tmp_path}/mirror"]) == 0
-    assert len(list((tmp_path / "imagepush-audit").glob("*.parquet"))) == 2
+    assert len(list((tmp_path / "home/.local/state/imagepush/audit").glob("*.parquet"))) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "mirror"]  # nothing left in the current folder
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert README_QUERY in readme
     result = sorted(duckdb.connect().execute(README_QUERY).fetchall())

@@ -179,7 +179,7 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 images: 2 copied;" in proc.stdout
+    assert "2 images to 1 destination: 2 copied;" in proc.stdout
     assert sorted(e.ref for e in OCILayoutSource(f"{tmp_path}/mp").list_images()) == ["demo/app:1.0", "demo/multi:1.0"]
     assert all(r["status"] == "copied" for r in audit_rows(audit))
 
@@ -192,7 +192,7 @@ def test_pipeline_under_multi_processing_workers(samples, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 images: 2 copied;" in proc.stdout
+    assert "2 images to 2 destinations: 2 copied, 2 current;" in proc.stdout
     copied = {}
     for r in audit_rows(again):
         key = r["destination"].split(":")[1]

@@ -46,7 +46,7 @@ def no_pipeline(spec) -> None:
 def test_rerun_of_a_finished_sync_starts_no_pipeline(samples, mirror, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(commands, "run", no_pipeline)
     assert main(["sync", f"oci:{samples}", f"oci:{mirror}", "--audit", str(tmp_path / "again.parquet")]) == 0
-    assert capsys.readouterr().out.startswith("2 images: 2 current; 0 blobs copied, 0 mounted, 8 skipped, 0 B in ")
+    assert capsys.readouterr().out.startswith("2 images to 1 destination: 2 current; 0 blobs copied, 0 mounted, 8 skipped, 0 B in ")
     again = rows(tmp_path / "again.parquet")
     assert [(r["role"], r["status"], r["blobs_copied"], r["bytes_copied"]) for r in again] == [
         ("image", "current", 0, 0), ("index", "current", 0, 0), ("child", "current", 0, 0),

@@ -58,7 +58,7 @@ def test_after_a_sync_everything_is_current_and_nothing_is_written(source, mirro
     assert all(r["status"] == "current" and r["destination_digest"] == r["source_digest"] for r in found)
     assert {r["role"] for r in found} == {"image", "index"}
     assert tree(mirror.storage) == before
-    assert f"{len(IMAGES)} images: {len(IMAGES)} current" in capsys.readouterr().out
+    assert f"{len(IMAGES)} images to 1 destination: {len(IMAGES)} current" in capsys.readouterr().out
 
     # One image, named as copy names it.
     one = tmp_path / "one.parquet"

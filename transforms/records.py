@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-#: Version of both schemas below; bumped when a column is added.
-SCHEMA_VERSION = 2
+#: Version of both schemas below; bumped when a column is added (3: ``converted_from``).
+SCHEMA_VERSION = 3
 
 #: Audit statuses: written (``copied``), already there and nothing written (``current``),
 #: left alone on purpose (``skipped``), or ``failed``.
@@ -94,6 +94,10 @@ class AuditRow:
     #: Retries it took: requests sent again after a transient failure, and interrupted
     #: blob uploads started again (each blob's count on the first manifest that uses it).
     retries: int = 0
+    #: The source manifest's media type when what was written differs from it (a
+    #: ``preserve`` copy into a store that cannot hold the source's type converts too,
+    #: and changes the digest); None when the manifest was written in its own type.
+    converted_from: str | None = None
 
     def failed(self, error: str, kind: str, finished_at: dt.datetime | None = None) -> "AuditRow":
         row = AuditRow(**asdict(self))
@@ -162,6 +166,7 @@ def _schemas() -> dict[str, "pa.Schema"]:
             ("blobs_mounted", pa.int64()),
             ("bytes_total", pa.int64()),
             ("retries", pa.int64()),
+            ("converted_from", pa.string()),
         ]
     )
     assert AUDIT_COLUMNS == tuple(AUDIT_SCHEMA.names), "AuditRow and AUDIT_SCHEMA must list the same columns"

@@ -31,16 +31,31 @@ if TYPE_CHECKING:
 
 @dataclass
 class CurrentCheck:
-    """Which targets of a job are current (planned, nothing to write) and which are left."""
+    """Which targets of a job are current (planned, nothing to write), left alone on purpose, or left to copy."""
 
     current: list[TargetPlan] = field(default_factory=list)
     left: list[Target] = field(default_factory=list)
+    #: Targets whose name points at another image, kept under ``--no-clobber``.
+    skipped: list[TargetPlan] = field(default_factory=list)
+
+
+def clobber_refused(target: Target, named: str | None, digest: str) -> str | None:
+    """Why a target is left alone: its name points at another image and it may not be replaced.
+
+    The one ``--no-clobber`` rule, asked by the preflight here and by the pipeline's plan,
+    so that both leave the same names alone. A name that points at the very digest the
+    copy would write is no clobbering: that target is current as usual.
+    """
+    if not target.no_clobber or named is None or named == digest:
+        return None
+    return f"{target.destination} already points at {named} (not {digest}); kept (--no-clobber)"
 
 
 def check_current(job: CopyJob, stores: "Stores") -> CurrentCheck:
     """Ask each named destination what its name points at; read the source only if one might match."""
     named: list[str | None] = [
-        stores.destination(t.store).current_digest(t.name) if t.name and t.compression == PRESERVE else None
+        stores.destination(t.store).current_digest(t.name)
+        if t.name and (t.compression == PRESERVE or t.no_clobber) else None
         for t in job.targets
     ]
     if not any(named):
@@ -49,6 +64,11 @@ def check_current(job: CopyJob, stores: "Stores") -> CurrentCheck:
     plan.root = resolve_tree(stores.source(job.source_store), job, configs=False)
     check = CurrentCheck()
     for index, target in enumerate(job.targets):
+        refused = clobber_refused(target, named[index], plan.root.manifest.digest)
+        if refused is not None:
+            tp = TargetPlan(key=f"{plan.key}#{index}", image=plan, target=target, root=plan.root, skipped=refused)
+            check.skipped.append(tp)
+            continue
         if named[index] is None or named[index] != plan.root.manifest.digest:
             check.left.append(target)
             continue

@@ -51,6 +51,13 @@ def inspect_image(
     try:
         source = stores.source(job.source_store)
         root = resolve_tree(source, job)
+        if platforms and root.is_index:
+            # Platforms pick images of an index: what is shown is the image chosen, not the
+            # index with the others left out (which no store holds).
+            if len(root.children) != 1:
+                raise StoreError(f"{ref}: --platform {', '.join(platforms)} selects {len(root.children)} images "
+                                 f"of its index; name one platform")
+            root = root.children[0]
         if config and root.is_index:
             if len(root.children) != 1:
                 raise StoreError(f"{ref} is an index of {len(root.children)} images; choose one with --platform")

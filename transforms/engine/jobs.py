@@ -37,6 +37,8 @@ class Target:
     format: str = PRESERVE
     #: Layer compression written: "preserve", "gzip", "zstd" or "none".
     compression: str = PRESERVE
+    #: Leave the name alone when it already points at another image (``--no-clobber``).
+    no_clobber: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Output:
     ref: str
     format: str = PRESERVE
     compression: str = PRESERVE
+    no_clobber: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class TargetPlan:
     error_kind: str | None = None
     #: The destination name already points at the digest this plan would write.
     up_to_date: bool = False
+    #: Why the target is left alone on purpose (``--no-clobber``); nothing is written.
+    skipped: str | None = None
 
 
 def family(media_type: str) -> str:

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from imagepush.transforms.records import COPIED as ROW_COPIED, CURRENT, FAILED, AuditRow, now
+from imagepush.transforms.records import COPIED as ROW_COPIED, CURRENT, FAILED, SKIPPED, AuditRow, now
 from imagepush.transforms.formats.convert import LayerInfo
 from imagepush.transforms.formats.manifest import ImageIndex, blobs_of
 from imagepush.transforms import errors
@@ -45,6 +45,8 @@ def finalize(tp: TargetPlan, results: list[BlobResult], destination: Destination
     """
     if tp.error:
         return Finalized(None, rows_failed(tp, run_id, tp.error, tp.error_kind or errors.INTERNAL))
+    if tp.skipped:
+        return Finalized(None, rows_skipped(tp, run_id))
     bad = sorted((r for r in results if r.status == BLOB_FAILED), key=lambda r: r.digest)
     if bad:
         error = f"blob {bad[0].digest}: {bad[0].error}"
@@ -67,6 +69,13 @@ def rows_failed(tp: TargetPlan, run_id: str, error: str, kind: str) -> list[Audi
         row.error, row.error_kind = error, kind
         rows.append(row)
     return rows
+
+
+def rows_skipped(tp: TargetPlan, run_id: str) -> list[AuditRow]:
+    """One ``skipped`` row for a target left alone on purpose, its reason in ``error``."""
+    row = _row(tp, tp.root, run_id, SKIPPED, now())
+    row.error = tp.skipped
+    return [row]
 
 
 def _row(tp: TargetPlan, node: ManifestNode | None, run_id: str, status: str, finished: dt.datetime) -> AuditRow:
@@ -134,6 +143,8 @@ def write_manifests(
     for item in rendered:
         row = _row(tp, item.node, run_id, status, finished)
         row.destination_digest, row.media_type = item.digest, item.media_type
+        if item.media_type != item.node.manifest.media_type:
+            row.converted_from = item.node.manifest.media_type
         c = counts[id(item.node)]
         if not item.node.is_index:
             row.blobs_copied, row.blobs_mounted, row.blobs_skipped, row.bytes_copied = \

@@ -20,12 +20,28 @@ from imagepush.transforms.stores.cache import StoreCache
 
 def _target(destination: ImageReference, out: Output) -> Target:
     return Target(destination=str(destination), store=destination.store, name=destination.ref, format=out.format,
-                  compression=out.compression)
+                  compression=out.compression, no_clobber=out.no_clobber)
+
+
+#: The tag a registry reference without one means, on either side of a copy (as skopeo reads it).
+DEFAULT_TAG = "latest"
+
+
+def untagged_registry(ref: ImageReference) -> bool:
+    """A registry repository named without a tag or digest: a copy there writes ``latest``."""
+    return ref.transport == "docker" and not ref.ref and bool(ref.repository)
 
 
 def copy_target(out: Output) -> Target:
-    """``copy``: the destination reference names the image itself."""
-    return _target(parse_reference(out.ref), out)
+    """``copy``: the destination reference names the image itself.
+
+    A registry destination without a tag gets ``latest``, as its source would be read:
+    an image pushed under no name is not found by anyone.
+    """
+    ref = parse_reference(out.ref)
+    if untagged_registry(ref):
+        ref = ref.named(DEFAULT_TAG)
+    return _target(ref, out)
 
 
 def source_names(source: ImageReference) -> tuple[str | None, str | None]:

@@ -42,6 +42,14 @@ def plan_target(
                     error_kind=plan.error_kind)
     if tp.error:
         return tp
+    if target.no_clobber and target.name:
+        from imagepush.transforms.engine.current import clobber_refused  # current.py plans with this module
+
+        if current is UNKNOWN:
+            current = destination.current_digest(target.name)
+        tp.skipped = clobber_refused(target, current, plan.root.manifest.digest)  # type: ignore[arg-type]
+        if tp.skipped:
+            return tp
     root = plan.root
     holds_indexes = destination.accepts_manifest(mt.OCI_INDEX) or destination.accepts_manifest(mt.DOCKER_LIST)
     if root.is_index and not holds_indexes:

@@ -45,7 +45,9 @@ from imagepush.transforms.stores.options import StoreOptions
 
 #: What a run would do with one image at one destination.
 COPY, CONVERT, CURRENT, FAILING = "copy", "convert", "current", "failing"
-ACTIONS = (COPY, CONVERT, CURRENT, FAILING)
+#: A name ``--no-clobber`` keeps: it points at another image, and the run would leave it.
+SKIP = "skip"
+ACTIONS = (COPY, CONVERT, CURRENT, SKIP, FAILING)
 
 
 @dataclass
@@ -117,13 +119,13 @@ class RunPlan:
     def records(self) -> Iterator[ImageRecord]:
         """One image record per (image, destination) still to do, for ``copy --records`` or a ``records:`` job.
 
-        Current images are left out. Each row names its own destination, format and
+        Current images are left out, and so are those ``--no-clobber`` would skip. Each row names its own destination, format and
         compression, and pins the source digest planned (when it could be read), so the
         reviewed plan is what runs even if a tag moves meanwhile. A failing image is
         kept: the run would try it, and so does its records run.
         """
         for p in self.images:
-            if p.action == CURRENT or p.job is None or p.target is None:
+            if p.action in (CURRENT, SKIP) or p.job is None or p.target is None:
                 continue
             yield ImageRecord(
                 source=p.job.source, destination=p.target.destination, repository=p.job.repository,
@@ -218,6 +220,8 @@ def _planned(tp: TargetPlan) -> PlannedImage:
                          job=job, target=tp.target, key=tp.key)
     if tp.error:
         image.failed(tp.error, tp.error_kind or errors.INTERNAL)
+    elif tp.skipped:
+        image.action, image.error = SKIP, tp.skipped
     elif tp.up_to_date:
         image.action, image.target_digest = CURRENT, tp.root.manifest.digest
     elif all(f is None for f in tp.formats.values()) and not any(n.recompress for n in tp.blobs):

@@ -23,7 +23,7 @@ from typing import Iterable
 
 from imagepush.transforms import errors
 from imagepush.transforms.records import CURRENT, AuditRow, now
-from imagepush.transforms.engine.manifests import listing_failed, write_manifests
+from imagepush.transforms.engine.manifests import listing_failed, rows_skipped, write_manifests
 from imagepush.transforms.engine.naming import sync_jobs
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.engine.current import check_current
@@ -133,6 +133,7 @@ def _settle(job: CopyJob, stores: StoreCache, run_id: str) -> tuple[CopyJob | No
     check = check_current(job, stores)
     rows = [row for tp in check.current
             for row in write_manifests(tp, {}, stores.destination(tp.target.store), run_id).rows]
+    rows += [row for tp in check.skipped for row in rows_skipped(tp, run_id)]
     if not check.left:
         return None, rows
     return (job if len(check.left) == len(job.targets) else replace(job, targets=tuple(check.left))), rows

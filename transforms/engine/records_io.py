@@ -274,7 +274,7 @@ def record_job(record: ImageRecord, source: RecordSource) -> CopyJob:
     if record.destination:
         outputs: tuple[Output, ...] = (Output(record.destination, fmt, compression),)
     elif source.outputs:
-        outputs = tuple(Output(o.ref, record.format or o.format, record.compression or o.compression)
+        outputs = tuple(Output(o.ref, record.format or o.format, record.compression or o.compression, o.no_clobber)
                         for o in source.outputs)
     else:
         raise _BadRow("no destination (give the records a destination column, or DST_PREFIX / to:)")

@@ -5,7 +5,9 @@ Beam-free, so that ``inspect`` and ``ls`` start fast and the DoFns stay thin.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,7 @@ from imagepush.transforms.formats.manifest import ImageIndex, ImageManifest, par
 from imagepush.transforms import errors
 from imagepush.transforms.engine.jobs import CopyJob, ImagePlan, ManifestNode, filter_platforms
 from imagepush.transforms.records import now
-from imagepush.transforms.stores.base import Source, StoreError
+from imagepush.transforms.stores.base import NotFound, Source, StoreError
 
 if TYPE_CHECKING:
     from imagepush.transforms.engine.deliver import Stores
@@ -73,8 +75,48 @@ def resolve_tree(source: Source, job: CopyJob, *, configs: bool = True) -> Manif
     ``configs=False`` leaves image configs unread: a copy that keeps manifests as they
     are never needs them, and a sync of thousands of images saves a request for each.
     """
-    root = source.get_manifest(job.digest) if job.digest else source.get_root(job.image)
+    if job.digest:
+        root = source.get_manifest(job.digest)
+    else:
+        try:
+            root = source.get_root(job.image)
+        except Exception as exc:
+            if errors.error_kind(exc) != errors.NOT_FOUND or job.image is None:
+                raise
+            close = closest_names(source, job.image)
+            if not close:
+                raise
+            raise NotFound(f"{errors.one_line(exc)}; closest names it holds: {', '.join(close)}") from exc
     return _node(source, root, None, job.platforms, 0, configs)
+
+
+#: How many near names a not-found error suggests, and how alike they must be (difflib's ratio).
+SUGGESTIONS = 3
+SUGGESTION_CUTOFF = 0.5
+#: Names read at most: a registry without the repository lists the ones below it instead.
+SUGGESTION_LISTING = 1000
+
+
+def closest_names(source: Source, name: str) -> list[str]:
+    """The names ``source`` holds that look most like ``name``, for a not-found message.
+
+    Asked only after a name was not found, of a store whose listing is one cheap read
+    (a layout's index, an archive's manifest, a registry repository's tags); a listing
+    that fails suggests nothing rather than hiding the not-found error.
+    """
+    try:
+        listing = itertools.islice(source.list_images(details=False), SUGGESTION_LISTING)
+        names = [entry.ref for entry in listing if entry.ref]
+    except Exception as exc:
+        log.debug("no names to suggest for %s: %s", name, errors.one_line(exc))
+        return []
+    tag = name.rpartition(":")[2] if ":" in name else name
+    by_tag = {n.rpartition(":")[2] if ":" in n else n: n for n in names}
+    close = difflib.get_close_matches(name, names, n=SUGGESTIONS, cutoff=SUGGESTION_CUTOFF)
+    if not close:  # a registry lists REPO:TAG where the name asked for is a bare tag
+        close = [by_tag[t] for t in difflib.get_close_matches(tag, list(by_tag), n=SUGGESTIONS,
+                                                              cutoff=SUGGESTION_CUTOFF)]
+    return close
 
 
 def load_config(source: Source, node: ManifestNode) -> bytes | None:

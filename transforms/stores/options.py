@@ -2,8 +2,9 @@
 
 Plain, picklable values: they travel with the DoFns to every worker. Credentials are
 normally not stored here, only where to read them from (an auth file); a password the
-run file gives a registry (inline or from an environment variable of the launcher)
-travels as a :class:`Secret`, which no ``repr``, log line or audit row shows.
+run file gives a registry (inline or from an environment variable of the launcher) or
+the user typed (``--src-creds``) travels as a :class:`Secret`, which no ``repr``, log
+line or audit row shows.
 """
 
 from __future__ import annotations

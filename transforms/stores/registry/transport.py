@@ -45,7 +45,7 @@ import warnings
 from datetime import datetime, timezone
 import socket
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -64,6 +64,22 @@ from imagepush.transforms.stores.registry.errors import (
 from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedResponse
 
 log = logging.getLogger(__name__)
+#: One line per registry answer (method, URL, status), for ``--debug`` only: ``--verbose``
+#: leaves it off. Headers are never traced, so no Authorization value can reach a log.
+trace = logging.getLogger("imagepush.http")
+#: Query parameters whose values say what a request is for and hold nothing secret.
+TRACED_PARAMETERS = frozenset({"service", "scope", "n", "last", "digest", "mount", "from", "account"})
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without what may be secret: user info, and query values (pre-signed signatures, tokens)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}={value if name in TRACED_PARAMETERS else '***'}" if sep else name
+        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 #: First backoff delay and cap, in seconds; the delay doubles per attempt.
 BACKOFF_BASE = backoff.BASE
@@ -373,6 +389,8 @@ class Transport:
                 self._answer_seen()
             streamed = StreamedResponse(response, lease, where)
             status = response.status_code
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug("%s %s -> %d", method, redacted_url(url), status)
             if status == 401 and authorization is not None and replayable and not renewed:
                 challenge = streamed.drain()
                 authorization.renew(challenge.headers, challenge.content)
