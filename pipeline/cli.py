@@ -23,6 +23,7 @@ from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryC
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from imagepush.pipeline.options import ENGINES, BeamOptionError, BeamOptions, runner_name
 from imagepush.pipeline.platforms import system_platform
+from imagepush.pipeline.progress import DEFAULT_INTERVAL
 from imagepush.pipeline.sides import parse_bool
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
@@ -136,6 +137,8 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true",
                    help="log everything, with tracebacks of internal errors and one line per registry request "
                         "(method, URL, status; credentials and tokens left out)")
+    p.add_argument("--progress-interval", type=float, default=DEFAULT_INTERVAL, metavar="SECONDS",
+                   help="seconds between two progress lines when stderr is not a terminal (default: %(default)s)")
 
 
 def _side_flags(p: argparse.ArgumentParser, prefixes: tuple[str, ...]) -> None:

@@ -10,14 +10,12 @@ not. The rules live here, once:
   destination and every image that needs it), the largest blobs first;
 - a target's manifests are written only once all its blobs are delivered (children
   before the index, in :func:`manifests.finalize`);
-- every name of one store is published in one last store call, and each image logs
-  one progress line.
+- every name of one store is published in one last store call, and each image's
+  outcome is reported then (:class:`Progress` and ``engine/progress.py``).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import defaultdict
 from typing import Iterable
 
@@ -25,11 +23,17 @@ from imagepush.transforms.engine.deliver import Stores
 from imagepush.transforms.engine.jobs import BlobRequest, BlobResult, CopyJob, TargetPlan
 from imagepush.transforms.engine.manifests import Finalized, finalize
 from imagepush.transforms.engine.plan import delivery_key, plan_targets
+from imagepush.transforms.engine.progress import (
+    NO_PROGRESS,
+    ProgressEvent,
+    ProgressReporter,
+    blob_delivered,
+    blobs_planned,
+    published,
+)
 from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
-from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow
-
-progress = logging.getLogger("imagepush.progress")
+from imagepush.transforms.records import AuditRow
 
 
 def plan_job(job: CopyJob, stores: Stores) -> list[TargetPlan]:
@@ -78,31 +82,36 @@ def finals_by_store(pairs: Iterable[tuple[str, Finalized]]) -> dict[str, list[Fi
     return by_store
 
 
-def publish_store(store: str, finals: Iterable[Finalized], stores: Stores) -> list[AuditRow]:
-    """Every name of one store published at once; the audit rows, each image's progress logged."""
+def publish_store(store: str, finals: Iterable[Finalized], stores: Stores,
+                  reporter: ProgressReporter = NO_PROGRESS) -> list[AuditRow]:
+    """Every name of one store published at once; the audit rows, each image's outcome reported as it is known."""
     rows = publish(store, finals, lambda: stores.destination(store))
-    for row in rows:
-        if row.role == "child":
-            continue
-        # A failure is the summary's to report (grouped, once); progress here would say
-        # it a second time, one line per image.
-        if row.status == ROW_FAILED:
-            progress.debug("%s -> %s: failed: %s", row.source, row.destination, row.error)
-        else:
-            progress.info("%s -> %s: %s", row.source, row.destination, row.status)
+    reporter.report(published(store, rows))
     return rows
 
 
 class Progress:
-    """Throttled progress lines of blobs copied: a local run shows no metrics until the end."""
+    """A step's progress, told to the run's reporter as it goes: one event per blob group or batch.
 
-    def __init__(self, every: float = 5.0) -> None:
-        self.every, self.last = every, time.monotonic()
-        self.blobs = self.bytes = 0
+    The copy steps of both executors report through it, so that the display counts the
+    same things whichever runs. A registry's request level (in flight of its limit)
+    belongs here too, as ``ProgressEvent.registry_levels``.
+    """
 
-    def add(self, nbytes: int) -> None:
-        self.blobs += 1
-        self.bytes += nbytes
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            progress.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
+    def __init__(self, reporter: ProgressReporter = NO_PROGRESS) -> None:
+        self.reporter = reporter
+
+    def planned(self, groups: list[list[BlobRequest]]) -> None:
+        if groups:
+            self.reporter.report(blobs_planned(groups))
+
+    def delivered(self, results: Iterable[BlobResult]) -> None:
+        self.reporter.report(blob_delivered(results))
+
+    def finalized(self, images: int) -> None:
+        if images:
+            self.reporter.report(ProgressEvent(images_blobs_done=images))
+
+    def known(self, images: int) -> None:
+        if images:
+            self.reporter.report(ProgressEvent(images_known=images))
