@@ -81,7 +81,7 @@ class Tally:
         eta = self.eta(elapsed)
         parts = [
             images,
-            f"{c.images_blobs_done} with all blobs",
+            f"{c.images_blobs_done} with blobs done",
             f"blobs {c.blobs_done}/{c.blobs_planned}" + (f" ({c.blobs_failed} failed)" if c.blobs_failed else ""),
             f"{size(c.bytes_copied)} copied at {size(c.bytes_copied / elapsed if elapsed > 0 else 0)}/s",
             f"ETA {duration(eta)}" if eta is not None else "ETA -",
@@ -129,6 +129,7 @@ class ProgressDisplay:
         self._stop = threading.Event()
         self._started = time.monotonic()
         self._last_line = self._started
+        self._lines = 0
         self._live = None
         if self._terminal:
             from rich.console import Console
@@ -166,8 +167,10 @@ class ProgressDisplay:
         elapsed = now - self._started
         if self._live is not None:
             self._live.update(self._screen(elapsed), refresh=True)
-        elif not final and now - self._last_line >= self._interval:
+        elif now - self._last_line >= self._interval or (final and self._lines):
+            # A run shorter than the interval prints no line; a longer one ends on its final figures.
             self._last_line = now
+            self._lines += 1
             print("imagepush: progress: " + "; ".join(self.tally.fields(elapsed)), file=sys.stderr, flush=True)
 
     def _outcome(self, o: Outcome) -> None:
@@ -254,7 +257,7 @@ def summary_table(by_store: dict[str, collections.Counter[str]], nbytes: dict[st
     table.add_column("destination")
     for s in statuses:
         table.add_column(s, justify="right", style="red" if s == FAILED else "green" if s != CURRENT else None)
-    table.add_column("copied", justify="right")
+    table.add_column("bytes written", justify="right")
     for store in sorted(by_store):
         table.add_row(store, *(str(by_store[store][s]) for s in statuses), size(nbytes.get(store, 0)))
     Console(file=out).print(table)
