@@ -21,7 +21,7 @@ from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.launch import checked_dry_run
 from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess, runner_name, shares_this_machine
-from imagepush.pipeline.progress import ProgressDisplay, Tally, progress_folder, summary_table, workers_stderr_to
+from imagepush.pipeline.progress import DEFAULT_INTERVAL, ProgressDisplay, Tally, progress_folder, summary_table, workers_stderr_to
 from imagepush.pipeline.platforms import system_platform
 from imagepush.pipeline.sides import typed_credentials, with_sides
 from imagepush.transforms import audit, records
@@ -268,7 +268,7 @@ def _display(args: argparse.Namespace, tally: Tally, folder: str | None = None) 
     """The run's progress display, unless ``-q``."""
     if args.quiet:
         return None
-    return ProgressDisplay(tally, folder=folder, interval=args.progress_interval,
+    return ProgressDisplay(tally, folder=folder, interval=getattr(args, "progress_interval", DEFAULT_INTERVAL),
                            failures=bool(args.verbose or args.debug))
 
 
