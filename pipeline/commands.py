@@ -258,7 +258,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
 def _tally(spec: RunSpec, settled: list[records.AuditRow], destinations: int) -> Tally:
     """The display's starting point: the images the launcher knows of, those settled by the preflight done."""
     tally = Tally(total=len({j.source for j in spec.jobs} | {r.source for r in settled if r.role != "child"}),
-                  total_final=not spec.syncs and not spec.records, destinations=max(1, destinations))
+                  listings=len(spec.syncs), records=bool(spec.records), destinations=max(1, destinations))
     tally.add(ProgressEvent(outcomes=[Outcome(r.source, r.destination, _store_of(r.destination), r.status)
                                       for r in settled if r.role != "child"]))
     return tally

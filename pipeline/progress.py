@@ -35,8 +35,10 @@ class Tally:
     """The sum of a run's progress events, and what the display derives from it."""
 
     total: int = 0
-    #: Whether ``total`` is every image of the run (false while workers list or read records).
-    total_final: bool = True
+    #: Sync listings left to the copy (the workers', or the direct executor's with ``--no-preflight``).
+    listings: int = 0
+    #: Whether records files are read by the workers: their images are known as each is planned.
+    records: bool = False
     destinations: int = 1
     counts: ProgressEvent = field(default_factory=ProgressEvent)
     by_store: dict[str, collections.Counter[str]] = field(default_factory=lambda: collections.defaultdict(
@@ -46,7 +48,7 @@ class Tally:
 
     def add(self, event: ProgressEvent) -> None:
         c = self.counts
-        for name in ("images_known", "blobs_planned", "bytes_planned", "blobs_done", "bytes_done", "blobs_copied",
+        for name in ("images_known", "listings_done", "images_planned", "blobs_planned", "bytes_planned", "blobs_done", "bytes_done", "blobs_copied",
                      "bytes_copied", "blobs_failed", "images_blobs_done"):
             setattr(c, name, getattr(c, name) + getattr(event, name))
         c.registry_levels.update(event.registry_levels)
@@ -57,8 +59,14 @@ class Tally:
                 self.failed_images.add(o.source)
 
     @property
+    def total_final(self) -> bool:
+        """Whether every image of the run is known: all listings done and no records file read."""
+        return not self.records and self.counts.listings_done >= self.listings
+
+    @property
     def images(self) -> int:
-        return self.total + self.counts.images_known
+        known = self.total + self.counts.images_known
+        return known if self.total_final else max(known, self.counts.images_planned)
 
     @property
     def images_done(self) -> int:
@@ -188,16 +196,17 @@ class ProgressDisplay:
 
         t = self.tally
         c = t.counts
+        fields = t.fields(elapsed)
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="bold")
         grid.add_column(width=30)
         grid.add_column()
         total = t.images if t.total_final else None
         grid.add_row("images", ProgressBar(total=total or None, completed=t.images_done, width=30),
-                     t.fields(elapsed)[0])
+                     fields[0])
         grid.add_row("blobs", ProgressBar(total=c.bytes_planned or None, completed=c.bytes_done, width=30),
-                     "; ".join(t.fields(elapsed)[1:5]))
-        for line in t.fields(elapsed)[5:]:
+                     "; ".join(fields[1:5]))
+        for line in fields[5:]:
             grid.add_row("", "", line)
         return grid
 

@@ -130,6 +130,7 @@ class ListSyncFn(StoresFn):
                 yield job
         except Exception as exc:
             yield from listing_failed(spec, self._run_id, exc, started)
+        self._progress.listed()
 
 
 class ResolvePlanFn(BatchFn):
@@ -140,6 +141,7 @@ class ResolvePlanFn(BatchFn):
     def process(self, element: tuple[int, Iterable[CopyJob]]):
         _, jobs = element
         for _, plans in self._map(self._plan, jobs):
+            self._progress.planned_images(1)
             yield from plans
 
     def _plan(self, job: CopyJob):

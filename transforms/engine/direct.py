@@ -68,11 +68,13 @@ def migrate(
                 progress.known(1)
         except Exception as exc:  # images listed before the failure are still copied, as in ListSyncs
             rows.extend(listing_failed(spec, run_id, exc, started))
+        progress.listed()
     with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-direct") as pool:
         def each(fn, items):
             return bounded_map(fn, items, workers=workers, executor=pool)
 
         plans: list[TargetPlan] = [tp for _, planned in each(lambda job: plan_job(job, stores), jobs) for tp in planned]
+        progress.planned_images(len(jobs))
         delivery = BlobDelivery(stores, chunk_size)
         delivered = []
         groups = blob_groups((blob_key(r), r) for tp in plans for r in blob_requests(tp))

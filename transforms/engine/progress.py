@@ -24,7 +24,7 @@ from typing import Iterable, Protocol
 
 import orjson
 
-from imagepush.transforms.engine.jobs import COPIED, FAILED, BlobResult
+from imagepush.transforms.engine.jobs import COPIED, FAILED, BlobRequest, BlobResult
 from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow
 
 #: The suffix of an event file in a progress folder.
@@ -45,8 +45,11 @@ class Outcome:
 class ProgressEvent:
     """Counts to add to a run's progress (every field 0 or empty unless reported)."""
 
-    #: Images known to the run (given, or listed by a sync on a worker).
+    #: Images known to the run (given, or listed by a sync on a worker), and sync listings finished.
     images_known: int = 0
+    listings_done: int = 0
+    #: Images whose manifests were read and planned (records rows are known only then).
+    images_planned: int = 0
     #: Blobs a copy step is about to deliver, and their bytes (one per source blob).
     blobs_planned: int = 0
     bytes_planned: int = 0
@@ -92,7 +95,7 @@ class NoProgress:
 NO_PROGRESS = NoProgress()
 
 
-def blobs_planned(groups: list[list]) -> ProgressEvent:
+def blobs_planned(groups: list[list[BlobRequest]]) -> ProgressEvent:
     """The blob groups (requests of one source blob each) a copy step is about to deliver."""
     return ProgressEvent(blobs_planned=len(groups), bytes_planned=sum(g[0].descriptor.size for g in groups if g))
 

@@ -115,3 +115,11 @@ class Progress:
     def known(self, images: int) -> None:
         if images:
             self.reporter.report(ProgressEvent(images_known=images))
+
+    def listed(self) -> None:
+        """A sync's listing is over: every image it has is known."""
+        self.reporter.report(ProgressEvent(listings_done=1))
+
+    def planned_images(self, images: int) -> None:
+        if images:
+            self.reporter.report(ProgressEvent(images_planned=images))
