@@ -139,12 +139,21 @@ class ProgressDisplay:
         self._last_line = self._started
         self._lines = 0
         self._live = None
+        self._handlers: list[logging.StreamHandler] = []
         if self._terminal:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(console=Console(stderr=True), auto_refresh=False, transient=False)
+            # Log lines written while the display is drawn go above it, through rich's
+            # proxy of sys.stderr, or the next redraw would overwrite them.
+            before = sys.stderr
+            self._handlers = [h for h in logging.getLogger().handlers
+                              if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is before]
+            self._live = Live(console=Console(stderr=True), auto_refresh=False, transient=False,
+                              redirect_stdout=False, redirect_stderr=True)
             self._live.start()
+            for h in self._handlers:
+                h.setStream(sys.stderr)
         self._thread = threading.Thread(target=self._run, name="imagepush-progress", daemon=True)
         self._thread.start()
 
@@ -158,6 +167,8 @@ class ProgressDisplay:
         self._step(final=True)
         if self._live is not None:
             self._live.stop()
+            for h in self._handlers:
+                h.setStream(sys.stderr)
 
     def _run(self) -> None:
         while not self._stop.wait(TICK):

@@ -25,7 +25,7 @@ from typing import Iterable, Protocol
 import orjson
 
 from imagepush.transforms.engine.jobs import COPIED, FAILED, BlobRequest, BlobResult
-from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow
+from imagepush.transforms.records import AuditRow
 
 #: The suffix of an event file in a progress folder.
 EVENTS_SUFFIX = ".events.jsonl"
@@ -114,7 +114,7 @@ def blob_delivered(results: Iterable[BlobResult]) -> ProgressEvent:
 def published(store: str, rows: Iterable[AuditRow]) -> ProgressEvent:
     """The images of one store published (an index's children are part of their image)."""
     return ProgressEvent(outcomes=[
-        Outcome(row.source, row.destination, store, ROW_FAILED if row.status == ROW_FAILED else row.status)
+        Outcome(row.source, row.destination, store, row.status)
         for row in rows if row.role != "child"
     ])
 
