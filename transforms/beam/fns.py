@@ -16,7 +16,7 @@ import time
 import zlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -151,7 +151,7 @@ class CopyBlobsFn(BatchFn):
     def setup(self) -> None:
         super().setup()
         self._delivery = BlobDelivery(self.stores, self._chunk)
-        self._progress = _Progress()
+        self._progress = _Progress(levels=self.stores.registry_levels)
 
     def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):
         _, keyed = element
@@ -261,18 +261,27 @@ class MergeAuditFn(beam.DoFn):
 
 
 class _Progress:
-    """Throttled progress lines: local runners show no metrics until the end."""
+    """Throttled progress lines: local runners show no metrics until the end.
 
-    def __init__(self, every: float = 5.0) -> None:
+    A registry whose request limit has come down below ``--registry-concurrency`` (it
+    answered 429 or 503) is named with its level: it explains a slow copy.
+    """
+
+    def __init__(self, every: float = 5.0, levels: Callable[[], Mapping[str, Any]] = dict) -> None:
         self.every, self.last = every, time.monotonic()
         self.blobs = self.bytes = 0
+        self._levels = levels
 
     def add(self, nbytes: int) -> None:
         self.blobs += 1
         self.bytes += nbytes
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            log.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
+            limited = "".join(
+                f"; registry {host} at {level.limit}/{level.ceiling} requests"
+                for host, level in sorted(self._levels().items()) if level.limit < level.ceiling
+            )
+            log.info("copied %d blobs, %.1f MB so far%s", self.blobs, self.bytes / 1e6, limited)
 
 
 def blob_key(request: BlobRequest) -> str:
