@@ -4,12 +4,15 @@ Run by hand (not in CI); it needs docker-registry:
 
     .venv/bin/python benchmarks/rate_limit.py                      # 40 images, 50 requests/s, 3 runs
     .venv/bin/python benchmarks/rate_limit.py --images 60 --rps 30 --runs 1
+    .venv/bin/python benchmarks/rate_limit.py --latency 0.05        # a distant registry
 
 A source Distribution holds --images small images (two random layers each, written
 straight into its storage). Each run syncs them into a fresh destination Distribution
 behind a local proxy (tests/http_proxy.py) that answers 429 with ``Retry-After: 1``
 once more than --rps requests reached the destination in the last second, as a
-rate-limited registry does. Modes, alternating in order between runs:
+rate-limited registry does; --latency delays every destination request, as distance
+does (on loopback even one request at a time can outrun a per-second limit). Modes,
+alternating in order between runs:
 
   adaptive   the default: the limit starts at a quarter of --registry-concurrency 8
              and adapts to the 429s
@@ -99,9 +102,9 @@ class Run:
     requests: int
 
 
-def sync_once(mode: str, src: Registry, work: Path, rps: int, want: dict[str, str]) -> Run:
+def sync_once(mode: str, src: Registry, work: Path, rps: int, latency: float, want: dict[str, str]) -> Run:
     dst = start_registry(work / f"dst-{mode}-{time.time_ns()}")
-    proxy = HTTPProxy(rate_limit=RateLimit(per_second=rps, host=dst.host, retry_after=1)).start()
+    proxy = HTTPProxy(rate_limit=RateLimit(per_second=rps, host=dst.host, retry_after=1, latency=latency)).start()
     extra = {"adaptive": [], "fixed": ["--registry-concurrency-fixed"],
              "paced": ["--registry-rps", str(max(1, rps - 5))]}[mode]
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
@@ -130,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--rps", type=int, default=50, help="requests per second the destination accepts")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added to every destination request (a distant registry)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--modes", default="adaptive,fixed,paced")
     args = parser.parse_args()
@@ -143,14 +148,14 @@ def main() -> None:
             for i in range(args.runs):
                 order = modes[i % len(modes):] + modes[: i % len(modes)]
                 for mode in order:
-                    run = sync_once(mode, src, work, args.rps, want)
+                    run = sync_once(mode, src, work, args.rps, args.latency, want)
                     runs.append(run)
                     print(f"run {i + 1} {mode:8s} {run.seconds:6.1f}s  {run.refused:4d} x 429  "
                           f"{run.requests:4d} requests  limit lowered {run.lowered}x", flush=True)
         finally:
             src.stop()
-    print(f"\n{args.images} images (2 layers each) into a registry accepting {args.rps} requests/s; "
-          f"median of {args.runs} run(s):")
+    print(f"\n{args.images} images (2 layers each) into a registry accepting {args.rps} requests/s, "
+          f"{args.latency * 1000:.0f} ms added per request; median of {args.runs} run(s):")
     for mode in modes:
         mine = [r for r in runs if r.mode == mode]
         print(f"  {mode:8s} {statistics.median(r.seconds for r in mine):6.1f}s  "

@@ -76,6 +76,9 @@ class RateLimit:
     per_second: int
     host: str | None = None
     retry_after: int = 1
+    #: Seconds each admitted request to ``host`` is held before it is forwarded: a
+    #: distant registry's round trip, which bounds the rate of one request at a time.
+    latency: float = 0.0
 
 
 @dataclass
@@ -175,6 +178,8 @@ class HTTPProxy:
             assert self.rate_limit is not None
             self._refuse(client, "429", rest, length, self.rate_limit.retry_after)
             return
+        if self.rate_limit is not None and self.rate_limit.latency and parts.netloc == self.rate_limit.host:
+            time.sleep(self.rate_limit.latency)
         if fault == "slow":
             time.sleep(self.faults.slow_seconds if self.faults else 0)
         upstream = socket.create_connection((parts.hostname, parts.port or 80))
