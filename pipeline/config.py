@@ -229,6 +229,10 @@ class RegistryConfig(_Strict):
     authfile: str | None = None
     ca_bundle: str | None = None
     concurrency: int = Field(default=8, ge=1)
+    #: Whether ``concurrency`` is used as it is instead of as the ceiling of an adaptive limit.
+    concurrency_fixed: bool = False
+    #: Requests per second per registry host from each worker; None: no limit.
+    rps: float | None = Field(default=None, gt=0)
     retries: int = Field(default=4, ge=0)
     #: Seconds a registry that answered earlier in the run is waited for once it stops answering.
     outage_grace: float = Field(default=30.0, ge=0)
@@ -241,6 +245,8 @@ class RegistryConfig(_Strict):
             authfile=self.authfile,
             ca_bundle=self.ca_bundle,
             registry_concurrency=self.concurrency,
+            adaptive_concurrency=not self.concurrency_fixed,
+            registry_rps=self.rps,
             registry_retries=self.retries,
             outage_grace=self.outage_grace,
             hosts=tuple(config.host_options(host) for host, config in self.hosts.items()),
@@ -637,6 +643,8 @@ FLAGS: dict[Loc, tuple[str, str]] = {
     ("registries", "authfile"): ("--authfile", "authfile"),
     ("registries", "ca_bundle"): ("--ca-bundle", "ca_bundle"),
     ("registries", "concurrency"): ("--registry-concurrency", "registry_concurrency"),
+    ("registries", "concurrency_fixed"): ("--registry-concurrency-fixed", "registry_concurrency_fixed"),
+    ("registries", "rps"): ("--registry-rps", "registry_rps"),
     ("registries", "retries"): ("--retry-times", "retry_times"),
     ("registries", "outage_grace"): ("--outage-grace", "outage_grace"),
 }

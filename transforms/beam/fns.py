@@ -151,7 +151,7 @@ class CopyBlobsFn(BatchFn):
     def setup(self) -> None:
         super().setup()
         self._delivery = BlobDelivery(self.stores, self._chunk)
-        self._progress = Progress()
+        self._progress = Progress(levels=self.stores.registry_levels)
 
     def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):
         _, keyed = element

@@ -69,7 +69,7 @@ def migrate(
 
         plans: list[TargetPlan] = [tp for _, planned in each(lambda job: plan_job(job, stores), jobs) for tp in planned]
         delivery = BlobDelivery(stores, chunk_size)
-        progress = Progress()
+        progress = Progress(levels=stores.registry_levels)
         delivered = []
         requests = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]
         for _, results in each(delivery.deliver, blob_groups(requests)):

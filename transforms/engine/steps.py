@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from imagepush.transforms.engine.deliver import Stores
 from imagepush.transforms.engine.jobs import BlobRequest, BlobResult, CopyJob, TargetPlan
@@ -94,15 +94,24 @@ def publish_store(store: str, finals: Iterable[Finalized], stores: Stores) -> li
 
 
 class Progress:
-    """Throttled progress lines of blobs copied: a local run shows no metrics until the end."""
+    """Throttled progress lines of blobs copied: a local run shows no metrics until the end.
 
-    def __init__(self, every: float = 5.0) -> None:
+    A registry whose request limit has come down below ``--registry-concurrency`` (it
+    answered 429 or 503) is named with its level: it explains a slow copy.
+    """
+
+    def __init__(self, every: float = 5.0, levels: Callable[[], Mapping[str, Any]] = dict) -> None:
         self.every, self.last = every, time.monotonic()
         self.blobs = self.bytes = 0
+        self._levels = levels
 
     def add(self, nbytes: int) -> None:
         self.blobs += 1
         self.bytes += nbytes
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            progress.info("copied %d blobs, %.1f MB so far", self.blobs, self.bytes / 1e6)
+            limited = "".join(
+                f"; registry {host} at {level.limit}/{level.ceiling} requests"
+                for host, level in sorted(self._levels().items()) if level.limit < level.ceiling
+            )
+            progress.info("copied %d blobs, %.1f MB so far%s", self.blobs, self.bytes / 1e6, limited)

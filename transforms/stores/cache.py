@@ -13,6 +13,7 @@ import threading
 from imagepush.transforms.stores.base import Destination, Source
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import ClientPool
+from imagepush.transforms.stores.registry.limiter import Level
 from imagepush.transforms.stores.refs import parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source
 
@@ -39,6 +40,10 @@ class StoreCache:
                     parse_reference(store), self._options, clients=self._clients
                 )
             return self._destinations[store]
+
+    def registry_levels(self) -> dict[str, Level]:
+        """The request limit of each registry host this worker talks to, now and at most."""
+        return self._clients.levels()
 
     def close(self) -> None:
         for store in [*self._sources.values(), *self._destinations.values()]:
