@@ -59,7 +59,7 @@ def test_a_request_rate_must_be_above_zero(value, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"registries: {{rps: {value}}}\njobs: [{{sync: 'oci:/in', to: ['oci:/out']}}]\n")
     assert main(["run", str(config)]) == 2
-    assert capsys.readouterr().err.strip() == "imagepush: config: registries.rps: Input should be greater than 0"
+    assert capsys.readouterr().err.strip() == f"imagepush: config: {config}:1:14: registries.rps: Input should be greater than 0"
 
 
 def test_a_worker_s_stores_report_each_registry_s_request_limit():
