@@ -201,6 +201,9 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         p.add_argument("--audit", metavar="URL",
                        help="where the Parquet audit goes (any fsspec URL; default on a local runner "
                             "$XDG_STATE_HOME/imagepush/audit/<run-id>.parquet, ~/.local/state/... without it)")
+        p.add_argument("--max-bandwidth", metavar="RATE",
+                       help="most bytes per second each worker sends to each destination (a registry host, "
+                            "a layout, a bucket path), e.g. 50MB/s or 1.5GiB/s (default: no cap)")
         p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
         _engine_flag(p)
 

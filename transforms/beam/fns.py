@@ -150,7 +150,7 @@ class CopyBlobsFn(BatchFn):
 
     def setup(self) -> None:
         super().setup()
-        self._delivery = BlobDelivery(self.stores, self._chunk)
+        self._delivery = BlobDelivery(self.stores, self._chunk, pacer=self.stores.pacer)
         self._progress = Progress(levels=self.stores.registry_levels)
 
     def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):

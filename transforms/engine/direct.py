@@ -68,7 +68,7 @@ def migrate(
             return bounded_map(fn, items, workers=workers, executor=pool)
 
         plans: list[TargetPlan] = [tp for _, planned in each(lambda job: plan_job(job, stores), jobs) for tp in planned]
-        delivery = BlobDelivery(stores, chunk_size)
+        delivery = BlobDelivery(stores, chunk_size, pacer=stores.pacer)
         progress = Progress(levels=stores.registry_levels)
         delivered = []
         requests = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]

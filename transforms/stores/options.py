@@ -67,6 +67,9 @@ class StoreOptions:
     adaptive_concurrency: bool = True
     #: Requests per second per registry host from one worker; None: no rate cap.
     registry_rps: float | None = None
+    #: Bytes per second one worker sends to one destination (a registry host, a layout, a
+    #: bucket path: the stores sharing blobs); None: no cap. ``--max-bandwidth``.
+    max_bandwidth: float | None = None
     #: Retries of a registry request after a connection error, 429 or 5xx (with backoff).
     registry_retries: int = 4
     #: Seconds a registry that answered earlier in the run is waited for (retrying with

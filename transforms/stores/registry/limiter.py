@@ -32,7 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from imagepush.transforms.pacing import RateBucket
+
 log = logging.getLogger(__name__)
+
+__all__ = ["Level", "RateBucket", "RequestLimiter", "Slot"]
 
 #: Overload statuses: the registry asks to be asked less.
 OVERLOAD_STATUSES = frozenset({429, 503})
@@ -63,34 +67,6 @@ class Slot:
                 return
             self._released = True
         self._limiter._release(self)
-
-
-class RateBucket:
-    """At most ``rate`` requests per second, at least ``1/rate`` seconds apart.
-
-    Each caller reserves the next free instant under the lock and sleeps outside it, so
-    waiting callers are served in order without holding one another up.
-    """
-
-    def __init__(
-        self, rate: float, *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
-        if rate <= 0:
-            raise ValueError(f"a request rate must be above 0, not {rate}")
-        self.interval = 1.0 / rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next: float | None = None
-        self._lock = threading.Lock()
-
-    def take(self) -> None:
-        """Return when this request may be sent."""
-        with self._lock:
-            now = self._clock()
-            start = now if self._next is None else max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            self._sleep(start - now)
 
 
 class RequestLimiter:
