@@ -416,6 +416,13 @@ def report(name: str, r: dict, results: dict) -> None:
         one = statistics.median(t.seconds for t in results[one_name]["ours"])
         one_cpu = statistics.median(t.cpu for t in results[one_name]["ours"])
         line += f"; vs one destination {ours / one:.2f}x the time, {cpu / one_cpu:.2f}x the CPU"
+    if r["rerun"]:
+        again = statistics.median(t.seconds for t in r["rerun"])
+        line += f"; rerun {again:.2f}s = {100 * again / ours:.0f}% of the first run"
+    print(line, flush=True)
+    print(f"    runs: imagepush {_list(r['ours'])} (CPU-s {_cpus(r['ours'])})"
+          + (f"; skopeo {_list(r['theirs'])}" if r["theirs"] else "")
+          + (f"; reruns {_list(r['rerun'])}" if r["rerun"] else ""), flush=True)
     if r["other"]:
         other_cpu = statistics.median(t.cpu for t in r["other"])
         print(f"    against {other_cpu:.2f} CPU-s = {other_cpu / gb:.2f} CPU-s/GB (runs "
@@ -429,13 +436,6 @@ def report(name: str, r: dict, results: dict) -> None:
             floor = regs / (os.cpu_count() or 1)
             print(f"    {tool}: registries {regs:.1f} CPU-s, floor {floor:.1f}s on {os.cpu_count()} cores, "
                   f"run / floor {wall / floor:.2f}", flush=True)
-    if r["rerun"]:
-        again = statistics.median(t.seconds for t in r["rerun"])
-        line += f"; rerun {again:.2f}s = {100 * again / ours:.0f}% of the first run"
-    print(line, flush=True)
-    print(f"    runs: imagepush {_list(r['ours'])} (CPU-s {_cpus(r['ours'])})"
-          + (f"; skopeo {_list(r['theirs'])}" if r["theirs"] else "")
-          + (f"; reruns {_list(r['rerun'])}" if r["rerun"] else ""), flush=True)
 
 
 def _list(times: list[Timed]) -> str:
