@@ -87,7 +87,10 @@ def stream_blob(
     errors: dict[int, Exception] = {}
     size = 0
     try:
-        for chunk in read_chunks(reader, chunk_size):
+        while True:
+            chunk = reader.read(chunk_size)
+            if not chunk:
+                break
             size += len(chunk)
             if expected_size is not None and expected_size >= 0 and size > expected_size:
                 raise BlobVerificationError(
@@ -124,28 +127,6 @@ def stream_blob(
             errors[i] = exc
             _abort(sink)
     return CopyOutcome(size=size, diff_id=diff_id, sink_errors=errors)
-
-
-def read_chunks(reader: BinaryIO, chunk_size: int) -> Iterator[memoryview | bytes]:
-    """The bytes of ``reader`` in pieces of at most ``chunk_size``, until its end.
-
-    A reader that can ``readinto`` fills one buffer again and again, and each piece is a
-    view of it: valid only until the next piece is asked for, so whoever keeps one must
-    copy it (sinks do, see :meth:`BlobSink.write`). A copy of gigabytes then allocates
-    nothing per piece. Other readers give their own ``bytes``.
-    """
-    readinto = getattr(reader, "readinto", None)
-    if readinto is None:
-        while chunk := reader.read(chunk_size):
-            yield chunk
-        return
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
-    while True:
-        count = readinto(view)
-        if not count:
-            return
-        yield view[:count]
 
 
 def _abort(sink: BlobSink) -> None:

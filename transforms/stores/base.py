@@ -195,9 +195,7 @@ class BlobSink(abc.ABC):
     verifies_digest: bool = False
 
     @abc.abstractmethod
-    def write(self, chunk: bytes | memoryview) -> None:
-        """Take the next bytes. ``chunk`` may be a view of a buffer the caller fills again
-        once this returns: a sink that keeps the bytes longer copies them."""
+    def write(self, chunk: bytes) -> None: ...
 
     @abc.abstractmethod
     def commit(self) -> None:

@@ -15,7 +15,6 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urljoin
 
 import requests
-from urllib3.exceptions import IncompleteRead
 
 from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, ResponseTooLarge
 
@@ -108,26 +107,6 @@ class StreamedResponse:
             self._lease.release()  # at the end: free the slot even if the caller never closes
         return data or b""
 
-    def readinto(self, buffer: Any) -> int:
-        """Fill ``buffer`` with the next bytes of the body (0 at its end), as sent.
-
-        A blob copy reads gigabytes: receiving straight into a buffer the caller reuses
-        spares a fresh megabyte object per read, which the allocator hands back to the
-        kernel and faults in again (zeroed) on the next one.
-        """
-        if self._closed:
-            raise ValueError("read from a closed registry stream")
-        try:
-            count = _readinto(self.response.raw, buffer)
-        except Exception as exc:  # urllib3 protocol errors are not OSErrors
-            self.close()
-            raise RegistryUnavailable(
-                f"{self._where}: connection lost while reading ({type(exc).__name__})"
-            ) from None
-        if count == 0 and len(buffer):
-            self._lease.release()  # at the end: free the slot even if the caller never closes
-        return count
-
     def read_limited(self, limit: int) -> bytes:
         """The whole body, or a :class:`RegistryError` when it exceeds ``limit`` bytes."""
         chunks, total = [], 0
@@ -175,38 +154,6 @@ class StreamedResponse:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _readinto(raw: Any, buffer: Any) -> int:
-    """urllib3's ``raw.read(len(buffer), decode_content=False)``, received into ``buffer``.
-
-    urllib3's own ``readinto`` reads into a new object and copies. Here the socket
-    file's ``readinto`` fills the buffer inside urllib3's error handling, which turns
-    socket errors into its protocol errors, returns the connection to the pool at the end
-    of the body, and raises when the body ends before its ``Content-Length``; its byte
-    counts are kept as ``read`` keeps them. A response without those internals (another
-    urllib3) is read and copied.
-    """
-    fp = getattr(raw, "_fp", None)
-    catcher = getattr(raw, "_error_catcher", None)
-    if fp is None or catcher is None or not hasattr(fp, "readinto") or not hasattr(raw, "_fp_bytes_read"):
-        data = raw.read(len(buffer), decode_content=False)
-        buffer[: len(data)] = data
-        return len(data)
-    if not len(buffer) or getattr(fp, "closed", False):
-        return 0
-    with catcher():
-        count = fp.readinto(buffer)
-        if not count:
-            fp.close()  # as urllib3 does at the end, so that the connection goes back to the pool
-            remaining = raw.length_remaining
-            if raw.enforce_content_length and remaining not in (None, 0):
-                raise IncompleteRead(raw._fp_bytes_read, remaining)
-    if count:
-        raw._fp_bytes_read += count
-        if raw.length_remaining is not None:
-            raw.length_remaining -= count
-    return count
 
 
 def read_capped(response: requests.Response, limit: int) -> bytes:
@@ -264,14 +211,9 @@ class BlobStream(io.RawIOBase):
         return self.read(-1)
 
     def readinto(self, buffer: Any) -> int:
-        while True:
-            try:
-                count = self._streamed.readinto(buffer)
-            except RegistryUnavailable as exc:
-                self._resume(exc)
-                continue
-            self._offset += count
-            return count
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def _resume(self, lost: RegistryUnavailable) -> None:
         """Replace the broken response by one that continues at ``self._offset``."""
