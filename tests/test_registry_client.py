@@ -603,7 +603,7 @@ def _read_blob(host: str) -> bytes:
 
 
 def _read_blob_into(host: str) -> bytes:
-    """The blob as the copy engine reads it: received into one buffer, used again for every read."""
+    """The blob read into the caller's buffer (``readinto``), used again for every read."""
     opts = StoreOptions(insecure_registries=(host,))
     buffer, out = bytearray(100_003), bytearray()  # the blob is no multiple of it: a short last read
     with RegistrySource(f"{host}/lib/app", opts).open_blob(BLOB_DIGEST) as stream:

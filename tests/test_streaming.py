@@ -64,7 +64,7 @@ class TricklingReader(io.RawIOBase):
 
 
 class KeepingSink(RecordingSink):
-    """Keeps every chunk as handed over: it must copy, since the reader's buffer is used again."""
+    """Keeps every chunk as it was handed over."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,7 +74,7 @@ class KeepingSink(RecordingSink):
         self.chunks.append(bytes(chunk))
 
 
-def test_short_reads_into_a_reused_buffer_deliver_every_byte_in_order():
+def test_short_reads_deliver_every_byte_in_order_in_pieces_of_at_most_the_chunk_size():
     sinks = [RecordingSink(), KeepingSink()]
     outcome = stream_blob(TricklingReader(PAYLOAD), sha(PAYLOAD), len(PAYLOAD), sinks, chunk_size=4096)
     assert outcome.size == len(PAYLOAD) and outcome.sink_errors == {}
