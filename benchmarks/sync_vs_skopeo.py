@@ -343,8 +343,20 @@ TWO_DESTINATIONS = {"c": "a", "f": "e"}
 
 
 def workload_bytes(work: Path, name: str) -> int:
-    """Bytes of every blob the workload's images hold (each counted once): what one destination receives."""
-    return dir_size(work / f"layout-{name}" / "blobs")
+    """Bytes of the configs and layers of the workload's images, each blob once: what one destination receives."""
+    layout = work / f"layout-{name}"
+
+    def blob(digest: str) -> dict:
+        return json.loads((layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes())
+
+    sizes: dict[str, int] = {}
+    for entry in json.loads((layout / "index.json").read_text())["manifests"]:
+        ref = entry.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+        if re.match(r"^repo\d+-t\d+$", ref) or (name == "d" and ref == "big"):
+            manifest = blob(entry["digest"])
+            for d in [manifest["config"], *manifest["layers"]]:
+                sizes[d["digest"]] = d["size"]
+    return sum(sizes.values())
 
 
 def main() -> None:
