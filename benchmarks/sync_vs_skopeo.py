@@ -12,12 +12,19 @@ skopeo into a source registry kept under --work:
   b  400 tiny images in 200 repositories
   c  workload a into two destination registries in one imagepush run
   d  one image with a single multi-GB layer (memory check)
+  e  20 repositories x 3 tags, each repository on its own large layer (16-167 MB of
+     gzip here, 1.6 GB in all, each large layer copied once): the cost per byte
+  f  workload e into two destination registries in one imagepush run
 
 Each run starts fresh destination registries (empty storage). skopeo is run as its users
 run it, ``skopeo sync --src docker --dest docker`` once per repository; imagepush runs one
 ``imagepush sync`` over the whole source. Runs alternate which tool goes first and the
 medians of --runs are reported, with imagepush's peak RSS from ``/usr/bin/time -v`` and,
-for workload a, the time of a rerun onto each finished destination. After every run
+for workload a, the time of a rerun onto each finished destination. CPU is also given
+per GB of the workload's blobs, next to the CPU the registries burnt in the same run (read
+from ``/proc/PID/stat``): on this machine they share the cores with the copier, so their
+CPU-s divided by the cores is a floor no copier can beat, and the copier's own
+CPU-s per GB is what it can change. After every run
 (untimed) each destination is read back over plain HTTP: every source tag must be there
 with its digest, for either tool.
 """
@@ -103,6 +110,36 @@ def _app_files(seed: int, nbytes: int, out: Path) -> None:
     (out / "build-id").write_text(f"image {seed}\n")
 
 
+#: Workload e: one large layer per repository, compressed sizes spread over this range.
+LARGE_REPOS, LARGE_MIN, LARGE_MAX = 20, 20 << 20, 90 << 20
+#: What gzip leaves of /usr/lib's files (measured: about 0.33), to aim at compressed sizes.
+LIB_GZIP_RATIO = 0.33
+
+
+def _large_layer_files(repo: int, out: Path) -> None:
+    """Real files for repository ``repo``'s own layer, hard-linked (copied across devices) into ``out``.
+
+    Each repository takes a different window of /usr/lib, sized so that its gzip layer
+    lands between LARGE_MIN and LARGE_MAX, plus a file naming it, so no two layers share
+    a digest.
+    """
+    files = sorted(p for p in Path("/usr/lib").rglob("*")
+                   if p.is_file() and not p.is_symlink() and 0 < p.stat().st_size < 16 << 20)
+    target = (LARGE_MIN + (LARGE_MAX - LARGE_MIN) * repo // (LARGE_REPOS - 1)) / LIB_GZIP_RATIO
+    out.mkdir(parents=True)
+    total, i = 0, repo * len(files) // LARGE_REPOS
+    while total < target:
+        src = files[i % len(files)]
+        dst = out / f"{i}-{src.name}"
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        total += src.stat().st_size
+        i += 1
+    (out / "layer-id").write_text(f"large layer {repo}\n")
+
+
 def build_layout(work: Path, name: str) -> Path:
     layout = work / f"layout-{name}"
     if (layout / "index.json").exists():
@@ -135,6 +172,18 @@ def build_layout(work: Path, name: str) -> Path:
                 (app / "id").write_text(f"tiny {repo} {tag}\n")
                 sh(["umoci", "insert", "--rootless", "--image", f"{layout}:base",
                     "--tag", f"repo{repo:03d}-t{tag}", str(app), "/app"])
+    elif name == "e":
+        for repo in range(LARGE_REPOS):
+            base = f"{layout}:large{repo}"
+            sh(["umoci", "new", "--image", base])
+            _large_layer_files(repo, tmp / f"large-{repo}")
+            sh(["umoci", "insert", "--rootless", "--image", base, str(tmp / f"large-{repo}"), "/large"])
+            shutil.rmtree(tmp / f"large-{repo}")
+            for tag in range(3):
+                app = tmp / f"app-{repo}-{tag}"
+                _app_files(1000 + repo * 3 + tag, 1_500_000, app)
+                sh(["umoci", "insert", "--rootless", "--image", base,
+                    "--tag", f"repo{repo:02d}-t{tag}", str(app), "/app"])
     elif name == "d":
         big = pick_dirs(2 << 30, 1, set())[0]
         sh(["umoci", "new", "--image", f"{layout}:big"])
@@ -181,38 +230,55 @@ class Timed:
     rss_mb: float
     #: user + system CPU seconds of the timed process
     cpu: float = 0.0
+    #: user + system CPU seconds the registries (source and destinations) spent meanwhile
+    registries_cpu: float = 0.0
 
 
-def timed(cmd: list[str], env: dict | None = None) -> Timed:
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def registries_cpu(regs: list[Registry]) -> float:
+    return sum(process_cpu(r.process.pid) for r in regs)
+
+
+def timed(cmd: list[str], env: dict | None = None, regs: list[Registry] = ()) -> Timed:
+    before = registries_cpu(regs)
     start = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     elapsed = time.monotonic() - start
+    spent = registries_cpu(regs) - before
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}… failed ({proc.returncode}): {proc.stderr[-3000:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     cpu = sum(float(m.group(1)) for m in re.finditer(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
-    return Timed(elapsed, int(rss.group(1)) / 1024 if rss else float("nan"), cpu)
+    return Timed(elapsed, int(rss.group(1)) / 1024 if rss else float("nan"), cpu, spent)
 
 
 def skopeo_sync(src: Registry, dst: Registry, w: Workload) -> Timed:
-    total, peak, cpu = 0.0, 0.0, 0.0
+    total, peak, cpu, regs = 0.0, 0.0, 0.0, 0.0
     for repo in w.repos:
         t = timed(["skopeo", "--insecure-policy", "sync", "--src", "docker", "--dest", "docker",
                    "--src-tls-verify=false", "--dest-tls-verify=false",
-                   f"{src.host}/bench/{repo}", f"{dst.host}/mirror"])
+                   f"{src.host}/bench/{repo}", f"{dst.host}/mirror"], regs=[src, dst])
         total += t.seconds
         peak = max(peak, t.rss_mb)
         cpu += t.cpu
-    return Timed(total, peak, cpu)
+        regs += t.registries_cpu
+    return Timed(total, peak, cpu, regs)
 
 
-def imagepush_sync(src: Registry, dsts: list[Registry], work: Path, extra: list[str]) -> Timed:
+def imagepush_sync(
+    src: Registry, dsts: list[Registry], work: Path, extra: list[str], program: list[str] = IMAGEPUSH
+) -> Timed:
     audit = work / f"audit-{time.time_ns()}.parquet"
-    cmd = [*IMAGEPUSH, "sync", f"docker://{src.host}/bench", *(f"docker://{d.host}/mirror" for d in dsts),
+    cmd = [*program, "sync", f"docker://{src.host}/bench", *(f"docker://{d.host}/mirror" for d in dsts),
            "--insecure-registry", src.host, *(a for d in dsts for a in ("--insecure-registry", d.host)),
            "--audit", str(audit), *extra]
     try:
-        return timed(cmd)  # exit 0: every image ok in the audit
+        return timed(cmd, regs=[src, *dsts])  # exit 0: every image ok in the audit
     finally:
         audit.unlink(missing_ok=True)
 
@@ -272,12 +338,36 @@ def settle() -> None:
     time.sleep(1.0)
 
 
+#: Workloads copied into two destinations at once, and the workload they copy.
+TWO_DESTINATIONS = {"c": "a", "f": "e"}
+
+
+def workload_bytes(work: Path, name: str) -> int:
+    """Bytes of the configs and layers of the workload's images, each blob once: what one destination receives."""
+    layout = work / f"layout-{name}"
+
+    def blob(digest: str) -> dict:
+        return json.loads((layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes())
+
+    sizes: dict[str, int] = {}
+    for entry in json.loads((layout / "index.json").read_text())["manifests"]:
+        ref = entry.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+        if re.match(r"^repo\d+-t\d+$", ref) or (name == "d" and ref == "big"):
+            manifest = blob(entry["digest"])
+            for d in [manifest["config"], *manifest["layers"]]:
+                sizes[d["digest"]] = d["size"]
+    return sum(sizes.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    parser.add_argument("--workload", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d", "e", "f"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/imagepush-bench"))
     parser.add_argument("--skip-skopeo", action="store_true", help="time imagepush only")
+    parser.add_argument("--against", metavar="IMAGEPUSH",
+                        help="another imagepush executable (say, an install of the previous commit) timed "
+                             "in the same runs, interleaved with this one (CPU comparisons on a shared machine)")
     parser.add_argument("imagepush_args", nargs="*", help="extra imagepush options (after --)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -288,20 +378,23 @@ def main() -> None:
     print(f"imagepush benchmark on {os.cpu_count()} cores; command: {' '.join(sys.argv)}")
     results: dict[str, dict] = {}
     for name in args.workload:
-        base = "a" if name == "c" else name
+        base = TWO_DESTINATIONS.get(name, name)
         src, w = populate_source(args.work, base)
         try:
-            ours, theirs, rerun = [], [], []
+            ours, theirs, rerun, other = [], [], [], []
+            tools = ["skopeo", "imagepush"] + (["against"] if args.against else [])
             for run in range(args.runs):
-                order = ("imagepush", "skopeo") if run % 2 else ("skopeo", "imagepush")
+                order = tools[run % len(tools):] + tools[:run % len(tools)]
                 for tool in order:
-                    if tool == "skopeo" and (name == "c" or args.skip_skopeo):
+                    if tool == "skopeo" and (name in TWO_DESTINATIONS or args.skip_skopeo):
                         continue
-                    dsts = [fresh_registry(args.work) for _ in range(2 if name == "c" else 1)]
+                    dsts = [fresh_registry(args.work) for _ in range(2 if name in TWO_DESTINATIONS else 1)]
                     settle()
                     try:
                         if tool == "skopeo":
                             theirs.append(skopeo_sync(src, dsts[0], w))
+                        elif tool == "against":
+                            other.append(imagepush_sync(src, dsts, args.work, args.imagepush_args, [args.against]))
                         else:
                             ours.append(imagepush_sync(src, dsts, args.work, args.imagepush_args))
                             if name == "a":
@@ -311,7 +404,8 @@ def main() -> None:
                     finally:
                         for d in dsts:
                             stop(d)
-            results[name] = {"images": len(w.images), "ours": ours, "theirs": theirs, "rerun": rerun}
+            results[name] = {"images": len(w.images), "ours": ours, "theirs": theirs, "rerun": rerun,
+                             "other": other, "bytes": workload_bytes(args.work, base)}
             report(name, results[name], results)
         finally:
             src.stop()
@@ -321,26 +415,47 @@ def report(name: str, r: dict, results: dict) -> None:
     ours = statistics.median(t.seconds for t in r["ours"])
     rss = max(t.rss_mb for t in r["ours"])
     cpu = statistics.median(t.cpu for t in r["ours"])
-    line = f"[{name}] {r['images']} images: imagepush {ours:.1f}s ({1000 * ours / r['images']:.0f} ms/image, " \
-           f"{cpu:.1f} CPU-s, peak RSS {rss:.0f} MB)"
+    gb = r["bytes"] / 1e9
+    line = f"[{name}] {r['images']} images, {gb:.2f} GB: imagepush {ours:.1f}s " \
+           f"({1000 * ours / r['images']:.0f} ms/image, {cpu:.1f} CPU-s = {cpu / gb:.2f} CPU-s/GB, peak RSS {rss:.0f} MB)"
     if r["theirs"]:
         theirs = statistics.median(t.seconds for t in r["theirs"])
         their_cpu = statistics.median(t.cpu for t in r["theirs"])
-        line += f"; skopeo {theirs:.1f}s ({1000 * theirs / r['images']:.0f} ms/image, {their_cpu:.1f} CPU-s); " \
-                f"ratio {ours / theirs:.2f}"
-    if name == "c" and "a" in results:
-        one = statistics.median(t.seconds for t in results["a"]["ours"])
-        line += f"; vs one destination {ours / one:.2f}x"
+        line += f"; skopeo {theirs:.1f}s ({1000 * theirs / r['images']:.0f} ms/image, {their_cpu:.1f} CPU-s = " \
+                f"{their_cpu / gb:.2f} CPU-s/GB); ratio {ours / theirs:.2f}"
+    one_name = next((one for two, one in TWO_DESTINATIONS.items() if two == name), None)
+    if one_name in results:
+        one = statistics.median(t.seconds for t in results[one_name]["ours"])
+        one_cpu = statistics.median(t.cpu for t in results[one_name]["ours"])
+        line += f"; vs one destination {ours / one:.2f}x the time, {cpu / one_cpu:.2f}x the CPU"
     if r["rerun"]:
         again = statistics.median(t.seconds for t in r["rerun"])
         line += f"; rerun {again:.2f}s = {100 * again / ours:.0f}% of the first run"
     print(line, flush=True)
-    print(f"    runs: imagepush {_list(r['ours'])}" + (f"; skopeo {_list(r['theirs'])}" if r["theirs"] else "")
+    print(f"    runs: imagepush {_list(r['ours'])} (CPU-s {_cpus(r['ours'])})"
+          + (f"; skopeo {_list(r['theirs'])}" if r["theirs"] else "")
           + (f"; reruns {_list(r['rerun'])}" if r["rerun"] else ""), flush=True)
+    if r["other"]:
+        other_cpu = statistics.median(t.cpu for t in r["other"])
+        print(f"    against {other_cpu:.2f} CPU-s = {other_cpu / gb:.2f} CPU-s/GB (runs "
+              f"{_list(r['other'])}, CPU-s {_cpus(r['other'])}, peak RSS {max(t.rss_mb for t in r['other']):.0f} MB); "
+              f"this one / against: {cpu / other_cpu:.2f} of the CPU", flush=True)
+    for tool, runs in (("imagepush", r["ours"]), ("skopeo", r["theirs"])):
+        if runs:
+            # The registries run on the same cores: their CPU over the cores bounds any run from below.
+            regs = statistics.median(t.registries_cpu for t in runs)
+            wall = statistics.median(t.seconds for t in runs)
+            floor = regs / (os.cpu_count() or 1)
+            print(f"    {tool}: registries {regs:.1f} CPU-s, floor {floor:.1f}s on {os.cpu_count()} cores, "
+                  f"run / floor {wall / floor:.2f}", flush=True)
 
 
 def _list(times: list[Timed]) -> str:
     return " ".join(f"{t.seconds:.2f}" for t in times)
+
+
+def _cpus(times: list[Timed]) -> str:
+    return " ".join(f"{t.cpu:.2f}" for t in times)
 
 
 if __name__ == "__main__":

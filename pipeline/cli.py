@@ -179,7 +179,12 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                         "(default: the usual docker and containers locations)")
     p.add_argument("--ca-bundle", metavar="PEM", help="extra CA certificates to trust for registries")
     p.add_argument("--registry-concurrency", default=_default(RegistryConfig, "concurrency"), metavar="N",
-                   help="concurrent requests per registry from each worker (default: %(default)s)")
+                   help="most concurrent requests per registry from each worker; the limit starts at a "
+                        "quarter of it and adapts to the registry's 429/503 answers (default: %(default)s)")
+    p.add_argument("--registry-concurrency-fixed", action="store_true",
+                   help="send --registry-concurrency requests at once from the start, never adapting")
+    p.add_argument("--registry-rps", default=_default(RegistryConfig, "rps"), metavar="N",
+                   help="most requests per second per registry from each worker (default: no limit)")
     p.add_argument("--retry-times", default=_default(RegistryConfig, "retries"), metavar="N",
                    help="retries of a registry request after a connection error, 429 or 5xx, "
                         "with exponential backoff (default: %(default)s)")
@@ -202,6 +207,9 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         p.add_argument("--audit", metavar="URL",
                        help="where the Parquet audit goes (any fsspec URL; default on a local runner "
                             "$XDG_STATE_HOME/imagepush/audit/<run-id>.parquet, ~/.local/state/... without it)")
+        p.add_argument("--max-bandwidth", metavar="RATE",
+                       help="most bytes per second each worker sends to each destination (a registry host, "
+                            "a layout, a bucket path), e.g. 50MB/s or 1.5GiB/s (default: no cap)")
         p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
         _engine_flag(p)
 

@@ -43,6 +43,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
@@ -125,6 +126,26 @@ def _template(text: str) -> str:
     except TemplateError as exc:
         raise ValueError(str(exc)) from None
     return text
+
+
+#: Multipliers of the units a ``--max-bandwidth`` may be written in (``/s`` optional).
+_RATE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+
+
+def parse_rate(text: str | float) -> float:
+    """Bytes per second from ``50MB/s``, ``1.5GiB/s``, ``800k`` or a plain number of bytes."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)(?:/s)?\s*", str(text))
+        if not match or match.group(2).lower() not in _RATE_UNITS:
+            raise ValueError(f"{text!r} is not a rate: write it as 50MB/s, 1.5GiB/s or 800KB/s")
+        value, unit = float(match.group(1)), match.group(2).lower()
+    rate = value * _RATE_UNITS[unit]
+    if rate <= 0:
+        raise ValueError(f"{text!r}: a rate must be above 0")
+    return rate
 
 
 def _tag(text: str) -> str:
@@ -229,6 +250,10 @@ class RegistryConfig(_Strict):
     authfile: str | None = None
     ca_bundle: str | None = None
     concurrency: int = Field(default=8, ge=1)
+    #: Whether ``concurrency`` is used as it is instead of as the ceiling of an adaptive limit.
+    concurrency_fixed: bool = False
+    #: Requests per second per registry host from each worker; None: no limit.
+    rps: float | None = Field(default=None, gt=0)
     retries: int = Field(default=4, ge=0)
     #: Seconds a registry that answered earlier in the run is waited for once it stops answering.
     outage_grace: float = Field(default=30.0, ge=0)
@@ -241,6 +266,8 @@ class RegistryConfig(_Strict):
             authfile=self.authfile,
             ca_bundle=self.ca_bundle,
             registry_concurrency=self.concurrency,
+            adaptive_concurrency=not self.concurrency_fixed,
+            registry_rps=self.rps,
             registry_retries=self.retries,
             outage_grace=self.outage_grace,
             hosts=tuple(config.host_options(host) for host, config in self.hosts.items()),
@@ -333,6 +360,8 @@ class RunConfig(_Strict):
     preflight: bool = True
     #: Never replace a name that points at another image (``--no-clobber``): such targets are skipped.
     no_clobber: bool = False
+    #: Bytes per second each worker sends to each destination (``--max-bandwidth``); None: no cap.
+    max_bandwidth: Annotated[float | None, BeforeValidator(lambda v: v if v is None else parse_rate(v))] = None
     #: Beam options; written as the ``runner`` mapping, kept as the flags Beam parses.
     beam_args: Annotated[list[str], BeforeValidator(_beam_flags)] = Field(default_factory=list, alias="runner")
     defaults: Defaults = Field(default_factory=Defaults)
@@ -377,7 +406,7 @@ class RunConfig(_Strict):
             run_id=run_id,
             audit_url=self.audit or default_audit,
             beam_args=self.beam_args + list(extra_beam_args),
-            options=self.registries.store_options(),
+            options=replace(self.registries.store_options(), max_bandwidth=self.max_bandwidth),
             parallel=self.parallel,
             preflight=self.preflight,
         )
@@ -630,6 +659,7 @@ FLAGS: dict[Loc, tuple[str, str]] = {
     ("parallel",): ("--parallel", "parallel"),
     ("preflight",): ("--no-preflight", "preflight"),
     ("no_clobber",): ("--no-clobber", "no_clobber"),
+    ("max_bandwidth",): ("--max-bandwidth", "max_bandwidth"),
     ("defaults", "format"): ("--format", "format"),
     ("defaults", "compression"): ("--compression", "compression"),
     ("defaults", "platforms"): ("--platform", "platform"),
@@ -637,6 +667,8 @@ FLAGS: dict[Loc, tuple[str, str]] = {
     ("registries", "authfile"): ("--authfile", "authfile"),
     ("registries", "ca_bundle"): ("--ca-bundle", "ca_bundle"),
     ("registries", "concurrency"): ("--registry-concurrency", "registry_concurrency"),
+    ("registries", "concurrency_fixed"): ("--registry-concurrency-fixed", "registry_concurrency_fixed"),
+    ("registries", "rps"): ("--registry-rps", "registry_rps"),
     ("registries", "retries"): ("--retry-times", "retry_times"),
     ("registries", "outage_grace"): ("--outage-grace", "outage_grace"),
 }

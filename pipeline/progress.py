@@ -98,8 +98,9 @@ class Tally:
             done = self.by_store[store]
             failed = f", {done[FAILED]} failed" if done[FAILED] else ""
             parts.append(f"{store}: {sum(done.values()) - done[FAILED]} done{failed}")
-        for host, (in_flight, limit) in sorted(c.registry_levels.items()):
-            parts.append(f"registry {host} at {in_flight}/{limit} requests")
+        for host, (limit, ceiling) in sorted(c.registry_levels.items()):
+            if limit < ceiling:  # a registry that pushed back (429, 503) explains a slow copy
+                parts.append(f"registry {host} at {limit}/{ceiling} requests")
         return parts
 
 

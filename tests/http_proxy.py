@@ -12,6 +12,10 @@ upstream's, connections reset half way through a request or answer body, and slo
 answers. Which request gets which fault is decided by a seeded random number per
 request *kind* (method and path, upload session ids masked) and its count, not by
 arrival order, so a run's faults do not depend on how its threads interleave.
+
+Given a :class:`RateLimit`, it plays a rate-limited registry: plain-HTTP requests to
+the limited host beyond so many in the last second are answered 429 with
+``Retry-After`` (only the requests it lets through count towards the limit).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import struct
 import socketserver
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -65,6 +69,18 @@ class FaultMix:
         return None
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``per_second`` requests to ``host`` (``host:port``; None: any) in any one second."""
+
+    per_second: int
+    host: str | None = None
+    retry_after: int = 1
+    #: Seconds each admitted request to ``host`` is held before it is forwarded: a
+    #: distant registry's round trip, which bounds the rate of one request at a time.
+    latency: float = 0.0
+
+
 @dataclass
 class ProxySeen:
     """One request as the proxy saw it: ``CONNECT host:port`` or ``GET http://…``."""
@@ -84,6 +100,8 @@ class HTTPProxy:
     upload_rate: float | None = None
     #: Faults injected into plain-HTTP requests; None forwards every request untouched.
     faults: FaultMix | None = None
+    #: A registry's rate limit, enforced with 429 answers; None: no limit.
+    rate_limit: RateLimit | None = None
     seen: list[ProxySeen] = field(default_factory=list)
     #: How many of each fault were injected.
     injected: Counter = field(default_factory=Counter)
@@ -92,6 +110,7 @@ class HTTPProxy:
         self._server: socketserver.ThreadingTCPServer | None = None
         self._lock = threading.Lock()
         self._kinds: Counter = Counter()
+        self._admitted: deque[float] = deque()
         self.port = 0
 
     @property
@@ -153,8 +172,14 @@ class HTTPProxy:
         fault = self._fault(method, path)
         length = _content_length(headers)
         if fault in ("5xx", "429"):
-            self._refuse(client, fault, rest, length)
+            self._refuse(client, fault, rest, length, self.faults.retry_after if self.faults else 1)
             return
+        if self._over_rate(parts.netloc):
+            assert self.rate_limit is not None
+            self._refuse(client, "429", rest, length, self.rate_limit.retry_after)
+            return
+        if self.rate_limit is not None and self.rate_limit.latency and parts.netloc == self.rate_limit.host:
+            time.sleep(self.rate_limit.latency)
         if fault == "slow":
             time.sleep(self.faults.slow_seconds if self.faults else 0)
         upstream = socket.create_connection((parts.hostname, parts.port or 80))
@@ -182,7 +207,22 @@ class HTTPProxy:
                 self.injected[fault] += 1
         return fault
 
-    def _refuse(self, client: socket.socket, fault: str, rest: bytes, length: int | None) -> None:
+    def _over_rate(self, host: str) -> bool:
+        """Whether a request to ``host`` now goes over the rate limit (counted as ``injected["rate"]``)."""
+        limit = self.rate_limit
+        if limit is None or (limit.host is not None and host != limit.host):
+            return False
+        with self._lock:
+            now = time.monotonic()
+            while self._admitted and now - self._admitted[0] >= 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= limit.per_second:
+                self.injected["rate"] += 1
+                return True
+            self._admitted.append(now)
+            return False
+
+    def _refuse(self, client: socket.socket, fault: str, rest: bytes, length: int | None, retry_after: int) -> None:
         """Answer in the upstream's place, after taking the request body (so the client reads the answer)."""
         try:
             left = (length or 0) - len(rest)
@@ -193,8 +233,7 @@ class HTTPProxy:
                     break
                 left -= len(data)
             if fault == "429":
-                retry = self.faults.retry_after if self.faults else 1
-                head = f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry}\r\n"
+                head = f"HTTP/1.1 429 Too Many Requests\r\nRetry-After: {retry_after}\r\n"
             else:
                 status = random.Random(f"{left}|{length}").choice((500, 502, 503))
                 head = f"HTTP/1.1 {status} Injected Fault\r\n"

@@ -47,6 +47,8 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes = b""
+    #: The client's port: requests over one kept-alive connection share it.
+    peer: int = 0
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Stub:
                         if size == 0:
                             break
                         body += chunk
-                seen = Seen(self.command, self.path, dict(self.headers.items()), body)
+                seen = Seen(self.command, self.path, dict(self.headers.items()), body, self.client_address[1])
                 stub.seen.append(seen)
                 status, headers, payload = stub.handler(seen)
                 headers = dict(headers)
@@ -600,12 +602,27 @@ def _read_blob(host: str) -> bytes:
         return b"".join(iter(lambda: stream.read(1 << 16), b""))
 
 
+def _read_blob_into(host: str) -> bytes:
+    """The blob read into the caller's buffer (``readinto``), used again for every read."""
+    opts = StoreOptions(insecure_registries=(host,))
+    buffer, out = bytearray(100_003), bytearray()  # the blob is no multiple of it: a short last read
+    with RegistrySource(f"{host}/lib/app", opts).open_blob(BLOB_DIGEST) as stream:
+        while count := stream.readinto(buffer):
+            out += buffer[:count]
+        assert stream.readinto(buffer) == 0  # the end stays the end
+    return bytes(out)
+
+
+READS = pytest.mark.parametrize("read_blob", [_read_blob, _read_blob_into], ids=["read", "readinto"])
+
+
 def _range_start(seen: Seen) -> int | None:
     header = seen.headers.get("Range")
     return None if header is None else int(header.removeprefix("bytes=").rstrip("-"))
 
 
-def test_broken_blob_download_resumes_where_it_stopped(stubs) -> None:
+@READS
+def test_broken_blob_download_resumes_where_it_stopped(stubs, read_blob) -> None:
     def registry(seen: Seen):
         if seen.path == "/v2/":
             return 200, {}, b"{}"
@@ -615,12 +632,13 @@ def test_broken_blob_download_resumes_where_it_stopped(stubs) -> None:
         return 206, {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"}, BLOB[start:]
 
     stub = stubs(registry)
-    assert _read_blob(stub.host) == BLOB
+    assert read_blob(stub.host) == BLOB
     gets = [seen for seen in stub.seen if seen.path.endswith(BLOB_DIGEST)]
     assert [_range_start(seen) for seen in gets] == [None, 1 << 20]
 
 
-def test_registry_that_ignores_range_is_read_again_from_the_start(stubs) -> None:
+@READS
+def test_registry_that_ignores_range_is_read_again_from_the_start(stubs, read_blob) -> None:
     def registry(seen: Seen):
         if seen.path == "/v2/":
             return 200, {}, b"{}"
@@ -628,11 +646,33 @@ def test_registry_that_ignores_range_is_read_again_from_the_start(stubs) -> None
         return 200, ({CUT_AFTER: str(2 << 20)} if first else {}), BLOB
 
     stub = stubs(registry)
-    assert _read_blob(stub.host) == BLOB
+    assert read_blob(stub.host) == BLOB
     assert [_range_start(s) for s in stub.seen if s.path.endswith(BLOB_DIGEST)] == [None, 2 << 20]
 
 
-def test_blob_resumes_are_bounded(stubs) -> None:
+def test_a_blob_read_to_its_end_into_a_buffer_frees_its_slot_and_keeps_its_connection(stubs) -> None:
+    def registry(seen: Seen):
+        return (200, {}, BLOB) if seen.path.endswith(BLOB_DIGEST) else (200, {}, b"{}")
+
+    stub = stubs(registry)
+    source = RegistrySource(f"{stub.host}/lib/app", StoreOptions(insecure_registries=(stub.host,),
+                                                                 registry_concurrency=1))
+    stream = source.open_blob(BLOB_DIGEST)
+    buffer, total = bytearray(1 << 20), 0
+    while count := stream.readinto(buffer):
+        total += count
+    assert total == len(BLOB)
+    # Not closed: the end of the body is enough. With one slot, a held one would block this.
+    second = threading.Thread(target=lambda: source.open_blob(BLOB_DIGEST).close(), daemon=True)
+    second.start()
+    second.join(timeout=10)
+    assert not second.is_alive()
+    gets = [seen.peer for seen in stub.seen if seen.path.endswith(BLOB_DIGEST)]
+    assert len(gets) == 2 and gets[0] == gets[1]  # the same connection, back in the pool
+
+
+@READS
+def test_blob_resumes_are_bounded(stubs, read_blob) -> None:
     def registry(seen: Seen):
         if seen.path == "/v2/":
             return 200, {}, b"{}"
@@ -643,7 +683,7 @@ def test_blob_resumes_are_bounded(stubs) -> None:
 
     stub = stubs(registry)
     with pytest.raises(RegistryUnavailable, match="connection lost while reading"):
-        _read_blob(stub.host)
+        read_blob(stub.host)
     assert len([s for s in stub.seen if s.path.endswith(BLOB_DIGEST)]) == 1 + MAX_RESUMES
 
 

@@ -46,6 +46,42 @@ def test_blob_is_committed_to_every_sink_when_digest_matches():
     assert all(s.committed and not s.aborted and bytes(s.data) == PAYLOAD for s in sinks)
 
 
+class TricklingReader(io.RawIOBase):
+    """A body that arrives a few bytes at a time, as a socket may hand it over: short ``readinto``s."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._at, self._step = data, 0, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._step = self._step % 7 + 1
+        piece = self._data[self._at:self._at + min(len(buffer), self._step * 997)]
+        buffer[: len(piece)] = piece
+        self._at += len(piece)
+        return len(piece)
+
+
+class KeepingSink(RecordingSink):
+    """Keeps every chunk as it was handed over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+
+    def write(self, chunk) -> None:
+        self.chunks.append(bytes(chunk))
+
+
+def test_short_reads_deliver_every_byte_in_order_in_pieces_of_at_most_the_chunk_size():
+    sinks = [RecordingSink(), KeepingSink()]
+    outcome = stream_blob(TricklingReader(PAYLOAD), sha(PAYLOAD), len(PAYLOAD), sinks, chunk_size=4096)
+    assert outcome.size == len(PAYLOAD) and outcome.sink_errors == {}
+    assert bytes(sinks[0].data) == PAYLOAD and b"".join(sinks[1].chunks) == PAYLOAD
+    assert max(len(c) for c in sinks[1].chunks) <= 4096 and all(s.committed for s in sinks)
+
+
 def test_blob_with_wrong_content_is_never_committed():
     sink = RecordingSink()
     with pytest.raises(BlobVerificationError, match="not sha256:"):

@@ -18,11 +18,12 @@ MAY_IMPORT = {
     "records": {"records"},
     "pool": {"pool"},
     "backoff": {"backoff"},
+    "pacing": {"pacing"},
     "formats": {"formats", "errors"},
-    "stores": {"stores", "formats", "errors", "pool", "backoff"},
+    "stores": {"stores", "formats", "errors", "pool", "backoff", "pacing"},
     "audit": {"audit", "records"},
-    "engine": {"engine", "stores", "formats", "errors", "records", "pool", "audit", "backoff"},
-    "beam": {"beam", "engine", "stores", "formats", "errors", "records", "pool", "audit", "backoff"},
+    "engine": {"engine", "stores", "formats", "errors", "records", "pool", "audit", "backoff", "pacing"},
+    "beam": {"beam", "engine", "stores", "formats", "errors", "records", "pool", "audit", "backoff", "pacing"},
 }
 
 

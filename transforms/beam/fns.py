@@ -76,7 +76,7 @@ class StoresFn(beam.DoFn):
         options = self._options
         self._holder = self._shared.acquire(lambda: _StoresHolder(options))
         self._reporter: ProgressReporter = EventWriter(self._progress_dir) if self._progress_dir else NO_PROGRESS
-        self._progress = Progress(self._reporter)
+        self._progress = Progress(self._reporter, levels=self.stores.registry_levels)
 
     def teardown(self) -> None:
         if isinstance(self._reporter, EventWriter):
@@ -169,7 +169,7 @@ class CopyBlobsFn(BatchFn):
 
     def setup(self) -> None:
         super().setup()
-        self._delivery = BlobDelivery(self.stores, self._chunk)
+        self._delivery = BlobDelivery(self.stores, self._chunk, pacer=self.stores.pacer)
 
     def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):
         _, keyed = element

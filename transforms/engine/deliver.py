@@ -25,6 +25,7 @@ from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, S
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK, CopyOutcome, recompress, stream_blob
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
+from imagepush.transforms.pacing import RateBucket
 from imagepush.transforms.stores.base import BlobSink, Destination, Source, UploadInterrupted, counting_retries, note_retry
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,12 @@ class BlobDelivery:
     """Delivers source blobs, each once, to the destination stores that requested it."""
 
     def __init__(
-        self, stores: Stores, chunk_size: int = DEFAULT_CHUNK, *, sleep: Callable[[float], None] = time.sleep
+        self, stores: Stores, chunk_size: int = DEFAULT_CHUNK, *, sleep: Callable[[float], None] = time.sleep,
+        pacer: Callable[[str], RateBucket | None] | None = None,
     ) -> None:
+        """``pacer``: the rate bucket a destination store's bytes go through (``--max-bandwidth``)."""
         self._stores = stores
+        self._pacer = pacer
         self._chunk = chunk_size
         self._sleep = sleep
         self._rng = random.Random()
@@ -227,7 +231,9 @@ class BlobDelivery:
         sinks, sink_stores = [], []
         for store in stores:
             try:
-                sinks.append(self._stores.destination(store).blob_sink(descriptor))
+                sink = self._stores.destination(store).blob_sink(descriptor)
+                bucket = self._pacer(store) if self._pacer is not None else None
+                sinks.append(PacedSink(sink, bucket) if bucket is not None else sink)
                 sink_stores.append(store)
             except Exception as exc:
                 states[store] = _State.failed(exc)
@@ -307,3 +313,27 @@ def _results(requests, stores, states, size, written, diff_id, recompressed):
                 recompressed=recompressed,
             )
             attributed = attributed or state.status == COPIED
+
+
+class PacedSink(BlobSink):
+    """A sink whose writes wait their turn under a destination's bandwidth cap.
+
+    The one read of a source blob feeds every destination's sink in turn, so a capped
+    destination also paces the others receiving the same blob; blobs not bound for it
+    are not held up.
+    """
+
+    def __init__(self, sink: BlobSink, bucket: RateBucket) -> None:
+        self._sink = sink
+        self._bucket = bucket
+        self.verifies_digest = sink.verifies_digest
+
+    def write(self, chunk: bytes) -> None:
+        self._bucket.take(len(chunk))
+        self._sink.write(chunk)
+
+    def commit(self) -> None:
+        self._sink.commit()
+
+    def abort(self) -> None:
+        self._sink.abort()

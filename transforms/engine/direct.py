@@ -59,7 +59,7 @@ def migrate(
     workers = max(1, parallel)
     rows: list[AuditRow] = []
     jobs = list(jobs)
-    progress = Progress(reporter)
+    progress = Progress(reporter, levels=stores.registry_levels)
     for spec in syncs:  # only with --no-preflight: the preflight lists syncs on this machine
         started = now()
         try:
@@ -75,7 +75,7 @@ def migrate(
 
         plans: list[TargetPlan] = [tp for _, planned in each(lambda job: plan_job(job, stores), jobs) for tp in planned]
         progress.planned_images(len(jobs))
-        delivery = BlobDelivery(stores, chunk_size)
+        delivery = BlobDelivery(stores, chunk_size, pacer=stores.pacer)
         delivered = []
         groups = blob_groups((blob_key(r), r) for tp in plans for r in blob_requests(tp))
         progress.planned(groups)

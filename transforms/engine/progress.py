@@ -64,7 +64,7 @@ class ProgressEvent:
     images_blobs_done: int = 0
     #: Images published, one each.
     outcomes: list[Outcome] = field(default_factory=list)
-    #: Per registry host, the request limiter's level as ``(in flight, limit)``: the latest wins.
+    #: Per registry host, its request limit as ``(now, at most)`` where it changed: the latest wins.
     registry_levels: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:

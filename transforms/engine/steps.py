@@ -16,8 +16,9 @@ not. The rules live here, once:
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from imagepush.transforms.engine.deliver import Stores
 from imagepush.transforms.engine.jobs import BlobRequest, BlobResult, CopyJob, TargetPlan
@@ -94,19 +95,34 @@ class Progress:
     """A step's progress, told to the run's reporter as it goes: one event per blob group or batch.
 
     The copy steps of both executors report through it, so that the display counts the
-    same things whichever runs. A registry's request level (in flight of its limit)
-    belongs here too, as ``ProgressEvent.registry_levels``.
+    same things whichever runs. ``levels``: the request limit of each registry host this
+    process talks to; a level that changed goes with the next blob delivered, so that
+    the display can name a registry whose limit came down below ``--registry-concurrency``
+    (it answered 429 or 503): it explains a slow copy.
     """
 
-    def __init__(self, reporter: ProgressReporter = NO_PROGRESS) -> None:
+    def __init__(self, reporter: ProgressReporter = NO_PROGRESS,
+                 levels: Callable[[], Mapping[str, Any]] = dict) -> None:
         self.reporter = reporter
+        self._levels = levels
+        self._reported: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
 
     def planned(self, groups: list[list[BlobRequest]]) -> None:
         if groups:
             self.reporter.report(blobs_planned(groups))
 
     def delivered(self, results: Iterable[BlobResult]) -> None:
-        self.reporter.report(blob_delivered(results))
+        event = blob_delivered(results)
+        event.registry_levels = self._changed_levels()
+        self.reporter.report(event)
+
+    def _changed_levels(self) -> dict[str, tuple[int, int]]:
+        now = {host: (level.limit, level.ceiling) for host, level in self._levels().items()}
+        with self._lock:
+            changed = {host: level for host, level in now.items() if self._reported.get(host) != level}
+            self._reported.update(changed)
+        return changed
 
     def finalized(self, images: int) -> None:
         if images:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 
+from imagepush.transforms.pacing import RateBucket
 from imagepush.transforms.stores.base import Destination, Source
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry import ClientPool
-from imagepush.transforms.stores.refs import parse_reference
+from imagepush.transforms.stores.registry.limiter import Level
+from imagepush.transforms.stores.refs import blob_domain, parse_reference
 from imagepush.transforms.stores.transports import open_destination, open_source
 
 
@@ -23,6 +25,7 @@ class StoreCache:
         self._clients = ClientPool(self._options)
         self._sources: dict[str, Source] = {}
         self._destinations: dict[str, Destination] = {}
+        self._pacers: dict[str, RateBucket] = {}
         #: DoFns use the cache from their I/O threads.
         self._lock = threading.Lock()
 
@@ -39,6 +42,25 @@ class StoreCache:
                     parse_reference(store), self._options, clients=self._clients
                 )
             return self._destinations[store]
+
+    def pacer(self, store: str) -> RateBucket | None:
+        """What spaces out the bytes this worker sends to ``store`` (``--max-bandwidth``), if capped.
+
+        One per blob-sharing domain: the repositories of one registry share its link, so
+        the cap is the host's, not each repository's.
+        """
+        rate = self._options.max_bandwidth
+        if rate is None:
+            return None
+        domain = blob_domain(store)
+        with self._lock:
+            if domain not in self._pacers:
+                self._pacers[domain] = RateBucket(rate)
+            return self._pacers[domain]
+
+    def registry_levels(self) -> dict[str, Level]:
+        """The request limit of each registry host this worker talks to, now and at most."""
+        return self._clients.levels()
 
     def close(self) -> None:
         for store in [*self._sources.values(), *self._destinations.values()]:

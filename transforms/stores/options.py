@@ -59,8 +59,17 @@ class StoreOptions:
     authfile: str | None = None
     #: PEM bundle of extra CA certificates to trust for registries.
     ca_bundle: str | None = None
-    #: Concurrent requests per registry host from one worker.
+    #: Concurrent requests per registry host from one worker: the ceiling of the adaptive
+    #: limit, or the limit itself when ``adaptive_concurrency`` is off.
     registry_concurrency: int = 8
+    #: Whether the limit adapts to a host's 429/503 answers (starting at a quarter of the
+    #: ceiling); off, every host gets ``registry_concurrency`` at once from the start.
+    adaptive_concurrency: bool = True
+    #: Requests per second per registry host from one worker; None: no rate cap.
+    registry_rps: float | None = None
+    #: Bytes per second one worker sends to one destination (a registry host, a layout, a
+    #: bucket path: the stores sharing blobs); None: no cap. ``--max-bandwidth``.
+    max_bandwidth: float | None = None
     #: Retries of a registry request after a connection error, 429 or 5xx (with backoff).
     registry_retries: int = 4
     #: Seconds a registry that answered earlier in the run is waited for (retrying with

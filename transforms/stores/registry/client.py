@@ -25,6 +25,7 @@ from imagepush.transforms.stores.registry.errors import (
     error_for,
     registry_error_detail,
 )
+from imagepush.transforms.stores.registry.limiter import Level
 from imagepush.transforms.stores.registry.streams import ERROR_BODY_LIMIT, Reply, StreamedResponse
 from imagepush.transforms.stores.registry.transport import (
     BACKOFF_BASE,
@@ -260,6 +261,12 @@ class ClientPool:
             if client is None:
                 client = self._clients[host] = RegistryClient(host, self.options, sleep=self._sleep)
             return client
+
+    def levels(self) -> dict[str, Level]:
+        """Each opened host's request limit now and at most: a snapshot for progress lines."""
+        with self._lock:
+            clients = list(self._clients.values())
+        return {client.host: client.transport.level for client in clients}
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urljoin
 
 import requests
@@ -29,10 +29,14 @@ MAX_RESUMES = 5
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
 
-class Lease:
-    """One slot of a client's semaphore (none: an unlimited request), released exactly once."""
+class Releasable(Protocol):
+    def release(self) -> None: ...
 
-    def __init__(self, semaphore: threading.BoundedSemaphore | None) -> None:
+
+class Lease:
+    """One slot of a client's request limit (none: an unlimited request), released exactly once."""
+
+    def __init__(self, semaphore: Releasable | None) -> None:
         self._semaphore = semaphore
         self._released = semaphore is None
         self._lock = threading.Lock()

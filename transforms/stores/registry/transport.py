@@ -25,8 +25,10 @@
   case) choose a proxy per request URL as curl and skopeo do, for registries, token
   servers and blob storage alike; the rest of the environment (netrc,
   ``REQUESTS_CA_BUNDLE``) is ignored, since options say that instead.
-* **Limits.** One :class:`threading.BoundedSemaphore` per transport caps concurrent
-  requests at ``registry_concurrency``; a streamed response holds its slot until closed.
+* **Limits.** One :class:`~imagepush.transforms.stores.registry.limiter.RequestLimiter`
+  per transport: concurrent requests adapt below ``registry_concurrency`` to the host's
+  429 and 503 answers, ``Retry-After`` pauses every request to the host, and
+  ``registry_rps`` caps the rate; a streamed response holds its slot until closed.
 
 urllib3's ``Retry`` is not used: it cannot mark a host down for the requests that come
 after, and would replay a streamed upload body it has already consumed.
@@ -61,6 +63,7 @@ from imagepush.transforms.stores.registry.errors import (
     RegistryUnavailable,
     RetriableUploadError,
 )
+from imagepush.transforms.stores.registry.limiter import OVERLOAD_STATUSES, Level, RequestLimiter, Slot
 from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedResponse
 
 log = logging.getLogger(__name__)
@@ -273,7 +276,10 @@ class Transport:
         self._outage_since: float | None = None
         self._outage_grace = max(0.0, float(options.outage_grace))
         concurrency = max(1, int(options.registry_concurrency))
-        self._semaphore = threading.BoundedSemaphore(concurrency)
+        self._limiter = RequestLimiter(
+            host, concurrency, adaptive=options.adaptive_concurrency, rate=options.registry_rps,
+            clock=clock, sleep=sleep,
+        )
         #: Public so that a test or an embedder can mount its own adapter for a URL prefix.
         self.session = requests.Session()
         # netrc and REQUESTS_CA_BUNDLE from the environment would change which credentials
@@ -358,7 +364,8 @@ class Transport:
             value = authorization.header() if authorization is not None else None
             if value:
                 request_headers["Authorization"] = value
-            lease = self._lease() if limited else Lease(None)
+            slot = self._limiter.acquire() if limited else None
+            lease = Lease(slot)
             try:
                 response = self._send_raw(method, url, request_headers, body, params, follow_redirects)
             except BaseException as exc:
@@ -391,6 +398,8 @@ class Transport:
             status = response.status_code
             if trace.isEnabledFor(logging.DEBUG):
                 trace.debug("%s %s -> %d", method, redacted_url(url), status)
+            if slot is not None:
+                self._tell_limiter(slot, response)
             if status == 401 and authorization is not None and replayable and not renewed:
                 challenge = streamed.drain()
                 authorization.renew(challenge.headers, challenge.content)
@@ -402,9 +411,19 @@ class Transport:
                 continue
             return streamed
 
-    def _lease(self) -> Lease:
-        self._semaphore.acquire()
-        return Lease(self._semaphore)
+    @property
+    def level(self) -> Level:
+        """How many requests this host gets at once now, and at most (for progress lines)."""
+        return self._limiter.level
+
+    def _tell_limiter(self, slot: Slot, response: requests.Response) -> None:
+        """An overload answer (with its ``Retry-After``) lowers the host's limit; any other answer counts towards raising it."""
+        status = response.status_code
+        if status in OVERLOAD_STATUSES:
+            wanted = retry_after_seconds(response.headers.get("Retry-After"))
+            self._limiter.overloaded(slot, min(wanted, RETRY_AFTER_MAX) if wanted is not None else None)
+        elif status < 500:
+            self._limiter.succeeded(slot)
 
     def _answer_seen(self) -> None:
         """This host answered: it is known to exist, and any outage is over."""

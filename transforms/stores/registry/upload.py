@@ -348,6 +348,8 @@ class RegistryBlobSink(BlobSink):
     def _feed(self, data: bytes) -> None:
         if self._location is None:
             self._start_session()
+        # Bytes cannot change: the queue may hold views of them. A caller's buffer can.
+        keep = bytes if not isinstance(data, bytes) else (lambda piece: piece)
         view = memoryview(data)
         while view:
             if self._patch is None:
@@ -358,7 +360,7 @@ class RegistryBlobSink(BlobSink):
                     f"{self._where}: blob {self.descriptor.digest} has more than its {self._size} bytes"
                 )
             piece = view[: self._patch.room]
-            self._patch.put(bytes(piece))
+            self._patch.put(keep(piece))
             self._patch.sent += len(piece)
             view = view[len(piece) :]
             if self._patch.room == 0 and not self._monolithic:
