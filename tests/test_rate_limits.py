@@ -10,7 +10,6 @@ import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
@@ -28,9 +27,7 @@ from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.limiter import Level
-from tests.conftest import require_tool
 from tests.http_proxy import HTTPProxy, RateLimit
-from tests.registry_server import Registry, start_registry
 
 IMAGES = 12
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -101,16 +98,6 @@ def small_images(path: Path, count: int) -> list[str]:
                                                               descriptor.size)))
     dest.publish(publications)
     return names
-
-
-@pytest.fixture
-def registry(tmp_path) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    reg = start_registry(tmp_path / "registry")
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 def test_a_rate_limited_registry_gets_every_image_and_the_limit_comes_down(registry, tmp_path, monkeypatch, capsys):
