@@ -16,13 +16,14 @@ not. The rules live here, once:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
 from imagepush.transforms.engine.deliver import Stores
-from imagepush.transforms.engine.jobs import BlobRequest, BlobResult, CopyJob, TargetPlan
+from imagepush.transforms.engine.jobs import COPIED, SHARED, BlobRequest, BlobResult, CopyJob, TargetPlan
 from imagepush.transforms.engine.manifests import Finalized, finalize
 from imagepush.transforms.engine.plan import delivery_key, plan_targets
 from imagepush.transforms.engine.publish import publish
@@ -59,6 +60,15 @@ def results_by_target(pairs: Iterable[tuple[str, BlobResult]]) -> dict[str, list
     for target_key, result in pairs:
         results[target_key].append(result)
     return results
+
+
+def shared_result(first: BlobResult) -> BlobResult:
+    """What a blob delivered once shows to every other target at its store: ``shared`` where it was ``copied``.
+
+    The audit's byte and retry counts then add up to what was really written.
+    """
+    status = SHARED if first.status == COPIED else first.status
+    return dataclasses.replace(first, status=status, bytes_copied=0, retries=0)
 
 
 def finalize_target(tp: TargetPlan, results: list[BlobResult], stores: Stores, run_id: str) -> Finalized:
