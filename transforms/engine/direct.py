@@ -150,15 +150,13 @@ class _Stream:
         The one place an image's outcome is produced.
         """
         seq, job = numbered
-        plans = plan_job(job, self.stores)
-        keyed = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]
-        with self._turn:  # claims in listing order: the first image to need a blob is the one it is copied for
-            self._turn.wait_for(lambda: self._next == seq)
-            try:
-                claims = self._claim(keyed)
-            finally:
-                self._next += 1
-                self._turn.notify_all()
+        try:
+            plans = plan_job(job, self.stores)
+            keyed = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]
+        except BaseException:  # a bug: the images after this one must still get their turn
+            self._in_turn(seq, [])
+            raise
+        claims = self._in_turn(seq, keyed)
         results = results_by_target(pair for claim in claims for pair in self._wait(claim))
         published: list[AuditRow] = []
         held: list[tuple[str, Finalized]] = []
@@ -182,6 +180,16 @@ class _Stream:
         return rows
 
     # -- blobs ----------------------------------------------------------------------
+
+    def _in_turn(self, seq: int, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
+        """Claims in listing order: the first image to need a blob is the one it is copied for."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._next == seq)
+            try:
+                return self._claim(keyed)
+            finally:
+                self._next += 1
+                self._turn.notify_all()
 
     def _claim(self, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
         """Each of the image's blobs at each store: joined to the delivery already started, or started now.
