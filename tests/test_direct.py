@@ -17,7 +17,6 @@ from imagepush.pipeline import commands
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.graph import RunSpec
 from imagepush.pipeline.samples import write_oci_samples
-from imagepush.transforms.engine.direct import MAX_DIRECT_JOBS
 from imagepush.transforms.engine.jobs import CopyJob, SyncSpec
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
@@ -177,13 +176,13 @@ def _spec(jobs: int, syncs: int = 0, engine: str = "auto", beam_args: list[str] 
                    engine=engine, beam_args=beam_args or [])
 
 
-def test_auto_copies_directly_up_to_a_few_dozen_images_known_after_the_preflight_and_without_beam_options():
-    assert commands._direct_wanted(_spec(1)) and commands._runs_direct(_spec(MAX_DIRECT_JOBS))
-    assert not commands._runs_direct(_spec(MAX_DIRECT_JOBS + 1))
-    assert not commands._runs_direct(_spec(1, syncs=1))  # a listing left unlisted (--no-preflight)
+def test_auto_copies_directly_any_number_of_images_without_beam_options_or_records():
+    assert commands._direct_wanted(_spec(1)) and commands._direct_wanted(_spec(10_000, syncs=2))
     assert not commands._direct_wanted(_spec(1, beam_args=["--runner=DirectRunner"]))
     assert not commands._direct_wanted(_spec(1, engine="beam"))
-    assert commands._runs_direct(_spec(MAX_DIRECT_JOBS + 1, syncs=1, engine="direct"))
+    records = _spec(0)
+    records.records = [object()]
+    assert not commands._direct_wanted(records)
 
 
 class _Recorder:
@@ -219,13 +218,13 @@ def _recording_cache(log: list):
 
 @pytest.fixture
 def shared_base(tmp_path) -> str:
-    """A layout whose 16 tags all point at demo/app's image, and demo/multi: one base layer under every image."""
+    """A layout whose 40 tags all point at demo/app's image, and demo/multi: one base layer under every image."""
     url = f"oci:{tmp_path}/shared"
     write_oci_samples(str(tmp_path / "shared"))
     layout = OCILayoutDestination(str(tmp_path / "shared"))
     app = OCILayoutSource(str(tmp_path / "shared")).get_root("demo/app:1.0")
     layout.publish([Publication(f"demo/app:t{i}", Descriptor(app.media_type, app.digest, len(app.data)))
-                    for i in range(16)])
+                    for i in range(40)])
     return url
 
 
@@ -242,8 +241,13 @@ def test_a_blob_shared_by_many_streamed_images_is_read_once_and_written_once_per
     assert len(reads) == 7 and set(reads.values()) == {1}
     assert sorted(Counter(store for store, _ in writes).values()) == [7, 7] and set(writes.values()) == {1}
     rows = pq.read_table(tmp_path / "a.parquet").to_pylist()
-    assert len([r for r in rows if r["role"] != "child"]) == 2 * 18
+    assert len([r for r in rows if r["role"] != "child"]) == 2 * 42
     assert sum(r["blobs_copied"] for r in rows) == 14
+
+
+def test_auto_copies_a_sync_of_more_than_a_few_dozen_images_without_beam(shared_base, tmp_path):
+    assert _modules_after(["sync", shared_base, f"oci:{tmp_path}/out", "--audit", str(tmp_path / "a.parquet")]) == \
+        {"status": 0, "beam": False, "pyarrow": True}
 
 
 def test_streamed_images_write_children_before_their_index_and_names_last(source, tmp_path, monkeypatch):

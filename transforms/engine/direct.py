@@ -53,10 +53,6 @@ from imagepush.transforms.records import AuditRow, now
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.refs import REGISTRY_TRANSPORT, parse_reference
 
-#: Most images (jobs left after the preflight) a run may have for ``--engine auto`` to
-#: run it directly; past it, Beam's start-up is small beside the copy and its steps overlap.
-MAX_DIRECT_JOBS = 32
-
 #: Images in flight per worker of ``parallel``: enough that blobs of the next images go
 #: up while earlier ones wait on their last blob or write their manifests.
 IMAGES_PER_WORKER = 4
@@ -130,8 +126,8 @@ class _Stream:
     delivery: BlobDelivery
     blob_pool: ThreadPoolExecutor
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _turn: threading.Condition = field(default_factory=threading.Condition)
-    _next: int = 0
+    #: Sequence number -> the event that lets that image claim its blobs (set for 0).
+    _turns: dict[int, threading.Event] = field(default_factory=dict)
     #: (blob key, destination store) -> the future result of its one delivery there.
     _delivered: dict[tuple[str, str], Future] = field(default_factory=dict)
     #: (blob key, blob-sharing domain) -> a store of that domain the blob was sent to first.
@@ -141,6 +137,7 @@ class _Stream:
 
     def __post_init__(self) -> None:
         self._progress = Progress(levels=self.stores.registry_levels)
+        self._turn_of(0).set()
 
     # -- one image ------------------------------------------------------------------
 
@@ -182,14 +179,22 @@ class _Stream:
     # -- blobs ----------------------------------------------------------------------
 
     def _in_turn(self, seq: int, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
-        """Claims in listing order: the first image to need a blob is the one it is copied for."""
-        with self._turn:
-            self._turn.wait_for(lambda: self._next == seq)
-            try:
-                return self._claim(keyed)
-            finally:
-                self._next += 1
-                self._turn.notify_all()
+        """Claims in listing order: the first image to need a blob is the one it is copied for.
+
+        Each image waits on an event of its own, set by the one before it: a window of
+        waiting threads is not woken for every turn.
+        """
+        self._turn_of(seq).wait()
+        try:
+            return self._claim(keyed)
+        finally:
+            with self._lock:
+                del self._turns[seq]
+            self._turn_of(seq + 1).set()
+
+    def _turn_of(self, seq: int) -> threading.Event:
+        with self._lock:
+            return self._turns.setdefault(seq, threading.Event())
 
     def _claim(self, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
         """Each of the image's blobs at each store: joined to the delivery already started, or started now.
