@@ -23,6 +23,7 @@ from imagepush.pipeline.config import COMPRESSIONS, FORMATS, Defaults, RegistryC
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from imagepush.pipeline.options import ENGINES, BeamOptionError, BeamOptions, runner_name
 from imagepush.pipeline.platforms import system_platform
+from imagepush.pipeline.progress import DEFAULT_INTERVAL
 from imagepush.pipeline.sides import parse_bool
 from imagepush.transforms.errors import is_expected, one_line
 from imagepush.transforms.stores.refs import ReferenceError
@@ -130,12 +131,17 @@ def _one_of(values: tuple[str, ...]) -> str:
     return "{" + ",".join(values) + "}"
 
 
-def _output_flags(p: argparse.ArgumentParser) -> None:
+def _output_flags(p: argparse.ArgumentParser, *, runs: bool = False) -> None:
+    """-v, -q and --debug; ``runs``: a command that copies, and so shows progress."""
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail to stderr")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
     p.add_argument("--debug", action="store_true",
                    help="log everything, with tracebacks of internal errors and one line per registry request "
                         "(method, URL, status; credentials and tokens left out)")
+    if runs:
+        p.add_argument("--progress-interval", type=float, default=DEFAULT_INTERVAL, metavar="SECONDS",
+                       help="seconds between two progress lines when stderr is not a terminal "
+                            "(default: %(default)s)")
 
 
 def _side_flags(p: argparse.ArgumentParser, prefixes: tuple[str, ...]) -> None:
@@ -187,7 +193,7 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
                         "answering, before its images fail (default: %(default)s)")
     p.add_argument("--parallel", default=_default(RunConfig, "parallel"), metavar="N",
                    help="images and blobs each worker handles at once in every step (default: %(default)s)")
-    _output_flags(p)
+    _output_flags(p, runs=writes)
     if writes:
         p.add_argument("--format", metavar=_one_of(FORMATS), default=_default(Defaults, "format"),
                        help="manifest/config format written (default: preserve bytes and digests)")
@@ -261,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=_epilog("run"), formatter_class=fmt)
     p.add_argument("config", metavar="CONFIG.yaml")
     p.add_argument("--digestfile", metavar="FILE", help="write one line per image written: REFERENCE DIGEST")
-    _output_flags(p)
+    _output_flags(p, runs=True)
     p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     _engine_flag(p)
 
@@ -526,7 +532,8 @@ def _stop_on_signal(signum: int, frame: object) -> None:
             ended = f": {in_flight} upload{'s' if in_flight != 1 else ''} in flight finished or cancelled"
             if left:
                 ended += f" ({left} not in time)"
-        os.write(2, f"imagepush: interrupted by {name}{ended}; a rerun skips what was finished\n".encode())
+        # sys.stderr: during a multi_processing run, descriptor 2 is the workers' log (progress.workers_stderr_to).
+        os.write(sys.stderr.fileno(), f"imagepush: interrupted by {name}{ended}; a rerun skips what was finished\n".encode())
     finally:
         os._exit(EXIT_INTERRUPTED)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,10 +20,12 @@ from imagepush.pipeline import config
 from imagepush.pipeline.exits import EXIT_FAILED, EXIT_OK, UsageError
 from imagepush.pipeline.graph import RunSpec, run
 from imagepush.pipeline.launch import checked_dry_run
-from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess
+from imagepush.pipeline.options import direct_allowed, is_local, is_multiprocess, runner_name, shares_this_machine
+from imagepush.pipeline.progress import DEFAULT_INTERVAL, ProgressDisplay, Tally, progress_folder, summary_table, workers_stderr_to
 from imagepush.pipeline.platforms import system_platform
 from imagepush.pipeline.sides import typed_credentials, with_sides
 from imagepush.transforms import audit, records
+from imagepush.transforms.engine.progress import NO_PROGRESS, Outcome, ProgressEvent
 from imagepush.transforms.errors import one_line
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.stores.refs import ImageReference, ReferenceError, parse_reference
@@ -217,13 +220,19 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
             if not settled.pipeline_needed and not spec.records:  # every image already current: nothing to start
                 audit.write(settled_rows, spec.audit_url)
                 return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
+        tally = _tally(spec, settled_rows, destinations)
         if direct:
             from imagepush.transforms.engine.direct import migrate
 
+            display = _display(args, tally)
             try:
-                rows = migrate(spec.jobs, spec.syncs, spec.run_id, cache, parallel=spec.parallel)
+                rows = migrate(spec.jobs, spec.syncs, spec.run_id, cache, parallel=spec.parallel,
+                               reporter=display or NO_PROGRESS)
             except Exception as exc:  # a bug, not a per-image error (those are rows)
                 return _failed(exc, args.debug)
+            finally:
+                if display:
+                    display.close()
             audit.write(settled_rows + rows, spec.audit_url)
             return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
     finally:
@@ -232,7 +241,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
         spec.settled_url = f"{spec.audit_url}.settled.parquet"
         audit.write(settled_rows, spec.settled_url)
     try:
-        run(spec)
+        _run_beam(args, spec, tally)
     except Exception as exc:  # a bug or a runner failure, not a per-image error
         return _failed(exc, args.debug)
     finally:
@@ -241,8 +250,53 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
     return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
 
 
+def _tally(spec: RunSpec, settled: list[records.AuditRow], destinations: int) -> Tally:
+    """The display's starting point: the images the launcher knows of, those settled by the preflight done."""
+    tally = Tally(total=len({j.source for j in spec.jobs} | {r.source for r in settled if r.role != "child"}),
+                  listings=len(spec.syncs), records=bool(spec.records), destinations=max(1, destinations))
+    tally.add(ProgressEvent(outcomes=[Outcome(r.source, r.destination, _store_of(r.destination), r.status)
+                                      for r in settled if r.role != "child"]))
+    return tally
+
+
+def _display(args: argparse.Namespace, tally: Tally, folder: str | None = None) -> ProgressDisplay | None:
+    """The run's progress display, unless ``-q``."""
+    if args.quiet:
+        return None
+    return ProgressDisplay(tally, folder=folder, interval=getattr(args, "progress_interval", DEFAULT_INTERVAL),
+                           failures=bool(args.verbose or args.debug))
+
+
+def _run_beam(args: argparse.Namespace, spec: RunSpec, tally: Tally) -> None:
+    """Run the Beam graph with its progress shown: the workers' events tailed from a run-scoped folder.
+
+    Only runners whose workers share this machine's files can write the folder (local
+    ones and a Dask cluster on loopback); on any other the display shows what the
+    launcher settled, and Beam's metrics (``imagepush`` namespace, in the runner's job
+    page) are the live figures. ``multi_processing`` workers log their start-up to the
+    stderr they inherit: unless ``--debug``, that goes to a file in the folder.
+    """
+    if not shares_this_machine(spec.beam_args):
+        if not args.quiet:
+            log.info("progress of a %s run: see its job page (Beam metrics, namespace imagepush)",
+                     runner_name(spec.beam_args))
+        run(spec)
+        return
+    with progress_folder() as folder:
+        spec.progress_dir = folder
+        quiet_workers = is_multiprocess(spec.beam_args) and not args.debug
+        with workers_stderr_to(os.path.join(folder, "workers.log")) if quiet_workers else contextlib.nullcontext():
+            display = _display(args, tally, folder)
+            try:
+                run(spec)
+            finally:
+                if display:
+                    display.close()
+
+
 def _finish(args: argparse.Namespace, audit_url: str, seconds: float, destinations: int) -> int:
-    code = summarize(audit_url, seconds, destinations, notes=not args.quiet)
+    code = summarize(audit_url, seconds, destinations, notes=not args.quiet,
+                     table=not args.quiet and sys.stdout.isatty())
     if getattr(args, "digestfile", None):
         one_image = args.command == "copy" and getattr(args, "records", None) is None and destinations == 1
         write_digestfile(args.digestfile, audit_url, one_image=one_image)
@@ -379,28 +433,38 @@ def _conversion_notes(rows: list[dict]) -> list[str]:
     ]
 
 
-def summarize(audit_url: str, seconds: float, destinations: int | None = None, *, notes: bool = True) -> int:
+def summarize(audit_url: str, seconds: float, destinations: int | None = None, *, notes: bool = True,
+              table: bool = False) -> int:
     """One line on stdout for the run, and FAILED lines on stderr (grouped, see :func:`_failure_lines`).
 
     The line counts images (each once), the destinations they went to, and the
     outcomes of every image at every destination: ``3 images to 2 destinations: 6 copied``.
+    ``table``: first a table of the outcomes per destination store (on a terminal).
     """
-    table = audit.read(audit_url, SUMMARY_COLUMNS).to_pylist()
-    failed = [r for r in _top_level(table) if records.status_of(r["status"]) == records.FAILED]
-    images = len({r["source"] for r in _top_level(table)})
-    pairs = collections.Counter(records.status_of(r["status"]) for r in _top_level(table))
+    rows = audit.read(audit_url, SUMMARY_COLUMNS).to_pylist()
+    failed = [r for r in _top_level(rows) if records.status_of(r["status"]) == records.FAILED]
+    images = len({r["source"] for r in _top_level(rows)})
+    pairs = collections.Counter(records.status_of(r["status"]) for r in _top_level(rows))
     if not destinations:
-        destinations = len({_store_of(r["destination"]) for r in _top_level(table)})
-    copied = sum(r["blobs_copied"] for r in table)
-    mounted = sum(r["blobs_mounted"] or 0 for r in table)
-    skipped = sum(r["blobs_skipped"] for r in table)
-    nbytes = sum(r["bytes_copied"] for r in table)
-    retries = sum(r.get("retries") or 0 for r in table)
+        destinations = len({_store_of(r["destination"]) for r in _top_level(rows)})
+    copied = sum(r["blobs_copied"] for r in rows)
+    mounted = sum(r["blobs_mounted"] or 0 for r in rows)
+    skipped = sum(r["blobs_skipped"] for r in rows)
+    nbytes = sum(r["bytes_copied"] for r in rows)
+    retries = sum(r.get("retries") or 0 for r in rows)
     if notes:
-        for line in _conversion_notes(table):
+        for line in _conversion_notes(rows):
             print(line, file=sys.stderr)
     for line in _failure_lines(failed):
         print(line, file=sys.stderr)
+    if table:
+        by_store: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        stored: collections.Counter[str] = collections.Counter()
+        for r in _top_level(rows):
+            by_store[_store_of(r["destination"])][records.status_of(r["status"])] += 1
+        for r in rows:
+            stored[_store_of(r["destination"])] += r["bytes_copied"] or 0
+        summary_table(by_store, stored, sys.stdout)
     print(
         f"{images} image{'' if images == 1 else 's'} to {destinations} "
         f"destination{'' if destinations == 1 else 's'}: {_counted(pairs)}; "

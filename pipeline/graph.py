@@ -33,6 +33,9 @@ class RunSpec:
     #: How the copy runs: ``beam``, ``direct`` (in this process, without Beam), or ``auto``
     #: (direct for a small local run: see options.direct_allowed and engine/direct.py).
     engine: str = "auto"
+    #: A folder on this machine where the workers append progress events for the launcher
+    #: to tail (engine/progress.py); None when the workers cannot write there (a remote runner).
+    progress_dir: str | None = None
 
 
 def _build(p: Any, spec: RunSpec) -> None:
@@ -50,7 +53,8 @@ def _build(p: Any, spec: RunSpec) -> None:
         parts.append(p | "CopyJobs" >> beam.Create(spec.jobs))
     if spec.syncs:
         parts.append(p | "SyncSpecs" >> beam.Create(spec.syncs)
-                     | "ListSources" >> ListSyncs(spec.run_id, spec.options, shared=shared))
+                     | "ListSources" >> ListSyncs(spec.run_id, spec.options, shared=shared,
+                                                 progress=spec.progress_dir))
     if spec.records:
         from imagepush.transforms.beam.records import ReadRecords
 
@@ -66,7 +70,7 @@ def _build(p: Any, spec: RunSpec) -> None:
     _ = (
         records
         | "Migrate" >> MigrateImages(spec.run_id, spec.options, parallel=spec.parallel, shards=shards,
-                                     shared=shared)
+                                     shared=shared, progress=spec.progress_dir)
         | "WriteAudit" >> WriteAudit(spec.audit_url, shards=shards, settled_url=spec.settled_url)
     )
 

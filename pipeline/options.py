@@ -122,6 +122,20 @@ def is_local(extra: Sequence[str]) -> bool:
     return _runner_class(extra) in LOCAL_RUNNERS
 
 
+def shares_this_machine(extra: Sequence[str]) -> bool:
+    """Whether the workers can write files the launcher reads: a local runner, or Dask on loopback.
+
+    A Dask runner without ``--dask_client_address`` starts its cluster here.
+    """
+    if is_local(extra):
+        return True
+    if not is_dask(extra):
+        return False
+    address = _flag_value(extra, "dask_client_address") or ""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("", "127.0.0.1", "localhost", "::1")
+
+
 def is_dask(extra: Sequence[str]) -> bool:
     return _runner_class(extra) == "daskrunner"
 

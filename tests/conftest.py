@@ -98,6 +98,23 @@ def s3_endpoint():
 
 
 @pytest.fixture
+def registry(tmp_path):
+    """A fresh, empty Docker Distribution on a loopback port, stopped by PID afterwards.
+
+    Test files that need a registry set up differently (a module-wide one, schema1
+    enabled, images pushed first) define their own ``registry`` fixture, which wins.
+    """
+    from tests.registry_server import start_registry
+
+    require_tool("docker-registry")
+    reg = start_registry(tmp_path / "registry")
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
 def bucket(s3_endpoint, monkeypatch):
     """A fresh bucket on the local S3 server, with fsspec pointed at the server."""
     import fsspec

@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import fsspec
 import pytest
@@ -64,16 +63,6 @@ def live_sessions(registry: Registry) -> list[str]:
 
 def temporary_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob(".tmp-*"))
-
-
-@pytest.fixture
-def registry(tmp_path) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    reg = start_registry(tmp_path / "registry")
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 class BreaksMidStream(io.RawIOBase):

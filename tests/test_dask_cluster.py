@@ -118,6 +118,10 @@ def test_registry_to_registry_sync_on_a_dask_cluster_uses_both_workers(cluster, 
         top = [r for r in rows if r["role"] != "child"]
         assert sorted((r["source"].split("/", 3)[-1]) for r in top) == sorted(f"{repo}:{tag}" for repo, tag in want)
         assert all(r["status"] == "copied" and r["destination_digest"] == r["source_digest"] for r in top)
+        # The workers' progress events reached the launcher (the cluster is on loopback): one outcome per image.
+        outcomes = [line for line in proc.stderr.splitlines() if line.endswith(": copied")]
+        assert sorted(line.split(" -> ")[0].split("/", 3)[-1] for line in outcomes) == \
+            sorted(f"{repo}:{tag}" for repo, tag in want), proc.stderr[-3000:]
 
         # Each worker process opened registry stores of its own: both did part of the work.
         from distributed import Client

@@ -14,7 +14,7 @@ import imagepush.pipeline
 PIPELINE = Path(imagepush.pipeline.__file__).parent
 
 #: Bottom to top. ``samples`` builds test images and stands apart; ``__main__`` is the entry.
-LAYERS = ["exits", "platforms", "sides", "options", "graph", "launch", "config", "commands", "cli", "__main__"]
+LAYERS = ["exits", "platforms", "sides", "options", "graph", "launch", "config", "progress", "commands", "cli", "__main__"]
 
 
 def _pipeline_imports(module: str) -> set[str]:

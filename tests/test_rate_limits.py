@@ -6,11 +6,10 @@ meets a real Distribution behind a proxy that answers 429 above a request rate.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +17,9 @@ import requests
 
 from imagepush.pipeline.cli import build_parser, main
 from imagepush.pipeline.config import spec_from_flags, spec_from_yaml
+from imagepush.pipeline.progress import Tally
 from imagepush.pipeline.samples import _image, tar_layer
+from imagepush.transforms.engine.jobs import BlobResult
 from imagepush.transforms.engine.steps import Progress
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import Publication
@@ -26,9 +27,7 @@ from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.limiter import Level
-from tests.conftest import require_tool
 from tests.http_proxy import HTTPProxy, RateLimit
-from tests.registry_server import Registry, start_registry
 
 IMAGES = 12
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -73,17 +72,18 @@ def test_a_worker_s_stores_report_each_registry_s_request_limit():
     assert fixed.registry_levels() == {"reg.example:5000": Level(12, 12)}
 
 
-def test_a_progress_line_names_the_registries_held_below_their_ceiling(caplog):
-    caplog.set_level(logging.INFO, logger="imagepush.progress")
-    progress = Progress(every=0, levels=lambda: {"b.example": Level(3, 8), "a.example:5000": Level(1, 8),
-                                                  "c.example": Level(8, 8)})
-    progress.add(2_000_000)
-    unlimited = Progress(every=0, levels=lambda: {"c.example": Level(8, 8)})
-    unlimited.add(1_000_000)
-    assert [r.getMessage() for r in caplog.records if r.name == "imagepush.progress"] == [
-        "copied 1 blobs, 2.0 MB so far; registry a.example:5000 at 1/8 requests; registry b.example at 3/8 requests",
-        "copied 1 blobs, 1.0 MB so far",
-    ]
+def test_a_progress_line_names_the_registries_held_below_their_ceiling():
+    tally = Tally(total=1)
+    levels = {"b.example": Level(3, 8), "a.example:5000": Level(1, 8), "c.example": Level(8, 8)}
+    progress = Progress(SimpleNamespace(report=tally.add), levels=lambda: dict(levels))
+    blob = BlobResult("sha256:" + "a" * 64, "oci:/out", "copied", 2_000_000, bytes_copied=2_000_000)
+    progress.delivered([blob])
+    assert [f for f in tally.fields(1.0) if f.startswith("registry")] == [
+        "registry a.example:5000 at 1/8 requests", "registry b.example at 3/8 requests"]
+    levels.update({"a.example:5000": Level(8, 8), "b.example": Level(4, 8)})  # one recovered, one grew
+    progress.delivered([blob])
+    assert [f for f in tally.fields(1.0) if f.startswith("registry")] == ["registry b.example at 4/8 requests"]
+    assert tally.fields(1.0)[3] == "4.0 MB copied at 4.0 MB/s"
 
 
 def small_images(path: Path, count: int) -> list[str]:
@@ -98,16 +98,6 @@ def small_images(path: Path, count: int) -> list[str]:
                                                               descriptor.size)))
     dest.publish(publications)
     return names
-
-
-@pytest.fixture
-def registry(tmp_path) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    reg = start_registry(tmp_path / "registry")
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 def test_a_rate_limited_registry_gets_every_image_and_the_limit_comes_down(registry, tmp_path, monkeypatch, capsys):

@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,9 +25,8 @@ from imagepush.pipeline.samples import _image, tar_layer
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import Publication
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
-from tests.conftest import require_tool
 from tests.http_proxy import HTTPProxy
-from tests.registry_server import Registry, free_port, start_registry
+from tests.registry_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +45,6 @@ def many_images(path: Path, count: int, layer_size: int = 1024) -> list[str]:
                                                               descriptor.size)))
     dest.publish(publications)
     return names
-
-
-@pytest.fixture
-def registry(tmp_path) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    reg = start_registry(tmp_path / "registry")
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 def failed_lines(stderr: str) -> list[str]:

@@ -24,6 +24,7 @@ from imagepush.transforms.engine.deliver import BlobDelivery
 from imagepush.transforms.engine.jobs import COPIED, FAILED, MOUNTED, PRESENT, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, listing_failed
 from imagepush.transforms.engine.naming import sync_jobs
+from imagepush.transforms.engine.progress import NO_PROGRESS, EventWriter, ProgressReporter
 from imagepush.transforms.engine.steps import (
     Progress,
     blob_groups,
@@ -59,15 +60,27 @@ class _StoresHolder:
 
 
 class StoresFn(beam.DoFn):
-    """A DoFn that works on stores: only plain configuration is pickled, the stores are the worker's."""
+    """A DoFn that works on stores: only plain configuration is pickled, the stores are the worker's.
 
-    def __init__(self, shared: Shared, options: StoreOptions | None) -> None:
+    ``progress``: the run's progress folder on this machine (see engine/progress.py), or
+    None where the launcher cannot read the workers' files (a remote runner): each DoFn
+    instance then appends its events to a file of its own there.
+    """
+
+    def __init__(self, shared: Shared, options: StoreOptions | None, progress: str | None = None) -> None:
         self._shared = shared
         self._options = options
+        self._progress_dir = progress
 
     def setup(self) -> None:
         options = self._options
         self._holder = self._shared.acquire(lambda: _StoresHolder(options))
+        self._reporter: ProgressReporter = EventWriter(self._progress_dir) if self._progress_dir else NO_PROGRESS
+        self._progress = Progress(self._reporter, levels=self.stores.registry_levels)
+
+    def teardown(self) -> None:
+        if isinstance(self._reporter, EventWriter):
+            self._reporter.close()
 
     @property
     def stores(self) -> StoreCache:
@@ -82,8 +95,9 @@ class BatchFn(StoresFn):
 
     name = "io"
 
-    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int) -> None:
-        super().__init__(shared, options)
+    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int,
+                 progress: str | None = None) -> None:
+        super().__init__(shared, options, progress)
         self._parallel = max(1, parallel)
 
     def setup(self) -> None:
@@ -92,6 +106,7 @@ class BatchFn(StoresFn):
 
     def teardown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        super().teardown()
 
     def _map(self, fn: Callable[[T], Any], items: Iterable[T]) -> Iterator[tuple[T, Any]]:
         return bounded_map(fn, items, workers=self._parallel, executor=self._executor)
@@ -103,16 +118,19 @@ class ListSyncFn(StoresFn):
     A generator: a catalog can be huge, and jobs flow on while the listing goes on.
     """
 
-    def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None) -> None:
-        super().__init__(shared, options)
+    def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None, progress: str | None = None) -> None:
+        super().__init__(shared, options, progress)
         self._run_id = run_id
 
     def process(self, spec: SyncSpec) -> Iterator[CopyJob | AuditRow]:
         started = now()
         try:
-            yield from sync_jobs(spec, self.stores)
+            for job in sync_jobs(spec, self.stores):
+                self._progress.known(1)
+                yield job
         except Exception as exc:
             yield from listing_failed(spec, self._run_id, exc, started)
+        self._progress.listed()
 
 
 class ResolvePlanFn(BatchFn):
@@ -123,6 +141,7 @@ class ResolvePlanFn(BatchFn):
     def process(self, element: tuple[int, Iterable[CopyJob]]):
         _, jobs = element
         for _, plans in self._map(self._plan, jobs):
+            self._progress.planned_images(1)
             yield from plans
 
     def _plan(self, job: CopyJob):
@@ -140,8 +159,8 @@ class CopyBlobsFn(BatchFn):
     name = "copy"
 
     def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int,
-                 chunk_size: int = DEFAULT_CHUNK) -> None:
-        super().__init__(shared, options, parallel)
+                 chunk_size: int = DEFAULT_CHUNK, progress: str | None = None) -> None:
+        super().__init__(shared, options, parallel, progress)
         self._chunk = chunk_size
         self._copied = Metrics.counter("imagepush", "blobs_copied")
         self._present = Metrics.counter("imagepush", "blobs_present")
@@ -151,11 +170,13 @@ class CopyBlobsFn(BatchFn):
     def setup(self) -> None:
         super().setup()
         self._delivery = BlobDelivery(self.stores, self._chunk, pacer=self.stores.pacer)
-        self._progress = Progress(levels=self.stores.registry_levels)
 
     def process(self, element: tuple[int, Iterable[tuple[str, BlobRequest]]]):
         _, keyed = element
-        for _, results in self._map(self._delivery.deliver, blob_groups(keyed)):
+        groups = blob_groups(keyed)
+        self._progress.planned(groups)
+        for _, results in self._map(self._delivery.deliver, groups):
+            self._progress.delivered(result for _, result in results)
             for target_key, result in results:
                 self._count(result)
                 yield target_key, result
@@ -164,7 +185,6 @@ class CopyBlobsFn(BatchFn):
         if result.status == COPIED:
             self._copied.inc()
             self._bytes.inc(result.bytes_copied)
-            self._progress.add(result.bytes_copied)
         elif result.status in (PRESENT, MOUNTED):
             self._present.inc()
         elif result.status == FAILED:
@@ -176,8 +196,9 @@ class FinalizeFn(BatchFn):
 
     name = "manifests"
 
-    def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None, parallel: int) -> None:
-        super().__init__(shared, options, parallel)
+    def __init__(self, shared: Shared, run_id: str, options: StoreOptions | None, parallel: int,
+                 progress: str | None = None) -> None:
+        super().__init__(shared, options, parallel, progress)
         self._run_id = run_id
 
     def process(self, element: tuple[int, dict[str, Iterable]]):
@@ -187,6 +208,7 @@ class FinalizeFn(BatchFn):
         # Identical jobs share a key; each is finalized (idempotently) and audited.
         for tp, final in self._map(lambda tp: finalize_target(tp, results.get(tp.key, []), stores, run_id),
                                    grouped["plans"]):
+            self._progress.finalized(1)
             yield tp.target.store, final
 
 
@@ -195,15 +217,16 @@ class PublishFn(BatchFn):
 
     name = "publish"
 
-    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int) -> None:
-        super().__init__(shared, options, parallel)
+    def __init__(self, shared: Shared, options: StoreOptions | None, parallel: int,
+                 progress: str | None = None) -> None:
+        super().__init__(shared, options, parallel, progress)
         self._ok = Metrics.counter("imagepush", "images_ok")
         self._failed = Metrics.counter("imagepush", "images_failed")
 
     def process(self, element: tuple[int, Iterable[tuple[str, Finalized]]]):
         _, keyed = element
-        stores = self.stores
-        for _, rows in self._map(lambda item: publish_store(item[0], item[1], stores), finals_by_store(keyed).items()):
+        stores, reporter = self.stores, self._reporter
+        for _, rows in self._map(lambda item: publish_store(item[0], item[1], stores, reporter), finals_by_store(keyed).items()):
             for row in rows:
                 if row.role != "child":
                     (self._failed if row.status == ROW_FAILED else self._ok).inc()

@@ -67,14 +67,16 @@ class ListSyncs(beam.PTransform):
     same PCollection: downstream steps tell records apart by type.
     """
 
-    def __init__(self, run_id: str, options: StoreOptions | None = None, *, shared: Shared | None = None) -> None:
+    def __init__(self, run_id: str, options: StoreOptions | None = None, *, shared: Shared | None = None,
+                 progress: str | None = None) -> None:
         super().__init__()
         self._run_id = run_id
         self._options = options
         self._shared = shared or Shared()
+        self._progress = progress
 
     def expand(self, specs):
-        return specs | "List" >> beam.ParDo(ListSyncFn(self._shared, self._run_id, self._options))
+        return specs | "List" >> beam.ParDo(ListSyncFn(self._shared, self._run_id, self._options, self._progress))
 
 
 class MigrateImages(beam.PTransform):
@@ -83,7 +85,8 @@ class MigrateImages(beam.PTransform):
     Audit rows in the input (a listing that failed) pass through to the output.
     ``shards`` is how many batches each step's work is cut into: 1 on one machine
     (one batch, all of it on the step's thread pool), more on a distributed runner so
-    every worker gets some.
+    every worker gets some. ``progress``: a folder on the workers' machine where each
+    step appends its progress events (see engine/progress.py), or None.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class MigrateImages(beam.PTransform):
         parallel: int = DEFAULT_PARALLEL,
         shards: int = 1,
         shared: Shared | None = None,
+        progress: str | None = None,
     ) -> None:
         super().__init__()
         self._run_id = run_id
@@ -101,32 +105,34 @@ class MigrateImages(beam.PTransform):
         self._parallel = parallel
         self._shards = max(1, shards)
         self._shared = shared or Shared()
+        self._progress = progress
 
     def expand(self, records):
         shared, options, parallel, shards = self._shared, self._options, self._parallel, self._shards
+        progress = self._progress
         jobs = records | "Jobs" >> beam.Filter(lambda r: isinstance(r, CopyJob))
         passed = records | "PassedRows" >> beam.Filter(lambda r: isinstance(r, AuditRow))
         plans = (
             jobs
             | "KeyJobs" >> beam.Map(lambda job: (job.source, job))
             | "BatchJobs" >> _Sharded(shards)
-            | "ResolvePlan" >> beam.ParDo(ResolvePlanFn(shared, options, parallel))
+            | "ResolvePlan" >> beam.ParDo(ResolvePlanFn(shared, options, parallel, progress))
         )
         blob_results = (
             plans
             | "BlobRequests" >> beam.FlatMap(lambda tp: [(blob_key(r), (blob_key(r), r)) for r in blob_requests(tp)])
             | "BatchBlobs" >> _Sharded(shards)
-            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(shared, options, parallel))
+            | "CopyBlobs" >> beam.ParDo(CopyBlobsFn(shared, options, parallel, progress=progress))
             | "ShardResults" >> beam.MapTuple(lambda target, result: (shard_of(target, shards), (target, result)))
         )
         sharded_plans = plans | "ShardPlans" >> beam.Map(lambda tp: (shard_of(tp.key, shards), tp))
         rows = (
             {"plans": sharded_plans, "blobs": blob_results}
             | "JoinBlobsToTargets" >> beam.CoGroupByKey()
-            | "WriteManifests" >> beam.ParDo(FinalizeFn(shared, self._run_id, options, parallel))
+            | "WriteManifests" >> beam.ParDo(FinalizeFn(shared, self._run_id, options, parallel, progress))
             | "KeyStores" >> beam.MapTuple(lambda store, final: (store, (store, final)))
             | "BatchStores" >> _Sharded(shards)
-            | "PublishNames" >> beam.ParDo(PublishFn(shared, options, parallel))
+            | "PublishNames" >> beam.ParDo(PublishFn(shared, options, parallel, progress))
         )
         return (rows, passed) | "AllRows" >> beam.Flatten()
 

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from imagepush.transforms.engine.deliver import BlobDelivery
-from imagepush.transforms.engine.jobs import COPIED, FAILED, BlobRequest, BlobResult, CopyJob, SyncSpec
+from imagepush.transforms.engine.jobs import FAILED, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, listing_failed
 from imagepush.transforms.engine.naming import sync_jobs
 from imagepush.transforms.engine.plan import blob_requests
+from imagepush.transforms.engine.progress import NO_PROGRESS, ProgressReporter
 from imagepush.transforms.engine.steps import (
     Progress,
     blob_groups,
@@ -65,19 +66,23 @@ def migrate(
     stores: StoreCache,
     parallel: int = 8,
     chunk_size: int = DEFAULT_CHUNK,
+    reporter: ProgressReporter = NO_PROGRESS,
 ) -> list[AuditRow]:
     """Copy every job (and every image the syncs list): the audit rows, one per manifest and destination.
 
     ``stores``: the caller's opened stores (the preflight's, with their registry
-    sessions), left open.
+    sessions), left open. ``reporter`` is told each step's progress as it happens
+    (see engine/progress.py): blobs as each is delivered, images as each is written and published.
     """
     rows: list[AuditRow] = []
     workers = max(1, parallel)
     window = workers * IMAGES_PER_WORKER
     with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-blobs") as blob_pool, \
             ThreadPoolExecutor(window, thread_name_prefix="imagepush-images") as image_pool:
-        run = _Stream(stores, run_id, BlobDelivery(stores, chunk_size, pacer=stores.pacer), blob_pool)
-        for _, (published, held) in bounded_map(run.image, enumerate(_every_job(jobs, syncs, stores, run_id, rows)),
+        progress = Progress(reporter, levels=stores.registry_levels)
+        run = _Stream(stores, run_id, BlobDelivery(stores, chunk_size, pacer=stores.pacer), blob_pool, progress)
+        listed = _every_job(jobs, syncs, stores, run_id, rows, progress)
+        for _, (published, held) in bounded_map(run.image, enumerate(listed),
                                                  workers=window, limit=window, executor=image_pool):
             rows.extend(published)
             run.hold(held)
@@ -87,15 +92,19 @@ def migrate(
 
 def _every_job(
     jobs: Iterable[CopyJob], syncs: Iterable[SyncSpec], stores: StoreCache, run_id: str, rows: list[AuditRow],
+    progress: Progress,
 ) -> Iterator[CopyJob]:
     """The jobs, then each sync's listing read lazily (only with --no-preflight: the preflight lists syncs)."""
     yield from jobs
     for spec in syncs:
         started = now()
         try:
-            yield from sync_jobs(spec, stores)
+            for job in sync_jobs(spec, stores):
+                progress.known(1)
+                yield job
         except Exception as exc:  # images listed before the failure are still copied, as in ListSyncs
             rows.extend(listing_failed(spec, run_id, exc, started))
+        progress.listed()
 
 
 def _publishes_per_image(store: str) -> bool:
@@ -125,6 +134,7 @@ class _Stream:
     run_id: str
     delivery: BlobDelivery
     blob_pool: ThreadPoolExecutor
+    progress: Progress
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: Sequence number -> the event that lets that image claim its blobs (set for 0).
     _turns: dict[int, threading.Event] = field(default_factory=dict)
@@ -133,10 +143,8 @@ class _Stream:
     #: (blob key, blob-sharing domain) -> a store of that domain the blob was sent to first.
     _domain_first: dict[tuple[str, str], str] = field(default_factory=dict)
     _held: list[tuple[str, Finalized]] = field(default_factory=list)
-    _progress: Progress | None = None
 
     def __post_init__(self) -> None:
-        self._progress = Progress(levels=self.stores.registry_levels)
         self._turn_of(0).set()
 
     # -- one image ------------------------------------------------------------------
@@ -150,6 +158,7 @@ class _Stream:
         try:
             plans = plan_job(job, self.stores)
             keyed = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]
+            self.progress.planned_images(1)
         except BaseException:  # a bug: the images after this one must still get their turn
             self._in_turn(seq, [])
             raise
@@ -159,8 +168,9 @@ class _Stream:
         held: list[tuple[str, Finalized]] = []
         for tp in plans:
             final = finalize_target(tp, results.get(tp.key, []), self.stores, self.run_id)
+            self.progress.finalized(1)
             if _publishes_per_image(tp.target.store):
-                published.extend(publish_store(tp.target.store, [final], self.stores))
+                published.extend(publish_store(tp.target.store, [final], self.stores, self.progress.reporter))
             else:
                 held.append((tp.target.store, final))
         return published, held
@@ -171,7 +181,7 @@ class _Stream:
     def publish_held(self, pool: ThreadPoolExecutor, workers: int) -> list[AuditRow]:
         """Every file store's names, one call per store, once all its images are written."""
         rows: list[AuditRow] = []
-        for _, published in bounded_map(lambda item: publish_store(item[0], item[1], self.stores),
+        for _, published in bounded_map(lambda item: publish_store(item[0], item[1], self.stores, self.progress.reporter),
                                         finals_by_store(self._held).items(), workers=workers, executor=pool):
             rows.extend(published)
         return rows
@@ -222,12 +232,14 @@ class _Stream:
                     peer = self._domain_first.get((key, domain)) if domain is not None else None
                     if peer is not None and peer not in fresh:
                         claims.append(_Claim(requests, store, result, after=(peer, self._delivered[(key, peer)])))
+                        self.progress.planned([requests])
                         continue
                     if domain is not None:
                         self._domain_first.setdefault((key, domain), store)
                     fresh[store] = result
             if fresh:
                 requests = [r for store in fresh for r in by_store[store]]
+                self.progress.planned([requests])
                 own = self.blob_pool.submit(self._deliver, requests, fresh, [])
                 claims.extend(_Claim(by_store[store], store, fresh[store], own=own) for store in fresh)
         return claims
@@ -250,10 +262,7 @@ class _Stream:
                 if not future.done():
                     future.set_exception(exc)
             raise
-        with self._lock:
-            for _, result in results:
-                if result.status == COPIED:
-                    self._progress.add(result.bytes_copied)  # type: ignore[union-attr]
+        self.progress.delivered(result for _, result in results)
         for store, future in futures.items():
             future.set_result(next(r for _, r in results if r.dest_store == store))
         return results
@@ -271,5 +280,6 @@ class _Stream:
         if needs_diff and template.diff_id is None and template.status != FAILED:
             # Delivered for images that did not need its diff_id: read once more to measure it.
             others = [r for r in claim.requests if not r.need_diff_id]
-            return self.delivery.deliver(needs_diff) + [(r.target_key, shared_result(template)) for r in others]
+            self.progress.planned([needs_diff])
+            return self._deliver(needs_diff, {}, []) + [(r.target_key, shared_result(template)) for r in others]
         return [(r.target_key, shared_result(template)) for r in claim.requests]

@@ -10,15 +10,14 @@ not. The rules live here, once:
   destination and every image that needs it), the largest blobs first;
 - a target's manifests are written only once all its blobs are delivered (children
   before the index, in :func:`manifests.finalize`);
-- every name of one store is published in one last store call, and each image logs
-  one progress line.
+- every name of one store is published in one last store call, and each image's
+  outcome is reported then (:class:`Progress` and ``engine/progress.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
+import threading
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
@@ -26,11 +25,17 @@ from imagepush.transforms.engine.deliver import Stores
 from imagepush.transforms.engine.jobs import COPIED, SHARED, BlobRequest, BlobResult, CopyJob, TargetPlan
 from imagepush.transforms.engine.manifests import Finalized, finalize
 from imagepush.transforms.engine.plan import delivery_key, plan_targets
+from imagepush.transforms.engine.progress import (
+    NO_PROGRESS,
+    ProgressEvent,
+    ProgressReporter,
+    blob_delivered,
+    blobs_planned,
+    published,
+)
 from imagepush.transforms.engine.publish import publish
 from imagepush.transforms.engine.resolve import resolve_image
-from imagepush.transforms.records import FAILED as ROW_FAILED, AuditRow
-
-progress = logging.getLogger("imagepush.progress")
+from imagepush.transforms.records import AuditRow
 
 
 def plan_job(job: CopyJob, stores: Stores) -> list[TargetPlan]:
@@ -88,40 +93,59 @@ def finals_by_store(pairs: Iterable[tuple[str, Finalized]]) -> dict[str, list[Fi
     return by_store
 
 
-def publish_store(store: str, finals: Iterable[Finalized], stores: Stores) -> list[AuditRow]:
-    """Every name of one store published at once; the audit rows, each image's progress logged."""
+def publish_store(store: str, finals: Iterable[Finalized], stores: Stores,
+                  reporter: ProgressReporter = NO_PROGRESS) -> list[AuditRow]:
+    """Every name of one store published at once; the audit rows, each image's outcome reported as it is known."""
     rows = publish(store, finals, lambda: stores.destination(store))
-    for row in rows:
-        if row.role == "child":
-            continue
-        # A failure is the summary's to report (grouped, once); progress here would say
-        # it a second time, one line per image.
-        if row.status == ROW_FAILED:
-            progress.debug("%s -> %s: failed: %s", row.source, row.destination, row.error)
-        else:
-            progress.info("%s -> %s: %s", row.source, row.destination, row.status)
+    reporter.report(published(store, rows))
     return rows
 
 
 class Progress:
-    """Throttled progress lines of blobs copied: a local run shows no metrics until the end.
+    """A step's progress, told to the run's reporter as it goes: one event per blob group or batch.
 
-    A registry whose request limit has come down below ``--registry-concurrency`` (it
-    answered 429 or 503) is named with its level: it explains a slow copy.
+    The copy steps of both executors report through it, so that the display counts the
+    same things whichever runs. ``levels``: the request limit of each registry host this
+    process talks to; a level that changed goes with the next blob delivered, so that
+    the display can name a registry whose limit came down below ``--registry-concurrency``
+    (it answered 429 or 503): it explains a slow copy.
     """
 
-    def __init__(self, every: float = 5.0, levels: Callable[[], Mapping[str, Any]] = dict) -> None:
-        self.every, self.last = every, time.monotonic()
-        self.blobs = self.bytes = 0
+    def __init__(self, reporter: ProgressReporter = NO_PROGRESS,
+                 levels: Callable[[], Mapping[str, Any]] = dict) -> None:
+        self.reporter = reporter
         self._levels = levels
+        self._reported: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
 
-    def add(self, nbytes: int) -> None:
-        self.blobs += 1
-        self.bytes += nbytes
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            limited = "".join(
-                f"; registry {host} at {level.limit}/{level.ceiling} requests"
-                for host, level in sorted(self._levels().items()) if level.limit < level.ceiling
-            )
-            progress.info("copied %d blobs, %.1f MB so far%s", self.blobs, self.bytes / 1e6, limited)
+    def planned(self, groups: list[list[BlobRequest]]) -> None:
+        if groups:
+            self.reporter.report(blobs_planned(groups))
+
+    def delivered(self, results: Iterable[BlobResult]) -> None:
+        event = blob_delivered(results)
+        event.registry_levels = self._changed_levels()
+        self.reporter.report(event)
+
+    def _changed_levels(self) -> dict[str, tuple[int, int]]:
+        now = {host: (level.limit, level.ceiling) for host, level in self._levels().items()}
+        with self._lock:
+            changed = {host: level for host, level in now.items() if self._reported.get(host) != level}
+            self._reported.update(changed)
+        return changed
+
+    def finalized(self, images: int) -> None:
+        if images:
+            self.reporter.report(ProgressEvent(images_blobs_done=images))
+
+    def known(self, images: int) -> None:
+        if images:
+            self.reporter.report(ProgressEvent(images_known=images))
+
+    def listed(self) -> None:
+        """A sync's listing is over: every image it has is known."""
+        self.reporter.report(ProgressEvent(listings_done=1))
+
+    def planned_images(self, images: int) -> None:
+        if images:
+            self.reporter.report(ProgressEvent(images_planned=images))
