@@ -262,9 +262,9 @@ class _Stream:
                 if not future.done():
                     future.set_exception(exc)
             raise
-        self.progress.delivered(result for _, result in results)
         for store, future in futures.items():
             future.set_result(next(r for _, r in results if r.dest_store == store))
+        self.progress.delivered(result for _, result in results)
         return results
 
     def _wait(self, claim: _Claim) -> list[tuple[str, BlobResult]]:
@@ -273,7 +273,11 @@ class _Stream:
             return [(key, r) for key, r in claim.own.result() if r.dest_store == claim.store]
         if claim.after is not None:
             peer, peer_result = claim.after
-            held = peer_result.result().status != FAILED
+            try:
+                held = peer_result.result().status != FAILED
+            except BaseException as exc:  # the peer's delivery hit a bug: so does this one, for every waiter
+                claim.result.set_exception(exc)
+                raise
             return self._deliver(claim.requests, {claim.store: claim.result}, [peer] if held else [])
         template: BlobResult = claim.result.result()
         needs_diff = [r for r in claim.requests if r.need_diff_id]
