@@ -1,17 +1,20 @@
 """The steps of a migration, one function each, shared by the Beam DoFns and the direct executor.
 
 Both ways of running a migration (the Beam graph of ``beam/migrate.py`` and
-``engine/direct.py`` for small local runs) must group and order work by the same
-rules, or one would copy a blob twice or publish a tag too early where the other does
-not. The rules live here, once:
+``engine/direct.py``, which streams images through these steps) must group and order
+work by the same rules, or one would copy a blob twice or publish a tag too early where
+the other does not. The rules live here, once:
 
 - a job is resolved and planned into one :class:`TargetPlan` per destination;
 - blob requests are grouped by :func:`blob_key` (one read of a source blob serves every
-  destination and every image that needs it), the largest blobs first;
+  destination and every image that needs it), the largest blobs first; a blob written
+  once shows as copied for one target and :func:`shared_result` for the others;
 - a target's manifests are written only once all its blobs are delivered (children
   before the index, in :func:`manifests.finalize`);
-- every name of one store is published in one last store call, and each image's
-  outcome is reported then (:class:`Progress` and ``engine/progress.py``).
+- names are published last, a store's names of one batch in one store call (Beam: every
+  name of the store; the direct executor: a registry's per image, a file store's all at
+  the end), and each image's outcome is reported then (:class:`Progress` and
+  ``engine/progress.py``).
 """
 
 from __future__ import annotations
