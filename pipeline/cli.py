@@ -217,8 +217,7 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
 def _engine_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="beam: run the Beam pipeline; direct: copy in this process without Beam; auto (default): "
-                        "direct when no Beam option is given and at most 32 images are left to copy after the "
-                        "preflight, else Beam")
+                        "direct when no Beam option and no records file is given, else Beam")
 
 
 def _filter_flags(p: argparse.ArgumentParser) -> None:

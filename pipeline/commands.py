@@ -168,7 +168,9 @@ def _direct_wanted(spec: RunSpec) -> bool:
 
     ``--engine direct`` always does (refused with records files, which Beam's workers
     read, and with Beam options, which would mean nothing); ``auto`` only without Beam
-    options and records files.
+    options and records files, whatever the number of images: the direct executor
+    streams them in a bounded window and spends less CPU and memory than Beam's
+    in-process runner on one machine.
     """
     if spec.engine == "direct":
         if spec.records:
@@ -177,13 +179,6 @@ def _direct_wanted(spec: RunSpec) -> bool:
             raise UsageError(f"--engine direct runs without Beam: {spec.beam_args[0]} is a Beam option")
         return True
     return spec.engine == "auto" and not spec.records and direct_allowed(spec.beam_args)
-
-
-def _runs_direct(spec: RunSpec) -> bool:
-    """After the preflight: whether the images left are few enough for ``auto`` to copy directly."""
-    from imagepush.transforms.engine.direct import MAX_DIRECT_JOBS
-
-    return spec.engine == "direct" or (not spec.syncs and len(spec.jobs) <= MAX_DIRECT_JOBS)
 
 
 def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
@@ -226,7 +221,7 @@ def run_job(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
                 audit.write(settled_rows, spec.audit_url)
                 return _finish(args, spec.audit_url, time.monotonic() - started, destinations)
         tally = _tally(spec, settled_rows, destinations)
-        if direct and _runs_direct(spec):
+        if direct:
             from imagepush.transforms.engine.direct import migrate
 
             display = _display(args, tally)

@@ -108,11 +108,15 @@ def test_rerun_after_a_killed_sync_sends_only_the_missing_blobs(tmp_path):
                      "--insecure-registry", reg.host, "--audit", str(audit)]) == 0
         rows = pq.read_table(audit).to_pylist()
         assert len(rows) == IMAGES
-        assert all(r["status"] == "copied" and r["destination_digest"] == r["source_digest"] for r in rows)
+        # The streamed first run tags each image as soon as its blobs are in: an image it
+        # finished before the kill is current now, the others are copied.
+        assert all(r["status"] in ("copied", "current") and r["destination_digest"] == r["source_digest"]
+                   for r in rows)
+        assert any(r["status"] == "copied" for r in rows)
         missing = set(sizes) - present
         assert sum(r["bytes_copied"] for r in rows) == sum(sizes[d] for d in missing)
         assert sum(r["blobs_copied"] for r in rows) == len(missing)
-        assert sum(r["blobs_skipped"] for r in rows) == len(present)
+        assert sum(r["blobs_skipped"] for r in rows) <= len(present)
         assert linked_blobs(reg.storage, "mirror/resume/app") == set(sizes)
     finally:
         proxy.stop()

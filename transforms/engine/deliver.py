@@ -79,20 +79,23 @@ class BlobDelivery:
         self._sleep = sleep
         self._rng = random.Random()
 
-    def deliver(self, requests: Iterable[BlobRequest]) -> list[tuple[str, BlobResult]]:
+    def deliver(self, requests: Iterable[BlobRequest], known_at: Iterable[str] = ()) -> list[tuple[str, BlobResult]]:
         """All requests for one source blob -> ``(target key, result)`` for every request.
+
+        ``known_at``: destination stores an earlier delivery left the blob in, which a
+        store of their blob-sharing domain may mount from instead of reading the source.
 
         Every retry made while delivering it (requests sent again by a store, uploads
         started again here) is counted on the first result, so the audit's totals add up.
         """
         with counting_retries() as retries:
-            results = self._deliver_all(requests)
+            results = self._deliver_all(requests, list(known_at))
         if results and retries[0]:
             key, first_result = results[0]
             results[0] = (key, dataclasses.replace(first_result, retries=first_result.retries + retries[0]))
         return results
 
-    def _deliver_all(self, requests: Iterable[BlobRequest]) -> list[tuple[str, BlobResult]]:
+    def _deliver_all(self, requests: Iterable[BlobRequest], known_at: list[str]) -> list[tuple[str, BlobResult]]:
         requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
         first = requests[0]
         size = max(r.descriptor.size for r in requests)
@@ -108,7 +111,7 @@ class BlobDelivery:
                 size,
                 stores,
                 any(r.need_diff_id for r in requests),
-                [first.source_store],
+                [first.source_store, *known_at],
             )
         return list(_results(requests, stores, states, size, written, diff_id, recompressed))
 

@@ -1,22 +1,38 @@
-"""A migration run in this process without Beam: the path for small local runs.
+"""A migration run in this process without Beam: images streamed through the steps.
 
 Starting Beam costs about a second of imports and graph set-up before its first
-bundle, more than copying a few small images takes. For a run on this machine with
-few images the launcher calls :func:`migrate` instead: the same steps
-(``engine/steps.py``), in the same order and with the same grouping rules as the Beam
-graph with one shard (every step's work in one batch on a bounded thread pool), and
-the same audit rows. Each step finishes before the next starts, as a GroupByKey makes
-it in the graph: every blob is delivered before any manifest is written, and every
-manifest of a store before its names are published.
+bundle, and Beam's own handling of every element costs CPU on one machine. For a local
+run the launcher calls :func:`migrate` instead: the same steps (``engine/steps.py``)
+under the same rules as the Beam graph, and the same audit rows, but images flow:
+while the blobs of the next images are delivered, the manifests of earlier ones are
+written and their names published. What Beam's GroupByKeys guarantee is kept per
+image and per blob instead of per step:
+
+- each source blob is delivered once per destination store (keyed by blob key and
+  store): the first image to need it starts the delivery and every later image waits
+  on that same delivery; a store of the same blob-sharing domain takes it from there
+  (a registry mount) rather than reading the source again;
+- images claim deliveries in the order they were listed, so the image a blob is
+  ``copied`` for (and ``shared`` for the others) is the one Beam picks;
+- an image's manifests are written once all of its blobs are present (children
+  before the index, by ``manifests.finalize``), its names after them;
+- a registry's names are published per image as soon as it is written; a store that
+  holds all its names in one file (an OCI layout's index.json, an archive) publishes
+  them all in one call at the end, as Beam does.
+
+Memory stays bounded: the listing is read lazily and at most a window of images
+(a few times ``parallel``) is in flight; finished images keep only their rows.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 from imagepush.transforms.engine.deliver import BlobDelivery
-from imagepush.transforms.engine.jobs import CopyJob, SyncSpec, TargetPlan
+from imagepush.transforms.engine.jobs import FAILED, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, listing_failed
 from imagepush.transforms.engine.naming import sync_jobs
 from imagepush.transforms.engine.plan import blob_requests
@@ -30,15 +46,17 @@ from imagepush.transforms.engine.steps import (
     plan_job,
     publish_store,
     results_by_target,
+    shared_result,
 )
 from imagepush.transforms.engine.streaming import DEFAULT_CHUNK
 from imagepush.transforms.pool import bounded_map
 from imagepush.transforms.records import AuditRow, now
 from imagepush.transforms.stores.cache import StoreCache
+from imagepush.transforms.stores.refs import REGISTRY_TRANSPORT, parse_reference
 
-#: Most images (jobs left after the preflight) a run may have for ``--engine auto`` to
-#: run it directly; past it, Beam's start-up is small beside the copy and its steps overlap.
-MAX_DIRECT_JOBS = 32
+#: Images in flight per worker of ``parallel``: enough that blobs of the next images go
+#: up while earlier ones wait on their last blob or write their manifests.
+IMAGES_PER_WORKER = 4
 
 
 def migrate(
@@ -54,46 +72,218 @@ def migrate(
 
     ``stores``: the caller's opened stores (the preflight's, with their registry
     sessions), left open. ``reporter`` is told each step's progress as it happens
-    (see engine/progress.py): blobs as each is delivered, images as each store publishes.
+    (see engine/progress.py): blobs as each is delivered, images as each is written and published.
     """
-    workers = max(1, parallel)
     rows: list[AuditRow] = []
-    jobs = list(jobs)
-    progress = Progress(reporter, levels=stores.registry_levels)
-    for spec in syncs:  # only with --no-preflight: the preflight lists syncs on this machine
-        started = now()
-        try:
-            for job in sync_jobs(spec, stores):
-                jobs.append(job)
-                progress.known(1)
-        except Exception as exc:  # images listed before the failure are still copied, as in ListSyncs
-            rows.extend(listing_failed(spec, run_id, exc, started))
-        progress.listed()
-    with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-direct") as pool:
-        def each(fn, items):
-            return bounded_map(fn, items, workers=workers, executor=pool)
-
-        plans: list[TargetPlan] = [tp for _, planned in each(lambda job: plan_job(job, stores), jobs) for tp in planned]
-        progress.planned_images(len(jobs))
-        delivery = BlobDelivery(stores, chunk_size, pacer=stores.pacer)
-        delivered = []
-        groups = blob_groups((blob_key(r), r) for tp in plans for r in blob_requests(tp))
-        progress.planned(groups)
-        for _, results in each(delivery.deliver, groups):
-            progress.delivered(result for _, result in results)
-            delivered.extend(results)
-        results = results_by_target(delivered)
-        finals: list[tuple[str, Finalized]] = [
-            (tp.target.store, final)
-            for tp, final in each(lambda tp: _finalized_each(
-                progress, finalize_target(tp, results.get(tp.key, []), stores, run_id)), plans)
-        ]
-        for _, published in each(lambda item: publish_store(item[0], item[1], stores, reporter),
-                                 finals_by_store(finals).items()):
+    workers = max(1, parallel)
+    window = workers * IMAGES_PER_WORKER
+    with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-blobs") as blob_pool, \
+            ThreadPoolExecutor(window, thread_name_prefix="imagepush-images") as image_pool:
+        progress = Progress(reporter, levels=stores.registry_levels)
+        run = _Stream(stores, run_id, BlobDelivery(stores, chunk_size, pacer=stores.pacer), blob_pool, progress)
+        listed = _every_job(jobs, syncs, stores, run_id, rows, progress)
+        for _, (published, held) in bounded_map(run.image, enumerate(listed),
+                                                 workers=window, limit=window, executor=image_pool):
             rows.extend(published)
+            run.hold(held)
+        rows.extend(run.publish_held(image_pool, workers))
     return rows
 
 
-def _finalized_each(progress: Progress, final: Finalized) -> Finalized:
-    progress.finalized(1)
-    return final
+def _every_job(
+    jobs: Iterable[CopyJob], syncs: Iterable[SyncSpec], stores: StoreCache, run_id: str, rows: list[AuditRow],
+    progress: Progress,
+) -> Iterator[CopyJob]:
+    """The jobs, then each sync's listing read lazily (only with --no-preflight: the preflight lists syncs)."""
+    yield from jobs
+    for spec in syncs:
+        started = now()
+        try:
+            for job in sync_jobs(spec, stores):
+                progress.known(1)
+                yield job
+        except Exception as exc:  # images listed before the failure are still copied, as in ListSyncs
+            rows.extend(listing_failed(spec, run_id, exc, started))
+        progress.listed()
+
+
+def _publishes_per_image(store: str) -> bool:
+    """A registry writes each tag on its own; other stores rewrite one file (or archive) for all their names."""
+    return parse_reference(store).transport == REGISTRY_TRANSPORT
+
+
+@dataclass
+class _Claim:
+    """One image's share of one blob at one store: its requests and the delivery that serves them."""
+
+    requests: list[BlobRequest]
+    store: str
+    #: The delivery's result for this store, as seen by the request it was copied for.
+    result: Future
+    #: Started for this image: its requests get the delivery's own results.
+    own: Future | None = None
+    #: Delivered after the domain peer store's delivery, by this image's thread.
+    after: tuple[str, Future] | None = None
+
+
+@dataclass
+class _Stream:
+    """The state one streamed run shares between its image threads."""
+
+    stores: StoreCache
+    run_id: str
+    delivery: BlobDelivery
+    blob_pool: ThreadPoolExecutor
+    progress: Progress
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Sequence number -> the event that lets that image claim its blobs (set for 0).
+    _turns: dict[int, threading.Event] = field(default_factory=dict)
+    #: (blob key, destination store) -> the future result of its one delivery there.
+    _delivered: dict[tuple[str, str], Future] = field(default_factory=dict)
+    #: (blob key, blob-sharing domain) -> a store of that domain the blob was sent to first.
+    _domain_first: dict[tuple[str, str], str] = field(default_factory=dict)
+    _held: list[tuple[str, Finalized]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._turn_of(0).set()
+
+    # -- one image ------------------------------------------------------------------
+
+    def image(self, numbered: tuple[int, CopyJob]) -> tuple[list[AuditRow], list[tuple[str, Finalized]]]:
+        """One image through every step: (rows published now, targets whose store publishes at the end).
+
+        The one place an image's outcome is produced.
+        """
+        seq, job = numbered
+        try:
+            plans = plan_job(job, self.stores)
+            keyed = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]
+            self.progress.planned_images(1)
+        except BaseException:  # a bug: the images after this one must still get their turn
+            self._in_turn(seq, [])
+            raise
+        claims = self._in_turn(seq, keyed)
+        results = results_by_target(pair for claim in claims for pair in self._wait(claim))
+        published: list[AuditRow] = []
+        held: list[tuple[str, Finalized]] = []
+        for tp in plans:
+            final = finalize_target(tp, results.get(tp.key, []), self.stores, self.run_id)
+            self.progress.finalized(1)
+            if _publishes_per_image(tp.target.store):
+                published.extend(publish_store(tp.target.store, [final], self.stores, self.progress.reporter))
+            else:
+                held.append((tp.target.store, final))
+        return published, held
+
+    def hold(self, held: list[tuple[str, Finalized]]) -> None:
+        self._held.extend(held)
+
+    def publish_held(self, pool: ThreadPoolExecutor, workers: int) -> list[AuditRow]:
+        """Every file store's names, one call per store, once all its images are written."""
+        rows: list[AuditRow] = []
+        for _, published in bounded_map(lambda item: publish_store(item[0], item[1], self.stores, self.progress.reporter),
+                                        finals_by_store(self._held).items(), workers=workers, executor=pool):
+            rows.extend(published)
+        return rows
+
+    # -- blobs ----------------------------------------------------------------------
+
+    def _in_turn(self, seq: int, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
+        """Claims in listing order: the first image to need a blob is the one it is copied for.
+
+        Each image waits on an event of its own, set by the one before it: a window of
+        waiting threads is not woken for every turn.
+        """
+        self._turn_of(seq).wait()
+        try:
+            return self._claim(keyed)
+        finally:
+            with self._lock:
+                del self._turns[seq]
+            self._turn_of(seq + 1).set()
+
+    def _turn_of(self, seq: int) -> threading.Event:
+        with self._lock:
+            return self._turns.setdefault(seq, threading.Event())
+
+    def _claim(self, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
+        """Each of the image's blobs at each store: joined to the delivery already started, or started now.
+
+        Called in listing order. The stores of one blob that nothing has claimed yet
+        share one new delivery (one read of the source); a store whose domain was sent
+        the blob already waits for that delivery and then takes it from there.
+        """
+        claims: list[_Claim] = []
+        for group in blob_groups(keyed):
+            key = blob_key(group[0])
+            by_store: dict[str, list[BlobRequest]] = {}
+            for request in group:
+                by_store.setdefault(request.dest_store, []).append(request)
+            fresh: dict[str, Future] = {}
+            with self._lock:
+                for store, requests in sorted(by_store.items()):
+                    started = self._delivered.get((key, store))
+                    if started is not None:
+                        claims.append(_Claim(requests, store, started))
+                        continue
+                    result: Future = Future()
+                    self._delivered[(key, store)] = result
+                    domain = self._domain(store)
+                    peer = self._domain_first.get((key, domain)) if domain is not None else None
+                    if peer is not None and peer not in fresh:
+                        claims.append(_Claim(requests, store, result, after=(peer, self._delivered[(key, peer)])))
+                        self.progress.planned([requests])
+                        continue
+                    if domain is not None:
+                        self._domain_first.setdefault((key, domain), store)
+                    fresh[store] = result
+            if fresh:
+                requests = [r for store in fresh for r in by_store[store]]
+                self.progress.planned([requests])
+                own = self.blob_pool.submit(self._deliver, requests, fresh, [])
+                claims.extend(_Claim(by_store[store], store, fresh[store], own=own) for store in fresh)
+        return claims
+
+    def _domain(self, store: str) -> str | None:
+        try:
+            return self.stores.destination(store).blob_domain
+        except Exception:  # an unopenable store failed its targets in planning: nothing shares with it
+            return None
+
+    def _deliver(self, requests: list[BlobRequest], futures: dict[str, Future], known_at: list[str]):
+        """One delivery; the first result at each store is what later images at that store are shown.
+
+        The one place a blob result is produced.
+        """
+        try:
+            results = self.delivery.deliver(requests, known_at=known_at)
+        except BaseException as exc:  # deliver returns failures as values: this is a bug, waiters must not hang
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for store, future in futures.items():
+            future.set_result(next(r for _, r in results if r.dest_store == store))
+        self.progress.delivered(result for _, result in results)
+        return results
+
+    def _wait(self, claim: _Claim) -> list[tuple[str, BlobResult]]:
+        """This image's results for one blob at one store."""
+        if claim.own is not None:
+            return [(key, r) for key, r in claim.own.result() if r.dest_store == claim.store]
+        if claim.after is not None:
+            peer, peer_result = claim.after
+            try:
+                held = peer_result.result().status != FAILED
+            except BaseException as exc:  # the peer's delivery hit a bug: so does this one, for every waiter
+                claim.result.set_exception(exc)
+                raise
+            return self._deliver(claim.requests, {claim.store: claim.result}, [peer] if held else [])
+        template: BlobResult = claim.result.result()
+        needs_diff = [r for r in claim.requests if r.need_diff_id]
+        if needs_diff and template.diff_id is None and template.status != FAILED:
+            # Delivered for images that did not need its diff_id: read once more to measure it.
+            others = [r for r in claim.requests if not r.need_diff_id]
+            self.progress.planned([needs_diff])
+            return self._deliver(needs_diff, {}, []) + [(r.target_key, shared_result(template)) for r in others]
+        return [(r.target_key, shared_result(template)) for r in claim.requests]

@@ -1,27 +1,31 @@
 """The steps of a migration, one function each, shared by the Beam DoFns and the direct executor.
 
 Both ways of running a migration (the Beam graph of ``beam/migrate.py`` and
-``engine/direct.py`` for small local runs) must group and order work by the same
-rules, or one would copy a blob twice or publish a tag too early where the other does
-not. The rules live here, once:
+``engine/direct.py``, which streams images through these steps) must group and order
+work by the same rules, or one would copy a blob twice or publish a tag too early where
+the other does not. The rules live here, once:
 
 - a job is resolved and planned into one :class:`TargetPlan` per destination;
 - blob requests are grouped by :func:`blob_key` (one read of a source blob serves every
-  destination and every image that needs it), the largest blobs first;
+  destination and every image that needs it), the largest blobs first; a blob written
+  once shows as copied for one target and :func:`shared_result` for the others;
 - a target's manifests are written only once all its blobs are delivered (children
   before the index, in :func:`manifests.finalize`);
-- every name of one store is published in one last store call, and each image's
-  outcome is reported then (:class:`Progress` and ``engine/progress.py``).
+- names are published last, a store's names of one batch in one store call (Beam: every
+  name of the store; the direct executor: a registry's per image, a file store's all at
+  the end), and each image's outcome is reported then (:class:`Progress` and
+  ``engine/progress.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Mapping
 
 from imagepush.transforms.engine.deliver import Stores
-from imagepush.transforms.engine.jobs import BlobRequest, BlobResult, CopyJob, TargetPlan
+from imagepush.transforms.engine.jobs import COPIED, SHARED, BlobRequest, BlobResult, CopyJob, TargetPlan
 from imagepush.transforms.engine.manifests import Finalized, finalize
 from imagepush.transforms.engine.plan import delivery_key, plan_targets
 from imagepush.transforms.engine.progress import (
@@ -64,6 +68,15 @@ def results_by_target(pairs: Iterable[tuple[str, BlobResult]]) -> dict[str, list
     for target_key, result in pairs:
         results[target_key].append(result)
     return results
+
+
+def shared_result(first: BlobResult) -> BlobResult:
+    """What a blob delivered once shows to every other target at its store: ``shared`` where it was ``copied``.
+
+    The audit's byte and retry counts then add up to what was really written.
+    """
+    status = SHARED if first.status == COPIED else first.status
+    return dataclasses.replace(first, status=status, bytes_copied=0, retries=0)
 
 
 def finalize_target(tp: TargetPlan, results: list[BlobResult], stores: Stores, run_id: str) -> Finalized:
