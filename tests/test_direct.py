@@ -219,10 +219,10 @@ def _recording_cache(log: list):
 @pytest.fixture
 def shared_base(tmp_path) -> str:
     """A layout whose 40 tags all point at demo/app's image, and demo/multi: one base layer under every image."""
-    url = f"oci:{tmp_path}/shared"
-    write_oci_samples(str(tmp_path / "shared"))
-    layout = OCILayoutDestination(str(tmp_path / "shared"))
-    app = OCILayoutSource(str(tmp_path / "shared")).get_root("demo/app:1.0")
+    url = f"oci:{tmp_path}/samples"
+    write_oci_samples(str(tmp_path / "samples"))
+    layout = OCILayoutDestination(str(tmp_path / "samples"))
+    app = OCILayoutSource(str(tmp_path / "samples")).get_root("demo/app:1.0")
     layout.publish([Publication(f"demo/app:t{i}", Descriptor(app.media_type, app.digest, len(app.data)))
                     for i in range(40)])
     return url
