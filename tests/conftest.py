@@ -97,21 +97,29 @@ def s3_endpoint():
         proc.wait(timeout=10)
 
 
-@pytest.fixture
-def registry(tmp_path):
-    """A fresh, empty Docker Distribution on a loopback port, stopped by PID afterwards.
+def running_registry(root: Path, **options):
+    """A Docker Distribution on a loopback port while the generator is open, stopped by PID after.
 
-    Test files that need a registry set up differently (a module-wide one, schema1
-    enabled, images pushed first) define their own ``registry`` fixture, which wins.
+    ``options`` go to ``start_registry`` (``schema1``, ``tls``, ``htpasswd`` …).
     """
     from tests.registry_server import start_registry
 
     require_tool("docker-registry")
-    reg = start_registry(tmp_path / "registry")
+    reg = start_registry(root, **options)
     try:
         yield reg
     finally:
         reg.stop()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A fresh, empty Docker Distribution.
+
+    Test files that need a registry set up differently (a module-wide one, schema1
+    enabled, images pushed first) define their own ``registry`` fixture, which wins.
+    """
+    yield from running_registry(tmp_path / "registry")
 
 
 @pytest.fixture

@@ -22,19 +22,7 @@ from imagepush.transforms.stores.base import BlobSink, ManifestBlob, Publication
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from imagepush.transforms.stores.options import StoreOptions
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(round(seconds, 6))
-        self.now += seconds
+from tests.clock import FakeClock
 
 
 class Recording(BlobSink):
@@ -75,7 +63,7 @@ def test_each_write_reserves_its_bytes_worth_of_time_and_the_first_goes_at_once(
         paced.write(b"x" * size)
     paced.commit()
     # 500 bytes at once, then 0.5 s for them; 1500 bytes reserve 1.5 s before the last write.
-    assert clock.slept == [0.5, 1.5]
+    assert clock.sleeps == [0.5, 1.5]
     assert [len(c) for c in sink.chunks] == [500, 1500, 1000] and sink.committed and not sink.aborted
 
 

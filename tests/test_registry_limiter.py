@@ -10,19 +10,7 @@ import threading
 import pytest
 
 from imagepush.transforms.stores.registry.limiter import Level, RateBucket, RequestLimiter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.now += seconds
+from tests.clock import FakeClock
 
 
 def limiter(ceiling: int = 8, **kw) -> tuple[RequestLimiter, FakeClock]:

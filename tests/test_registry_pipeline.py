@@ -13,7 +13,7 @@ import pytest
 from imagepush.pipeline import commands
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
-from tests.conftest import require_tool, run
+from tests.conftest import require_tool, running_registry, run
 from tests.registry_server import Registry, start_registry
 
 pytestmark = pytest.mark.integration
@@ -38,15 +38,6 @@ def digest_of(host: str, image: str) -> str:
             skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{host}/{image}")).hexdigest()
 
 
-def registry(root: Path, **kw) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    reg = start_registry(root, **kw)
-    try:
-        yield reg
-    finally:
-        reg.stop()
-
-
 def push_samples(reg: Registry, root: Path) -> None:
     """Every image of IMAGES into ``reg``, pushed by skopeo from a sample layout made under ``root``."""
     write_oci_samples(str(root / "layout"))
@@ -58,14 +49,14 @@ def push_samples(reg: Registry, root: Path) -> None:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("src")
-    for reg in registry(root / "registry", schema1=True):
+    for reg in running_registry(root / "registry", schema1=True):
         push_samples(reg, root)
         yield reg
 
 
 @pytest.fixture
 def mirror(tmp_path) -> Iterator[Registry]:
-    yield from registry(tmp_path / "mirror", schema1=True)
+    yield from running_registry(tmp_path / "mirror", schema1=True)
 
 
 def insecure(*regs: Registry) -> list[str]:
@@ -153,11 +144,11 @@ def test_schema1_into_a_registry_without_schema1_fails_clearly_or_converts(sourc
 def test_a_tag_the_registry_refuses_fails_alone_and_its_sibling_tags_are_written(tmp_path):
     """One repository, three tags; the destination refuses schema1: one row failed, two copied."""
     write_oci_samples(str(tmp_path / "layout"))
-    for mixed in registry(tmp_path / "mixed", schema1=True):
+    for mixed in running_registry(tmp_path / "mixed", schema1=True):
         for tag, flags in {"v2s1": ["--format", "v2s1"], "v2s2": ["--format", "v2s2"], "oci": []}.items():
             skopeo("copy", "--dest-tls-verify=false", *flags, f"oci:{tmp_path}/layout:demo/app:1.0",
                    f"docker://{mixed.host}/mixed/app:{tag}")
-        for plain in registry(tmp_path / "plain"):  # Distribution's default: no schema1
+        for plain in running_registry(tmp_path / "plain"):  # Distribution's default: no schema1
             audit = tmp_path / "a.parquet"
             assert main(["sync", f"docker://{mixed.host}/mixed/app", f"docker://{plain.host}/copy",
                          *insecure(mixed, plain), "--audit", str(audit)]) == 1
@@ -185,7 +176,7 @@ def test_registry_to_layout_sync_names_each_image_repo_and_tag(source, tmp_path)
 
 def test_wrong_password_fails_with_an_authentication_error_and_never_shows_it(source, tmp_path, capsys):
     secret = "not-the-Passw0rd-4711"
-    for locked in registry(tmp_path / "locked", htpasswd={"alice": "right-password"}):
+    for locked in running_registry(tmp_path / "locked", htpasswd={"alice": "right-password"}):
         authfile = tmp_path / "auth.json"
         authfile.write_text(json.dumps({"auths": {locked.host: {
             "auth": base64.b64encode(f"alice:{secret}".encode()).decode()}}}))
@@ -225,7 +216,7 @@ def test_an_insecure_tls_registry_named_by_the_user_prints_no_tls_warnings(tmp_p
     import sys
 
     write_oci_samples(str(tmp_path / "layout"))
-    for tls in registry(tmp_path / "tls", tls=True):
+    for tls in running_registry(tmp_path / "tls", tls=True):
         proc = subprocess.run(
             [str(Path(sys.executable).with_name("imagepush")), "copy", f"oci:{tmp_path}/layout:demo/app:1.0",
              f"docker://{tls.host}/quiet/app:1", "--insecure-registry", tls.host,

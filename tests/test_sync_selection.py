@@ -17,8 +17,8 @@ import requests
 
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.samples import write_oci_samples
-from tests.conftest import require_tool, run
-from tests.registry_server import Registry, start_registry
+from tests.conftest import require_tool, running_registry, run
+from tests.registry_server import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +27,6 @@ SOURCE_TAGS = {
     "team/app": ["1.0", "v1.2.3", "1.10", "2.0", "2.1.0-rc.1", "latest", "dev"],
     "team/tools/cli": ["0.9", "1.0"],
 }
-
-
-def registry(root: Path, **kw) -> Iterator[Registry]:
-    require_tool("docker-registry")
-    reg = start_registry(root, **kw)
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 def http(reg: Registry) -> requests.Session:
@@ -56,7 +47,7 @@ def tags_of(reg: Registry) -> dict[str, list[str]]:
 def source(tmp_path_factory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("selection")
     write_oci_samples(str(root / "layout"))
-    for reg in registry(root / "registry"):
+    for reg in running_registry(root / "registry"):
         skopeo = require_tool("skopeo")
         accept = "application/vnd.oci.image.manifest.v1+json"
         with http(reg) as session:
@@ -75,7 +66,7 @@ def source(tmp_path_factory) -> Iterator[Registry]:
 
 @pytest.fixture
 def mirror(tmp_path) -> Iterator[Registry]:
-    yield from registry(tmp_path / "mirror")
+    yield from running_registry(tmp_path / "mirror")
 
 
 def run_file(tmp_path: Path, text: str) -> int:
@@ -144,7 +135,7 @@ def test_a_host_s_own_credentials_and_ca_bundle_reach_only_its_client(source, tm
     """The locked registry speaks TLS with its own CA and wants a password; the run has neither globally."""
     secret = "per-host-Passw0rd-815"
     monkeypatch.setenv("IMAGEPUSH_TEST_PASSWORD", secret)
-    for locked in registry(tmp_path / "locked", tls=True, htpasswd={"carol": secret}):
+    for locked in running_registry(tmp_path / "locked", tls=True, htpasswd={"carol": secret}):
         text = f"""
 audit: {tmp_path}/audit.parquet
 registries:
