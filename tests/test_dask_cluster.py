@@ -22,9 +22,16 @@ from typing import Iterator
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import running_registry
 from tests.dask_cluster import DaskCluster, dask_cluster
 from tests.registry_server import Registry
-from tests.test_registry_pipeline import IMAGES, digest_of, insecure, push_samples, registry, skopeo
+from tests.test_registry_pipeline import (
+    IMAGES,
+    digest_of,
+    insecure,
+    push_samples,
+    skopeo,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +69,7 @@ def source(tmp_path_factory) -> Iterator[tuple[Registry, dict[tuple[str, str], s
     shared blobs), which is how Distribution itself would store them after a push.
     """
     root = tmp_path_factory.mktemp("dask-src")
-    for reg in registry(root / "registry", schema1=True):
+    for reg in running_registry(root / "registry", schema1=True):
         push_samples(reg, root)
         repositories = reg.storage / "docker" / "registry" / "v2" / "repositories"
         for i in range(COPIES):
@@ -98,7 +105,7 @@ def test_registry_to_registry_sync_on_a_dask_cluster_uses_both_workers(cluster, 
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, key="testing", secret="testing")
     fs.mkdir(bucket)
     audit = f"s3://{bucket}/audit/run.parquet"
-    for mirror in registry(tmp_path / "mirror", schema1=True):
+    for mirror in running_registry(tmp_path / "mirror", schema1=True):
         proc = imagepush("sync", f"docker://{src.host}/", f"docker://{mirror.host}/mirror", *insecure(src, mirror),
                          "--audit", audit, "--runner", DASK_RUNNER, "--dask_client_address", cluster.address,
                          env=s3_env(s3_endpoint))

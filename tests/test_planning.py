@@ -13,14 +13,22 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from imagepush.pipeline.cli import main
 from imagepush.transforms.engine.jobs import Output, SyncSpec
-from imagepush.transforms.engine.planning import COPY, CONVERT, CURRENT, FAILING, RunPlan, plan_run
+from imagepush.transforms.engine.planning import (
+    CONVERT,
+    COPY,
+    CURRENT,
+    FAILING,
+    RunPlan,
+    plan_run,
+)
 from imagepush.transforms.engine.records_io import read_rows
 from imagepush.transforms.stores.options import StoreOptions
+
+from tests.conftest import running_registry
 from tests.registry_server import Registry
-from tests.test_registry_pipeline import IMAGES, insecure, push_samples, registry, rows
+from tests.test_registry_pipeline import IMAGES, insecure, push_samples, rows
 from tests.test_verify import tree
 
 pytestmark = pytest.mark.integration
@@ -29,7 +37,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("plan-src")
-    for reg in registry(root / "registry", schema1=True):
+    for reg in running_registry(root / "registry", schema1=True):
         push_samples(reg, root)
         yield reg
 
@@ -41,7 +49,7 @@ def half_mirror(source, tmp_path) -> Iterator[Registry]:
     ``team/app``'s images share a layer with ``team/multi``'s (mounted from there) and
     their config with each other (uploaded once, then skipped).
     """
-    for reg in registry(tmp_path / "mirror", schema1=True):
+    for reg in running_registry(tmp_path / "mirror", schema1=True):
         for image in ("legacy/s1:1", "team/multi:1.0"):
             assert main(["copy", f"docker://{source.host}/{image}", f"docker://{reg.host}/mirror/{image}",
                          *insecure(source, reg), "--audit", str(tmp_path / "seed.parquet")]) == 0

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from imagepush.pipeline.cli import main
 from imagepush.pipeline.config import names_one_image
+
+from tests.conftest import running_registry
 from tests.registry_server import Registry
-from tests.test_registry_pipeline import IMAGES, insecure, push_samples, registry, rows, skopeo
+from tests.test_registry_pipeline import IMAGES, insecure, push_samples, rows, skopeo
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("verify-src")
-    for reg in registry(root / "registry", schema1=True):
+    for reg in running_registry(root / "registry", schema1=True):
         push_samples(reg, root)
         yield reg
 
@@ -28,7 +29,7 @@ def source(tmp_path_factory) -> Iterator[Registry]:
 @pytest.fixture
 def mirror(source, tmp_path) -> Iterator[Registry]:
     """A registry that a sync of the whole source has just filled (under ``mirror/``)."""
-    for reg in registry(tmp_path / "mirror", schema1=True):
+    for reg in running_registry(tmp_path / "mirror", schema1=True):
         assert main(["sync", f"docker://{source.host}/", f"docker://{reg.host}/mirror", *insecure(source, reg),
                      "--audit", str(tmp_path / "sync.parquet")]) == 0
         yield reg
