@@ -18,7 +18,8 @@ skopeo into a source registry kept under --work:
 
 Each run starts fresh destination registries (empty storage). skopeo is run as its users
 run it, ``skopeo sync --src docker --dest docker`` once per repository; imagepush runs one
-``imagepush sync`` over the whole source. Runs alternate which tool goes first and the
+``imagepush sync`` over the whole source (``--skopeo-parallel 4`` also times skopeo run four
+repositories at a time, as a user scripts it to go faster). Runs alternate which tool goes first and the
 medians of --runs are reported, with imagepush's peak RSS from ``/usr/bin/time -v`` and,
 for workload a, the time of a rerun onto each finished destination. CPU is also given
 per GB of the workload's blobs, next to the CPU the registries burnt in the same run (read
@@ -270,6 +271,23 @@ def skopeo_sync(src: Registry, dst: Registry, w: Workload) -> Timed:
     return Timed(total, peak, cpu, regs)
 
 
+def skopeo_sync_parallel(src: Registry, dst: Registry, w: Workload, jobs: int) -> Timed:
+    """``skopeo sync`` per repository, ``jobs`` of them at a time: how a user scripts it to go faster."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(repo: str) -> Timed:
+        return timed(["skopeo", "--insecure-policy", "sync", "--src", "docker", "--dest", "docker",
+                      "--src-tls-verify=false", "--dest-tls-verify=false",
+                      f"{src.host}/bench/{repo}", f"{dst.host}/mirror"])
+
+    before = registries_cpu([src, dst])
+    start = time.monotonic()
+    with ThreadPoolExecutor(jobs) as pool:
+        runs = list(pool.map(one, w.repos))
+    elapsed = time.monotonic() - start
+    return Timed(elapsed, max(t.rss_mb for t in runs), sum(t.cpu for t in runs), registries_cpu([src, dst]) - before)
+
+
 def imagepush_sync(
     src: Registry, dsts: list[Registry], work: Path, extra: list[str], program: list[str] = IMAGEPUSH
 ) -> Timed:
@@ -365,6 +383,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/imagepush-bench"))
     parser.add_argument("--skip-skopeo", action="store_true", help="time imagepush only")
+    parser.add_argument("--skopeo-parallel", type=int, default=0, metavar="N",
+                        help="also time skopeo run N repositories at a time (the issue's 'four parallel "
+                             "skopeos' is N=4), in the same runs")
     parser.add_argument("--against", metavar="IMAGEPUSH",
                         help="another imagepush executable (say, an install of the previous commit) timed "
                              "in the same runs, interleaved with this one (CPU comparisons on a shared machine)")
@@ -381,18 +402,21 @@ def main() -> None:
         base = TWO_DESTINATIONS.get(name, name)
         src, w = populate_source(args.work, base)
         try:
-            ours, theirs, rerun, other = [], [], [], []
-            tools = ["skopeo", "imagepush"] + (["against"] if args.against else [])
+            ours, theirs, rerun, other, parallel = [], [], [], [], []
+            tools = ["skopeo", "imagepush"] + (["against"] if args.against else []) \
+                + (["skopeo-parallel"] if args.skopeo_parallel else [])
             for run in range(args.runs):
                 order = tools[run % len(tools):] + tools[:run % len(tools)]
                 for tool in order:
-                    if tool == "skopeo" and (name in TWO_DESTINATIONS or args.skip_skopeo):
+                    if tool.startswith("skopeo") and (name in TWO_DESTINATIONS or args.skip_skopeo):
                         continue
                     dsts = [fresh_registry(args.work) for _ in range(2 if name in TWO_DESTINATIONS else 1)]
                     settle()
                     try:
                         if tool == "skopeo":
                             theirs.append(skopeo_sync(src, dsts[0], w))
+                        elif tool == "skopeo-parallel":
+                            parallel.append(skopeo_sync_parallel(src, dsts[0], w, args.skopeo_parallel))
                         elif tool == "against":
                             other.append(imagepush_sync(src, dsts, args.work, args.imagepush_args, [args.against]))
                         else:
@@ -405,7 +429,7 @@ def main() -> None:
                         for d in dsts:
                             stop(d)
             results[name] = {"images": len(w.images), "ours": ours, "theirs": theirs, "rerun": rerun,
-                             "other": other, "bytes": workload_bytes(args.work, base)}
+                             "other": other, "parallel": parallel, "jobs": args.skopeo_parallel, "bytes": workload_bytes(args.work, base)}
             report(name, results[name], results)
         finally:
             src.stop()
@@ -423,6 +447,9 @@ def report(name: str, r: dict, results: dict) -> None:
         their_cpu = statistics.median(t.cpu for t in r["theirs"])
         line += f"; skopeo {theirs:.1f}s ({1000 * theirs / r['images']:.0f} ms/image, {their_cpu:.1f} CPU-s = " \
                 f"{their_cpu / gb:.2f} CPU-s/GB); ratio {ours / theirs:.2f}"
+    if r["parallel"]:
+        par = statistics.median(t.seconds for t in r["parallel"])
+        line += f"; skopeo {r['jobs']} at a time {par:.1f}s, ratio {ours / par:.2f}"
     one_name = next((one for two, one in TWO_DESTINATIONS.items() if two == name), None)
     if one_name in results:
         one = statistics.median(t.seconds for t in results[one_name]["ours"])
@@ -434,7 +461,8 @@ def report(name: str, r: dict, results: dict) -> None:
     print(line, flush=True)
     print(f"    runs: imagepush {_list(r['ours'])} (CPU-s {_cpus(r['ours'])})"
           + (f"; skopeo {_list(r['theirs'])}" if r["theirs"] else "")
-          + (f"; reruns {_list(r['rerun'])}" if r["rerun"] else ""), flush=True)
+          + (f"; reruns {_list(r['rerun'])}" if r["rerun"] else "")
+          + (f"; skopeo {r['jobs']} at a time {_list(r['parallel'])}" if r["parallel"] else ""), flush=True)
     if r["other"]:
         other_cpu = statistics.median(t.cpu for t in r["other"])
         print(f"    against {other_cpu:.2f} CPU-s = {other_cpu / gb:.2f} CPU-s/GB (runs "
