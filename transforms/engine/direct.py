@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from imagepush.transforms.engine.claims import ClaimLedger
 from imagepush.transforms.engine.deliver import BlobDelivery
 from imagepush.transforms.engine.jobs import FAILED, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, listing_failed
@@ -39,8 +40,6 @@ from imagepush.transforms.engine.plan import blob_requests
 from imagepush.transforms.engine.progress import NO_PROGRESS, ProgressReporter
 from imagepush.transforms.engine.steps import (
     Progress,
-    blob_groups,
-    blob_key,
     finalize_target,
     finals_by_store,
     plan_job,
@@ -140,11 +139,11 @@ class _Stream:
     _turns: dict[int, threading.Event] = field(default_factory=dict)
     #: (blob key, destination store) -> the future result of its one delivery there.
     _delivered: dict[tuple[str, str], Future] = field(default_factory=dict)
-    #: (blob key, blob-sharing domain) -> a store of that domain the blob was sent to first.
-    _domain_first: dict[tuple[str, str], str] = field(default_factory=dict)
+    _ledger: ClaimLedger = field(init=False)
     _held: list[tuple[str, Finalized]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._ledger = ClaimLedger(self._domain)
         self._turn_of(0).set()
 
     # -- one image ------------------------------------------------------------------
@@ -157,12 +156,12 @@ class _Stream:
         seq, job = numbered
         try:
             plans = plan_job(job, self.stores)
-            keyed = [(blob_key(r), r) for tp in plans for r in blob_requests(tp)]
+            requests = [r for tp in plans for r in blob_requests(tp)]
             self.progress.planned_images(1)
         except BaseException:  # a bug: the images after this one must still get their turn
             self._in_turn(seq, [])
             raise
-        claims = self._in_turn(seq, keyed)
+        claims = self._in_turn(seq, requests)
         results = results_by_target(pair for claim in claims for pair in self._wait(claim))
         published: list[AuditRow] = []
         held: list[tuple[str, Finalized]] = []
@@ -188,7 +187,7 @@ class _Stream:
 
     # -- blobs ----------------------------------------------------------------------
 
-    def _in_turn(self, seq: int, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
+    def _in_turn(self, seq: int, requests: list[BlobRequest]) -> list[_Claim]:
         """Claims in listing order: the first image to need a blob is the one it is copied for.
 
         Each image waits on an event of its own, set by the one before it: a window of
@@ -196,7 +195,7 @@ class _Stream:
         """
         self._turn_of(seq).wait()
         try:
-            return self._claim(keyed)
+            return self._claim(requests)
         finally:
             with self._lock:
                 del self._turns[seq]
@@ -206,42 +205,33 @@ class _Stream:
         with self._lock:
             return self._turns.setdefault(seq, threading.Event())
 
-    def _claim(self, keyed: list[tuple[str, BlobRequest]]) -> list[_Claim]:
+    def _claim(self, requests: list[BlobRequest]) -> list[_Claim]:
         """Each of the image's blobs at each store: joined to the delivery already started, or started now.
 
-        Called in listing order. The stores of one blob that nothing has claimed yet
-        share one new delivery (one read of the source); a store whose domain was sent
-        the blob already waits for that delivery and then takes it from there.
+        Called in listing order; the rule is the ledger's (``engine/claims.py``, which
+        ``plan`` follows too). The stores of one blob that nothing has claimed yet share
+        one new delivery (one read of the source); a store whose domain was sent the
+        blob already waits for that delivery and then takes it from there.
         """
         claims: list[_Claim] = []
-        for group in blob_groups(keyed):
-            key = blob_key(group[0])
-            by_store: dict[str, list[BlobRequest]] = {}
-            for request in group:
-                by_store.setdefault(request.dest_store, []).append(request)
+        with self._lock:
+            blobs = self._ledger.claim(requests)
+        for blob in blobs:
             fresh: dict[str, Future] = {}
             with self._lock:
-                for store, requests in sorted(by_store.items()):
-                    started = self._delivered.get((key, store))
-                    if started is not None:
-                        claims.append(_Claim(requests, store, started))
-                        continue
+                for store, joined in blob.joined.items():
+                    claims.append(_Claim(joined, store, self._delivered[(blob.key, store)]))
+                for store, peer, later in blob.after:
                     result: Future = Future()
-                    self._delivered[(key, store)] = result
-                    domain = self._domain(store)
-                    peer = self._domain_first.get((key, domain)) if domain is not None else None
-                    if peer is not None and peer not in fresh:
-                        claims.append(_Claim(requests, store, result, after=(peer, self._delivered[(key, peer)])))
-                        self.progress.planned([requests])
-                        continue
-                    if domain is not None:
-                        self._domain_first.setdefault((key, domain), store)
-                    fresh[store] = result
+                    self._delivered[(blob.key, store)] = result
+                    claims.append(_Claim(later, store, result, after=(peer, self._delivered[(blob.key, peer)])))
+                    self.progress.planned([later])
+                for store in blob.fresh:
+                    fresh[store] = self._delivered[(blob.key, store)] = Future()
             if fresh:
-                requests = [r for store in fresh for r in by_store[store]]
-                self.progress.planned([requests])
-                own = self.blob_pool.submit(self._deliver, requests, fresh, [])
-                claims.extend(_Claim(by_store[store], store, fresh[store], own=own) for store in fresh)
+                self.progress.planned([blob.fresh_requests])
+                own = self.blob_pool.submit(self._deliver, blob.fresh_requests, fresh, [])
+                claims.extend(_Claim(blob.fresh[store], store, fresh[store], own=own) for store in fresh)
         return claims
 
     def _domain(self, store: str) -> str | None:

@@ -1,0 +1,82 @@
+"""Which delivery serves each blob an image needs, when images claim blobs one by one in listing order.
+
+The direct executor (``engine/direct.py``) decides image by image, where the Beam graph
+sees every request for a blob at once. Its rule has to be modelled by ``plan`` too, or
+the plan of a default run would count uploads and mounts the run does not make; so the
+rule is here, once, without I/O, and both walk images through one :class:`ClaimLedger`:
+
+- the stores of one blob that no earlier image claimed share one new delivery (one
+  read of the source): ``fresh``;
+- a store an earlier image claimed waits for that delivery: ``joined``;
+- a store of a blob-sharing domain that an earlier image sent the blob to waits for
+  that store's delivery and then takes the blob from it (a registry mount): ``after``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from imagepush.transforms.engine.jobs import BlobRequest
+from imagepush.transforms.engine.steps import blob_groups, blob_key
+
+
+@dataclass
+class BlobClaim:
+    """One image's share of one source blob: which delivery serves each store it needs the blob at."""
+
+    key: str
+    #: Stores nothing claimed before: one new delivery for all of them (store -> requests).
+    fresh: dict[str, list[BlobRequest]] = field(default_factory=dict)
+    #: Stores an earlier image's delivery serves (store -> requests).
+    joined: dict[str, list[BlobRequest]] = field(default_factory=dict)
+    #: Stores delivered after a peer of their blob domain, from it: (store, peer, requests).
+    after: list[tuple[str, str, list[BlobRequest]]] = field(default_factory=list)
+
+    @property
+    def fresh_requests(self) -> list[BlobRequest]:
+        return [r for requests in self.fresh.values() for r in requests]
+
+
+@dataclass
+class ClaimLedger:
+    """The blobs claimed so far in a run: claims are made in listing order, one image at a time.
+
+    Not locked: the caller makes claims in turn (the direct executor under its lock).
+    ``domain_of``: a destination store's blob-sharing domain, None when it shares with
+    nothing (or cannot be opened: its targets fail in planning).
+    """
+
+    domain_of: Callable[[str], str | None]
+    #: (blob key, store) pairs some image claimed.
+    _claimed: set[tuple[str, str]] = field(default_factory=set)
+    #: (blob key, blob-sharing domain) -> the store of that domain the blob was sent to first.
+    _domain_first: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def claim(self, requests: Iterable[BlobRequest]) -> list[BlobClaim]:
+        """One image's blob requests -> a claim per source blob (by :func:`blob_key`), the largest blobs first."""
+        claims = []
+        for group in blob_groups((blob_key(r), r) for r in requests):
+            by_store: dict[str, list[BlobRequest]] = {}
+            for request in group:
+                by_store.setdefault(request.dest_store, []).append(request)
+            claims.append(self._claim_blob(blob_key(group[0]), by_store))
+        return claims
+
+    def _claim_blob(self, key: str, by_store: dict[str, list[BlobRequest]]) -> BlobClaim:
+        claim = BlobClaim(key)
+        for store, requests in sorted(by_store.items()):
+            if (key, store) in self._claimed:
+                claim.joined[store] = requests
+                continue
+            self._claimed.add((key, store))
+            domain = self.domain_of(store)
+            peer = self._domain_first.get((key, domain)) if domain is not None else None
+            if peer is not None and peer not in claim.fresh:
+                claim.after.append((store, peer, requests))
+                continue
+            if domain is not None:
+                self._domain_first.setdefault((key, domain), store)
+            claim.fresh[store] = requests
+        return claim
+
