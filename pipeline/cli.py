@@ -214,10 +214,14 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         _engine_flag(p)
 
 
-def _engine_flag(p: argparse.ArgumentParser) -> None:
+def _engine_flag(p: argparse.ArgumentParser, planned: bool = False) -> None:
+    """``--engine``; ``planned``: for ``plan``, which models how the run would copy (its counts follow)."""
     p.add_argument("--engine", choices=ENGINES, default="auto",
-                   help="beam: run the Beam pipeline; direct: copy in this process without Beam; auto (default): "
-                        "direct when no Beam option and no records file is given, else Beam")
+                   help=("plan the blobs as this executor would copy them: beam groups every image's requests "
+                         "for a blob at once, direct takes images one by one in listing order; auto (default): "
+                         "direct unless a records file is planned, as a copy or sync chooses") if planned else
+                        ("beam: run the Beam pipeline; direct: copy in this process without Beam; auto (default): "
+                         "direct when no Beam option and no records file is given, else Beam"))
 
 
 def _filter_flags(p: argparse.ArgumentParser) -> None:
@@ -363,6 +367,7 @@ def _plan_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--output", metavar="URL",
                    help="write the images still to copy (not the current ones) as image records, each with its "
                         "destination and pinned source digest (.jsonl, .parquet or .csv), for `copy --records`")
+    _engine_flag(p, planned=True)
 
 
 def _records_flags(p: argparse.ArgumentParser) -> None:

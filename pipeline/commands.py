@@ -650,6 +650,7 @@ def plan_images(args: argparse.Namespace, run_id: str) -> int:
     """
     spec = config.spec_from_flags(args, run_id, _default_audit(run_id))
     spec.options = with_sides(args, spec.options)
+    spec.engine = args.engine
     return show_plan(spec, args.output)
 
 
@@ -662,7 +663,7 @@ def dry_run(args: argparse.Namespace, beam_args: list[str], run_id: str) -> int:
 
 
 def show_plan(spec: RunSpec, output: str | None) -> int:
-    """Plan the run (see engine/planning.py), print it, and write its records to ``output``.
+    """Plan the run (see engine/planning.py) for the executor it would use, print it, write its records to ``output``.
 
     Exit 1 when an image would fail (a source that cannot be read), as the run would.
     """
@@ -675,7 +676,9 @@ def show_plan(spec: RunSpec, output: str | None) -> int:
         except RecordsError as exc:
             raise UsageError(f"--output: {exc}") from None
     check_records(spec)
-    plan = plan_run(spec.jobs, spec.syncs, spec.records, spec.options, spec.parallel)
+    # The executor the run would use decides how blobs are grouped, and so the counts.
+    plan = plan_run(spec.jobs, spec.syncs, spec.records, spec.options, spec.parallel,
+                    streamed=_direct_wanted(spec))
     out = sys.stdout
     for image in plan.images:
         line = f"{image.action:8} {image.source} -> {image.destination}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from imagepush.transforms.engine.deliver import Stores
 from imagepush.transforms.engine.jobs import BlobRequest
 from imagepush.transforms.engine.steps import blob_groups, blob_key
 
@@ -80,3 +81,16 @@ class ClaimLedger:
             claim.fresh[store] = requests
         return claim
 
+
+
+def domain_of(stores: Stores) -> Callable[[str], str | None]:
+    """A ledger's ``domain_of`` over opened stores: a store that cannot be opened shares with nothing.
+
+    Its targets failed in planning already, so no delivery there is started.
+    """
+    def domain(store: str) -> str | None:
+        try:
+            return stores.destination(store).blob_domain
+        except Exception:
+            return None
+    return domain

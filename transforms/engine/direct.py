@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from imagepush.transforms.engine.claims import ClaimLedger
+from imagepush.transforms.engine.claims import ClaimLedger, domain_of
 from imagepush.transforms.engine.deliver import BlobDelivery
 from imagepush.transforms.engine.jobs import FAILED, BlobRequest, BlobResult, CopyJob, SyncSpec
 from imagepush.transforms.engine.manifests import Finalized, listing_failed
@@ -143,7 +143,7 @@ class _Stream:
     _held: list[tuple[str, Finalized]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._ledger = ClaimLedger(self._domain)
+        self._ledger = ClaimLedger(domain_of(self.stores))
         self._turn_of(0).set()
 
     # -- one image ------------------------------------------------------------------
@@ -233,12 +233,6 @@ class _Stream:
                 own = self.blob_pool.submit(self._deliver, blob.fresh_requests, fresh, [])
                 claims.extend(_Claim(blob.fresh[store], store, fresh[store], own=own) for store in fresh)
         return claims
-
-    def _domain(self, store: str) -> str | None:
-        try:
-            return self.stores.destination(store).blob_domain
-        except Exception:  # an unopenable store failed its targets in planning: nothing shares with it
-            return None
 
     def _deliver(self, requests: list[BlobRequest], futures: dict[str, Future], known_at: list[str]):
         """One delivery; the first result at each store is what later images at that store are shown.

@@ -6,10 +6,13 @@ plan reads what the run itself reads and decides as it decides, with the same co
 each image is resolved (:func:`resolve.resolve_image`) and planned for each target
 (:func:`plan.plan_targets`, whose is-it-current rule the preflight and ``verify`` share);
 a conversion's manifests are rendered (pure) for the digest they will have. Its blob
-requests are grouped by the copy step's own key (:func:`plan.delivery_key`) and, for
-each group, every destination is asked what the copy step asks — HEAD the blob, then
-whether it would mount it (:meth:`Destination.would_mount`, the read-only twin of
-``mount_blob``) — in the order the copy step asks it (``deliver.BlobDelivery._deliver``).
+requests are grouped into deliveries as the run's executor groups them: all at once by
+the copy step's own key (:func:`plan.delivery_key`) for the Beam graph, or image by
+image in listing order by the direct executor's own claim rule (``engine/claims.py``)
+for a streamed run. For each delivery, every destination is asked what the copy step
+asks — HEAD the blob, then whether it would mount it (:meth:`Destination.would_mount`,
+the read-only twin of ``mount_blob``) from a store known to hold it — in the order the
+copy step asks it (``deliver.BlobDelivery._deliver``).
 
 Nothing is written: destinations are opened, never prepared, and only asked questions.
 The counts are the audit's: a blob is uploaded once per destination store and digest;
@@ -26,8 +29,10 @@ import collections
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from imagepush.transforms import errors
+from imagepush.transforms.engine.claims import BlobClaim, ClaimLedger, domain_of
 from imagepush.transforms.engine.jobs import (
     COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, CopyJob, RecordSource, SyncSpec, Target, TargetPlan,
 )
@@ -140,29 +145,106 @@ def plan_run(
     records: Iterable[RecordSource] = (),
     options: StoreOptions | None = None,
     parallel: int = 8,
+    streamed: bool = False,
 ) -> RunPlan:
-    """The plan of a run's jobs, syncs and records, asking the stores and writing nothing."""
+    """The plan of a run's jobs, syncs and records, asking the stores and writing nothing.
+
+    ``streamed``: model the direct executor (images claim blobs one by one in listing
+    order) rather than the Beam graph (every request for a blob at once). They differ
+    only where a blob that a later-listed repository of a registry holds is needed by
+    an earlier one: streamed, it is uploaded there; grouped, mounted from the holder.
+    """
     options = options or StoreOptions()
     stores = StoreCache(options)
     workers = max(1, parallel, options.registry_concurrency)
     result = RunPlan()
-    groups: dict[str, list[BlobRequest]] = collections.defaultdict(list)
+    per_image: list[list[BlobRequest]] = []
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-plan") as pool:
             planned = bounded_map(lambda job: _plan_job(job, stores), _jobs(jobs, syncs, records, stores, result),
                                   workers=workers, executor=pool, ordered=True)
             for _, (images, requests) in planned:
                 result.images.extend(images)
-                for request in requests:
-                    groups[delivery_key(request)].append(request)
-            outcomes: list[_Routed] = []
-            for _, routed in bounded_map(lambda rs: _route(rs, stores), list(groups.values()), workers=workers,
-                                         executor=pool):
-                outcomes.extend(routed)
+                per_image.append(requests)
+            route = _streamed if streamed else _grouped
+            outcomes = route(per_image, stores, lambda fn, items: bounded_map(fn, items, workers=workers,
+                                                                              executor=pool))
     finally:
         stores.close()
     _count(result, outcomes)
     return result
+
+
+#: Runs a function over items on the plan's pool: (item, result) pairs, in any order.
+_Mapper = Callable[[Callable[[Any], Any], list[Any]], Iterator[tuple[Any, Any]]]
+
+
+def _grouped(per_image: list[list[BlobRequest]], stores: StoreCache, each: _Mapper) -> list[_Routed]:
+    """The Beam graph's deliveries: every request for a source blob, of every image, in one."""
+    groups: dict[str, list[BlobRequest]] = collections.defaultdict(list)
+    for requests in per_image:
+        for request in requests:
+            groups[delivery_key(request)].append(request)
+    outcomes: list[_Routed] = []
+    for _, routed in each(lambda rs: _route(rs, stores), list(groups.values())):
+        outcomes.extend(routed)
+    return outcomes
+
+
+@dataclass(frozen=True)
+class _Delivered:
+    """What one delivery left at one store, as an image joining it later sees it."""
+
+    state: _Routed
+    #: The delivery measured the blob's diff_id (a request of it needed one, or it recompressed).
+    diff_id: bool
+
+
+def _streamed(per_image: list[list[BlobRequest]], stores: StoreCache, each: _Mapper) -> list[_Routed]:
+    """The direct executor's deliveries: images claim blobs in listing order (``engine/claims.py``).
+
+    The claims are made first, without I/O; then the stores are asked about the
+    deliveries the first claims start, and after them about those that take the blob
+    from a peer store (the run starts those once the peer's delivery is done).
+    """
+    ledger = ClaimLedger(domain_of(stores))
+    claims: list[BlobClaim] = [claim for requests in per_image for claim in ledger.claim(requests)]
+    delivered: dict[tuple[str, str], _Delivered] = {}
+    outcomes: list[_Routed] = []
+
+    def note(key: str, requests: list[BlobRequest], routed: list[_Routed]) -> None:
+        measured = bool(requests[0].recompress) or any(r.need_diff_id for r in requests)
+        for o in routed:
+            delivered.setdefault((key, o.request.dest_store), _Delivered(o, measured))
+        outcomes.extend(routed)
+
+    for claim, routed in each(lambda c: _route(c.fresh_requests, stores), [c for c in claims if c.fresh]):
+        note(claim.key, claim.fresh_requests, routed)
+
+    def after(item: tuple[str, str, list[BlobRequest]]) -> list[_Routed]:
+        key, peer, requests = item
+        held = delivered[(key, peer)].state.status != FAILED
+        return _route(requests, stores, known_at=[peer] if held else [])
+
+    later = [(c.key, peer, requests) for c in claims for _, peer, requests in c.after]
+    for (key, _, requests), routed in each(after, later):
+        note(key, requests, routed)
+    for claim in claims:
+        for store, requests in claim.joined.items():
+            outcomes.extend(_joined(delivered[(claim.key, store)], requests))
+    return outcomes
+
+
+def _joined(first: _Delivered, requests: list[BlobRequest]) -> list[_Routed]:
+    """An image served by an earlier image's delivery: ``shared`` where that one was ``copied``.
+
+    A request that needs the diff_id a delivery did not measure has the blob read once
+    more (``direct._Stream._wait``), and by then finds it at the store.
+    """
+    state = first.state
+    shown = SHARED if state.status == COPIED else state.status
+    return [_Routed(r, PRESENT if r.need_diff_id and not first.diff_id and state.status != FAILED else shown,
+                    0, state.error, state.error_kind) for r in requests]
 
 
 def _jobs(jobs: Iterable[CopyJob], syncs: Iterable[SyncSpec], records: Iterable[RecordSource], stores: StoreCache,
@@ -257,12 +339,13 @@ class _Routed:
     error_kind: str | None = None
 
 
-def _route(requests: list[BlobRequest], stores: StoreCache) -> list[_Routed]:
-    """What the copy step would do for one source blob, for every request of it.
+def _route(requests: list[BlobRequest], stores: StoreCache, known_at: Iterable[str] = ()) -> list[_Routed]:
+    """What the copy step would do for one delivery of a source blob, for every request of it.
 
     The copy step's order (``deliver.BlobDelivery._deliver``), with questions for its
     actions: a store that has the blob skips it; one that would mount it from a store
-    known to hold it (the source, a store that has it, one mounted before) mounts; of
+    known to hold it (the source, ``known_at``: a store an earlier delivery left it in,
+    a store that has it, one mounted before) mounts; of
     the rest, one store per blob-sharing domain uploads and the others of its domain
     mount from it. A recompressed layer is a new blob whose digest only the copy
     computes: it is uploaded (size unknown) by one store per domain.
@@ -287,7 +370,7 @@ def _route(requests: list[BlobRequest], stores: StoreCache) -> list[_Routed]:
             states[store] = _Routed(first, PRESENT)
         else:
             missing.append(store)
-    holders = [] if first.recompress else [first.source_store]
+    holders = [] if first.recompress else [first.source_store, *known_at]
     holders += [s for s in names if s in states and states[s].status == PRESENT]
     later, upload, uploading = [], [], set()
     for store in missing:

@@ -63,6 +63,9 @@ def preflight(
     ``max_jobs``: a sync that would leave more jobs than this (with those already left)
     is handed back whole, its listing stopped, for the pipeline's workers to list.
     ``stores``: the caller's store objects (and registry clients), left open.
+
+    The jobs left keep the order they were listed in: the direct executor claims
+    blobs in that order, and ``plan`` predicts its uploads and mounts from it.
     """
     result = Preflight()
     owned = stores is None
@@ -72,14 +75,15 @@ def preflight(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="imagepush-preflight") as pool:
             copies = Preflight()
-            for job, (left, rows) in bounded_map(lambda j: _check(j, stores, run_id), jobs, workers=workers, executor=pool):
+            for job, (left, rows) in bounded_map(lambda j: _check(j, stores, run_id), jobs, workers=workers,
+                                                 executor=pool, ordered=True):
                 _take(copies, job, left, rows)
             _commit(result, copies)
             for spec in syncs:
                 started = now()
                 mine = Preflight()
                 listing = bounded_map(lambda j: _check(j, stores, run_id), sync_jobs(spec, stores), workers=workers,
-                                      executor=pool)
+                                      executor=pool, ordered=True)
                 try:
                     for job, (left, rows) in listing:
                         _take(mine, job, left, rows)
