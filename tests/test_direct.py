@@ -23,8 +23,9 @@ from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import Publication
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination, OCILayoutSource
-from tests.conftest import require_tool, run
+from tests.conftest import require_tool, run, running_registry
 from tests.registry_server import Registry, start_registry
+from tests.test_registry_pipeline import rows
 
 pytestmark = pytest.mark.integration
 
@@ -279,3 +280,32 @@ def test_streamed_images_write_children_before_their_index_and_names_last(source
     registry_publishes = [args[0] for store, name, args, _ in writes if name == "publish" and "mirror" in store]
     assert len(registry_publishes) == 3 and all(len(p) == 1 for p in registry_publishes)  # one per image
     assert indexes == 2  # multi:1.0 at the mirror and in the layout
+
+
+def test_a_streamed_repository_takes_a_blob_from_the_first_earlier_repository_that_got_it(source, tmp_path):
+    """The first repository of a registry to need the blobs refuses them: the next uploads, the last mounts.
+
+    ``mirror/refusing`` cannot open an upload session (its ``_uploads`` folder is a file
+    in the registry's storage), though it answers HEADs and tag lists as a new
+    repository. Images claim blobs in listing order, so ``mirror/second`` waits on the
+    refusing repository's delivery, finds it failed and uploads; ``mirror/third`` then
+    mounts every blob from ``mirror/second`` rather than uploading them a second time.
+    """
+    for mirror in running_registry(tmp_path / "mirror"):
+        repositories = mirror.storage / "docker/registry/v2/repositories/mirror/refusing"
+        repositories.mkdir(parents=True)
+        (repositories / "_uploads").write_text("not a folder")
+        dst = f"docker://{mirror.host}/mirror"
+        config = tmp_path / "run.yaml"
+        config.write_text(json.dumps({
+            "audit": str(tmp_path / "audit.parquet"),
+            "registries": {"insecure": [source.host, mirror.host], "retries": 0},
+            "jobs": [{"copy": f"docker://{source.host}/team/app:1", "to": [f"{dst}/{name}:1"]}
+                     for name in ("refusing", "second", "third")],
+        }))
+        assert main(["run", str(config), "--engine", "direct"]) == 1
+        by_repository = {r["destination"].rsplit("/", 1)[1]: r for r in rows(tmp_path / "audit.parquet")}
+        assert by_repository["refusing:1"]["status"] == "failed"
+        assert (by_repository["second:1"]["blobs_copied"], by_repository["second:1"]["blobs_mounted"]) == (3, 0)
+        assert (by_repository["third:1"]["status"], by_repository["third:1"]["blobs_copied"],
+                by_repository["third:1"]["blobs_mounted"]) == ("copied", 0, 3)

@@ -10,6 +10,10 @@ rule is here, once, without I/O, and both walk images through one :class:`ClaimL
 - a store an earlier image claimed waits for that delivery: ``joined``;
 - a store of a blob-sharing domain that an earlier image sent the blob to waits for
   that store's delivery and then takes the blob from it (a registry mount): ``after``.
+  Its peers are the stores of its domain claimed before it, in claim order: when the
+  first one's delivery failed (a repository that refuses pushes), the blob is taken
+  from the next that got it, as the Beam graph's one delivery would mount it from the
+  store it uploaded to, rather than uploaded again at every later store.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ from imagepush.transforms.engine.jobs import BlobRequest
 from imagepush.transforms.engine.steps import blob_groups, blob_key
 
 
+#: Earlier stores of a domain a store may take a blob from. Past this many failures in a
+#: row the domain most likely refuses the blob everywhere; and each later store of a
+#: blob thousands of repositories share waits on a few deliveries, not on all of them.
+PEERS = 8
+
+
 @dataclass
 class BlobClaim:
     """One image's share of one source blob: which delivery serves each store it needs the blob at."""
@@ -31,8 +41,9 @@ class BlobClaim:
     fresh: dict[str, list[BlobRequest]] = field(default_factory=dict)
     #: Stores an earlier image's delivery serves (store -> requests).
     joined: dict[str, list[BlobRequest]] = field(default_factory=dict)
-    #: Stores delivered after a peer of their blob domain, from it: (store, peer, requests).
-    after: list[tuple[str, str, list[BlobRequest]]] = field(default_factory=list)
+    #: Stores delivered after earlier stores of their blob domain, from the first of
+    #: those whose delivery did not fail: (store, those peers in claim order, requests).
+    after: list[tuple[str, tuple[str, ...], list[BlobRequest]]] = field(default_factory=list)
 
     @property
     def fresh_requests(self) -> list[BlobRequest]:
@@ -51,8 +62,8 @@ class ClaimLedger:
     domain_of: Callable[[str], str | None]
     #: (blob key, store) pairs some image claimed.
     _claimed: set[tuple[str, str]] = field(default_factory=set)
-    #: (blob key, blob-sharing domain) -> the store of that domain the blob was sent to first.
-    _domain_first: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (blob key, blob-sharing domain) -> the stores of that domain the blob was claimed at, in order.
+    _domain_stores: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def claim(self, requests: Iterable[BlobRequest]) -> list[BlobClaim]:
         """One image's blob requests -> a claim per source blob (by :func:`blob_key`), the largest blobs first."""
@@ -72,15 +83,14 @@ class ClaimLedger:
                 continue
             self._claimed.add((key, store))
             domain = self.domain_of(store)
-            peer = self._domain_first.get((key, domain)) if domain is not None else None
-            if peer is not None and peer not in claim.fresh:
-                claim.after.append((store, peer, requests))
-                continue
-            if domain is not None:
-                self._domain_first.setdefault((key, domain), store)
-            claim.fresh[store] = requests
+            peers = self._domain_stores.setdefault((key, domain), []) if domain is not None else []
+            if peers and peers[0] not in claim.fresh:  # an earlier image's: this one takes the blob from it
+                claim.after.append((store, tuple(peers[:PEERS]), requests))
+            else:  # the first delivery of its domain, or part of this image's own delivery there
+                claim.fresh[store] = requests
+            if len(peers) < PEERS:
+                peers.append(store)
         return claim
-
 
 
 def domain_of(stores: Stores) -> Callable[[str], str | None]:

@@ -121,8 +121,9 @@ class _Claim:
     result: Future
     #: Started for this image: its requests get the delivery's own results.
     own: Future | None = None
-    #: Delivered after the domain peer store's delivery, by this image's thread.
-    after: tuple[str, Future] | None = None
+    #: Delivered after the deliveries of earlier stores of its domain (``claims.BlobClaim.after``),
+    #: from the first that did not fail, by this image's thread: (peer store, its result) in claim order.
+    after: list[tuple[str, Future]] | None = None
 
 
 @dataclass
@@ -221,10 +222,11 @@ class _Stream:
             with self._lock:
                 for store, joined in blob.joined.items():
                     claims.append(_Claim(joined, store, self._delivered[(blob.key, store)]))
-                for store, peer, later in blob.after:
+                for store, peers, later in blob.after:
                     result: Future = Future()
                     self._delivered[(blob.key, store)] = result
-                    claims.append(_Claim(later, store, result, after=(peer, self._delivered[(blob.key, peer)])))
+                    claims.append(_Claim(later, store, result,
+                                         after=[(peer, self._delivered[(blob.key, peer)]) for peer in peers]))
                     self.progress.planned([later])
                 for store in blob.fresh:
                     fresh[store] = self._delivered[(blob.key, store)] = Future()
@@ -256,13 +258,17 @@ class _Stream:
         if claim.own is not None:
             return [(key, r) for key, r in claim.own.result() if r.dest_store == claim.store]
         if claim.after is not None:
-            peer, peer_result = claim.after
-            try:
-                held = peer_result.result().status != FAILED
-            except BaseException as exc:  # the peer's delivery hit a bug: so does this one, for every waiter
-                claim.result.set_exception(exc)
-                raise
-            return self._deliver(claim.requests, {claim.store: claim.result}, [peer] if held else [])
+            holder: list[str] = []
+            for peer, peer_result in claim.after:
+                try:
+                    failed = peer_result.result().status == FAILED
+                except BaseException as exc:  # the peer's delivery hit a bug: so does this one, for every waiter
+                    claim.result.set_exception(exc)
+                    raise
+                if not failed:
+                    holder = [peer]
+                    break
+            return self._deliver(claim.requests, {claim.store: claim.result}, holder)
         template: BlobResult = claim.result.result()
         needs_diff = [r for r in claim.requests if r.need_diff_id]
         if needs_diff and template.diff_id is None and template.status != FAILED:

@@ -221,18 +221,37 @@ def _streamed(per_image: list[list[BlobRequest]], stores: StoreCache, each: _Map
     for claim, routed in each(lambda c: _route(c.fresh_requests, stores), [c for c in claims if c.fresh]):
         note(claim.key, claim.fresh_requests, routed)
 
-    def after(item: tuple[str, str, list[BlobRequest]]) -> list[_Routed]:
-        key, peer, requests = item
-        held = delivered[(key, peer)].state.status != FAILED
-        return _route(requests, stores, known_at=[peer] if held else [])
-
-    later = [(c.key, peer, requests) for c in claims for _, peer, requests in c.after]
-    for (key, _, requests), routed in each(after, later):
-        note(key, requests, routed)
+    # A store taking the blob from a peer needs to know which peer got it: the first
+    # whose state is known and not failed. Each round asks about those whose peers'
+    # states are known, in parallel; the earliest left always is (its peers came first).
+    waiting = [(c.key, store, peers, requests) for c in claims for store, peers, requests in c.after]
+    while waiting:
+        ready, later = [], []
+        for item in waiting:
+            key, _, peers, requests = item
+            holder = _holder(key, peers, delivered)
+            (later if holder is None else ready).append((item, holder))
+        if not ready:
+            raise RuntimeError("a store waits on a peer no delivery serves")  # a bug in the ledger
+        for ((key, _, _, requests), holder), routed in each(
+                lambda pair: _route(pair[0][3], stores, known_at=pair[1]), ready):
+            note(key, requests, routed)
+        waiting = [item for item, _ in later]
     for claim in claims:
         for store, requests in claim.joined.items():
             outcomes.extend(_joined(delivered[(claim.key, store)], requests))
     return outcomes
+
+
+def _holder(key: str, peers: tuple[str, ...], delivered: dict[tuple[str, str], _Delivered]) -> list[str] | None:
+    """The peer a store takes a blob from: ``[]`` when every peer failed it, None while a peer's state is unknown."""
+    for peer in peers:
+        state = delivered.get((key, peer))
+        if state is None:
+            return None
+        if state.state.status != FAILED:
+            return [peer]
+    return []
 
 
 def _joined(first: _Delivered, requests: list[BlobRequest]) -> list[_Routed]:
