@@ -10,8 +10,9 @@ image and per blob instead of per step:
 
 - each source blob is delivered once per destination store (keyed by blob key and
   store): the first image to need it starts the delivery and every later image waits
-  on that same delivery; a store of the same blob-sharing domain takes it from there
-  (a registry mount) rather than reading the source again;
+  on that same delivery; a store of the same blob-sharing domain takes it from the
+  first earlier store whose delivery did not fail (a registry mount) rather than
+  reading the source again (the rule is ``engine/claims.py``, which ``plan`` follows);
 - images claim deliveries in the order they were listed, so the image a blob is
   ``copied`` for (and ``shared`` for the others) is the one Beam picks;
 - an image's manifests are written once all of its blobs are present (children
