@@ -150,9 +150,10 @@ def plan_run(
     """The plan of a run's jobs, syncs and records, asking the stores and writing nothing.
 
     ``streamed``: model the direct executor (images claim blobs one by one in listing
-    order) rather than the Beam graph (every request for a blob at once). They differ
-    only where a blob that a later-listed repository of a registry holds is needed by
-    an earlier one: streamed, it is uploaded there; grouped, mounted from the holder.
+    order) rather than the Beam graph (every request for a blob at once). Their counts
+    differ where a blob that a later-listed repository of a registry holds is needed by
+    an earlier one (streamed, it is uploaded there; grouped, mounted from the holder),
+    and in which image a mount or upload is counted for.
     """
     options = options or StoreOptions()
     stores = StoreCache(options)
