@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 import certifi
 import urllib3
+import urllib3.connectionpool
 from urllib3.exceptions import InsecureRequestWarning
 
 from imagepush.transforms.stores.registry.errors import RegistryMisconfigured
@@ -42,8 +43,8 @@ from imagepush.transforms.stores.registry.errors import RegistryMisconfigured
 #: Sent with every request unless the caller sets them. Bodies are never decoded:
 #: blobs are content-addressed, and a transparently decompressed body fails its digest.
 DEFAULT_HEADERS: Mapping[str, str] = {"User-Agent": "imagepush", "Accept-Encoding": "identity", "Accept": "*/*"}
-#: Hosts (registries, token servers, blob stores) kept open per wire and route.
-POOLS_PER_ROUTE = 8
+#: Hosts (registries, token servers, blob stores) a proxy's manager keeps pools open for.
+POOLS_PER_PROXY = 8
 #: Methods that send no ``Content-Length: 0`` without a body (as requests did).
 _BODILESS = frozenset({"GET", "HEAD"})
 
@@ -171,7 +172,9 @@ class Wire:
     """The connection pools of one transport; callable as its :data:`Exchange`.
 
     A route (scheme and host) is settled on its first request: its proxy and whether
-    its TLS is verified. Routes that agree share one pool manager. Thread-safe.
+    its TLS is verified. A route without a proxy has a connection pool of its own, asked
+    directly (a pool manager would parse the URL and look the pool up again on every
+    request); routes through a proxy share that proxy's manager. Thread-safe.
     """
 
     def __init__(
@@ -182,47 +185,70 @@ class Wire:
         self._maxsize = maxsize
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._routes: dict[tuple[str, str], urllib3.PoolManager] = {}
-        self._managers: dict[tuple[str | None, str], urllib3.PoolManager] = {}
+        #: (scheme, host) -> (what sends its requests, whether it takes the absolute URL).
+        self._routes: dict[tuple[str, str], tuple[urllib3.connectionpool.ConnectionPool | urllib3.PoolManager, bool]] = {}
+        self._managers: dict[tuple[str, str], urllib3.PoolManager] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
 
     def __call__(self, request: Outgoing) -> urllib3.BaseHTTPResponse:
         parts = urlsplit(request.url)
-        manager = self._routes.get((parts.scheme, parts.netloc)) or self._route(parts.scheme, parts.netloc)
-        return manager.urlopen(
-            request.method, request.url, body=request.body, headers=request.headers, retries=False,
-            redirect=False, preload_content=False, decode_content=False, timeout=self._timeout,
+        sender, absolute = self._routes.get((parts.scheme, parts.netloc)) or self._route(parts.scheme, parts.netloc)
+        if absolute:
+            target = request.url
+        else:
+            target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
+        return sender.urlopen(  # type: ignore[call-arg]
+            request.method, target, body=request.body, headers=request.headers, retries=False, redirect=False,
+            assert_same_host=False, preload_content=False, decode_content=False, timeout=self._timeout,
         )
 
     def close(self) -> None:
         with self._lock:
+            routes = list(self._routes.values())
             managers = list(self._managers.values())
             self._routes.clear()
             self._managers.clear()
+        for sender, absolute in routes:
+            if not absolute:
+                sender.close()  # type: ignore[union-attr]
         for manager in managers:
             manager.clear()
 
-    def _route(self, scheme: str, netloc: str) -> urllib3.PoolManager:
+    def _route(
+        self, scheme: str, netloc: str
+    ) -> tuple[urllib3.connectionpool.ConnectionPool | urllib3.PoolManager, bool]:
         with self._lock:
-            manager = self._routes.get((scheme, netloc))
-            if manager is None:
+            route = self._routes.get((scheme, netloc))
+            if route is None:
                 proxy = environment_proxy(scheme, netloc)
                 if scheme == "https" or (proxy or "").startswith("https:"):
                     tls = "unverified" if netloc in self._insecure else "verified"
                 else:
                     tls = "none"
-                manager = self._managers.get((proxy, tls))
-                if manager is None:
-                    manager = self._managers[(proxy, tls)] = self._manager(proxy, tls)
-                self._routes[(scheme, netloc)] = manager
-            return manager
+                if proxy is None:
+                    route = (self._pool(scheme, netloc, tls), False)
+                else:
+                    manager = self._managers.get((proxy, tls))
+                    if manager is None:
+                        manager = self._managers[(proxy, tls)] = self._proxy_manager(proxy, tls)
+                    route = (manager, True)
+                self._routes[(scheme, netloc)] = route
+            return route
 
-    def _manager(self, proxy: str | None, tls: str) -> urllib3.PoolManager:
-        settings: dict[str, Any] = {"num_pools": POOLS_PER_ROUTE, "maxsize": self._maxsize}
+    def _pool(self, scheme: str, netloc: str, tls: str) -> urllib3.connectionpool.ConnectionPool:
+        where = urllib3.util.parse_url(f"{scheme}://{netloc}")
+        if scheme == "https":
+            return urllib3.HTTPSConnectionPool(
+                where.host, where.port, maxsize=self._maxsize, ssl_context=self._context(tls)
+            )
+        if scheme == "http":
+            return urllib3.HTTPConnectionPool(where.host, where.port, maxsize=self._maxsize)
+        raise urllib3.exceptions.URLSchemeUnknown(scheme)
+
+    def _proxy_manager(self, proxy: str, tls: str) -> urllib3.PoolManager:
+        settings: dict[str, Any] = {"num_pools": POOLS_PER_PROXY, "maxsize": self._maxsize}
         if tls != "none":
             settings["ssl_context"] = self._context(tls)
-        if proxy is None:
-            return urllib3.PoolManager(**settings)
         parts = urlsplit(proxy)
         username, password = unquote(parts.username or ""), unquote(parts.password or "")
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
