@@ -346,18 +346,23 @@ class Transport:
                 request_headers["Authorization"] = value
             slot = self._limiter.acquire() if limited else None
             lease = Lease(slot)
+            visited: list[str] = []
             try:
-                response, final_url = self._send_raw(method, url, request_headers, body, params, follow_redirects)
+                response, final_url = self._send_raw(
+                    method, url, request_headers, body, params, follow_redirects, visited
+                )
             except BaseException as exc:
                 lease.release()
+                # The host that failed: after a redirect, blob storage rather than this registry.
+                failed = visited[-1] if visited else url
                 if tls_failure_reason(exc) is not None:
-                    raise self._tls_failed(url, where, what, exc) from None
+                    raise self._tls_failed(failed, where, what, exc) from None
                 if not is_transient(exc):
                     raise
-                own = urlsplit(url).netloc == self.endpoint
+                own = urlsplit(failed).netloc == self.endpoint
                 why = never_there(exc) if own and not self._answered else None
                 if why is not None:
-                    raise self._unreachable(url, where, what, exc, attempt, why) from None
+                    raise self._unreachable(failed, where, what, exc, attempt, why) from None
                 if not replayable:
                     raise RetriableUploadError(
                         f"{where}: {what} interrupted ({describe_exception(exc)}); the upload must start again"
@@ -365,11 +370,11 @@ class Transport:
                 remaining = self._outage_remaining() if own and self._answered else None
                 if remaining is not None:
                     if remaining <= 0:
-                        raise self._unreachable(url, where, what, exc, attempt) from None
+                        raise self._unreachable(failed, where, what, exc, attempt) from None
                     self._pause(attempt, None, where, what, f"{describe_exception(exc)}, outage", cap=remaining)
                     continue
                 if attempt >= budget:
-                    raise self._unreachable(url, where, what, exc, attempt) from None
+                    raise self._unreachable(failed, where, what, exc, attempt) from None
                 self._pause(attempt, None, where, what, describe_exception(exc))
                 continue
             if urlsplit(url).netloc == self.endpoint:
@@ -489,13 +494,20 @@ class Transport:
         return RegistryMisconfigured(advice)
 
     def _send_raw(
-        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any, follow_redirects: bool = False
+        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any,
+        follow_redirects: bool = False, visited: list[str] | None = None,
     ) -> tuple[urllib3.BaseHTTPResponse, str]:
-        """One exchange (plus redirects when asked), unread and never retried here; the answer and its URL."""
+        """One exchange (plus redirects when asked), unread and never retried here; the answer and its URL.
+
+        Each URL is appended to ``visited`` before it is asked, so that a failure is
+        blamed on the host that failed.
+        """
         current_headers = dict(headers)
         current_url, current_params = url, params
         for _ in range(MAX_REDIRECTS + 1):
             request = outgoing(method, current_url, current_headers, body, current_params)
+            if visited is not None:
+                visited.append(request.url)
             response = self._exchange(request)
             location = response.headers.get("Location")
             if not (follow_redirects and response.status in REDIRECT_STATUSES and location):
