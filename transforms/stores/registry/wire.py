@@ -12,7 +12,8 @@ registry.transport.Transport` does both, and classifies urllib3's exceptions.
   storage) stay verified.
 * **Proxies** come from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``,
   ``ALL_PROXY``, ``NO_PROXY``, either case, as curl and skopeo read them), looked up once
-  per scheme and host. Nothing else of the environment is read: no netrc, no
+  per scheme and host; ``NO_PROXY`` takes names, domain suffixes and, for IP
+  addresses, CIDR ranges. Nothing else of the environment is read: no netrc, no
   ``REQUESTS_CA_BUNDLE``; options say that instead.
 * **Bodies** go out as requests sent them: bytes and forms with ``Content-Length``, an
   iterable with ``Content-Length`` when its ``len()`` is known and non-zero and chunked
@@ -251,15 +252,10 @@ class Wire:
             settings["ssl_context"] = self._context(tls)
         parts = urlsplit(proxy)
         username, password = unquote(parts.username or ""), unquote(parts.password or "")
-        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-        if parts.scheme.startswith("socks"):
-            try:
-                from urllib3.contrib.socks import SOCKSProxyManager
-            except ImportError:
-                raise RegistryMisconfigured(
-                    f"the environment names a SOCKS proxy ({bare}), which needs the PySocks package"
-                ) from None
-            return SOCKSProxyManager(proxy, username=username or None, password=password or None, **settings)
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never shown with its password
+        if parts.scheme not in ("http", "https"):
+            raise RegistryMisconfigured(f"the environment names a {parts.scheme} proxy ({bare}); "
+                                        "only HTTP and HTTPS proxies are supported")
         if username or password:
             settings["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=f"{username}:{password}")
         return urllib3.ProxyManager(bare, **settings)
