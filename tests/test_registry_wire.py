@@ -32,6 +32,11 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: Every header line as sent, repeated names included.
+    pairs: list[tuple[str, str]]
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key.lower() == name.lower()]
 
 
 class Recorder:
@@ -58,7 +63,7 @@ class Recorder:
                         body += chunk
                 else:
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                recorder.seen.append(Seen(self.command, self.path, dict(self.headers.items()), body))
+                recorder.seen.append(Seen(self.command, self.path, dict(self.headers.items()), body, list(self.headers.items())))
                 if redirect and self.path.startswith("/v2/"):
                     self.send_response(307)
                     self.send_header("Location", redirect)
@@ -137,7 +142,7 @@ def test_every_request_names_imagepush_asks_for_bytes_as_stored_and_frames_small
         t = plain_transport(server)
         base = f"http://{server.host}"
         assert send(t, "GET", f"{base}/v2/a/tags/list", params=[("n", "2"), ("last", "b c")]).content == b"served"
-        assert send(t, "HEAD", f"{base}/v2/a/blobs/x").content == b""
+        assert send(t, "HEAD", f"{base}/v2/a/blobs/x", headers={"accept": "application/json"}).content == b""
         send(t, "PUT", f"{base}/v2/a/blobs/uploads/1?_state=s", params={"digest": "sha256:00"}, body=b"")
         send(t, "POST", f"{base}/token", body={"grant_type": "refresh_token", "scope": "repository:a:pull"})
         t.close()
@@ -147,8 +152,9 @@ def test_every_request_names_imagepush_asks_for_bytes_as_stored_and_frames_small
         ("PUT", "/v2/a/blobs/uploads/1?_state=s&digest=sha256%3A00"), ("POST", "/token"),
     ]
     for seen in server.seen:
-        assert (seen.headers["User-Agent"], seen.headers["Accept-Encoding"]) == ("imagepush", "identity")
+        assert (seen.all("User-Agent"), seen.all("Accept-Encoding")) == (["imagepush"], ["identity"])
         assert "Authorization" not in seen.headers
+    assert (get.all("Accept"), head.all("Accept")) == (["*/*"], ["application/json"])  # the caller's, however spelt
     assert "Content-Length" not in get.headers and "Content-Length" not in head.headers
     assert (put.headers["Content-Length"], put.body) == ("0", b"")
     assert post.headers["Content-Type"] == "application/x-www-form-urlencoded"

@@ -87,8 +87,9 @@ def with_params(url: str, params: Any) -> str:
 
 def outgoing(method: str, url: str, headers: Mapping[str, str], body: Any = None, params: Any = None) -> Outgoing:
     """The request on the wire: default headers under the caller's, the body framed as requests framed it."""
-    final = dict(DEFAULT_HEADERS)
-    final.update(headers)
+    given = {name.lower() for name in headers}
+    final = {name: value for name, value in DEFAULT_HEADERS.items() if name.lower() not in given}
+    final.update(headers)  # header names are case-insensitive: the caller's replace ours however spelt
     lowered = {name.lower() for name in final}
     framing = "content-length" in lowered or "transfer-encoding" in lowered
     if isinstance(body, Mapping):  # a form (OAuth2 token requests)
