@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
-from urllib3.exceptions import NewConnectionError, PoolError, ProtocolError, ProxyError, SSLError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, PoolError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from imagepush.transforms import backoff
@@ -293,7 +293,8 @@ class Transport:
                 response, url = self._send_raw("GET", f"{base}/v2/", {}, None, None)
                 self._answer_seen()
                 return base, StreamedResponse(response, Lease(None), self.host, url).drain()
-            except (SSLError, *CONNECTION_FAILURES):
+            except (SSLError, NewConnectionError, ConnectTimeoutError, ProtocolError, ProxyError, PoolError):
+                # Not a read timeout: a host that took the handshake and then stayed silent speaks TLS.
                 base = f"http://{self.endpoint}"
                 log.debug("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
         streamed = self.send("GET", f"{base}/v2/", where=self.host, what="registry check", limited=False)
