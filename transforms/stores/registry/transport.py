@@ -107,7 +107,9 @@ ENDPOINT_ALIASES = {"docker.io": "registry-1.docker.io", "index.docker.io": "reg
 #: urllib3's exceptions for a request that got no answer: the connection could not be
 #: made (refused, unresolved, timed out, the proxy failed), broke (reset, closed early:
 #: urllib3 wraps the socket's ``OSError`` in a ``ProtocolError``) or timed out waiting.
-CONNECTION_FAILURES: tuple[type[BaseException], ...] = (NewConnectionError, UrllibTimeout, ProtocolError, ProxyError, PoolError)
+CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    NewConnectionError, UrllibTimeout, ProtocolError, ProxyError, PoolError,
+)
 
 
 def is_transient(outcome: BaseException | int) -> bool:

@@ -36,7 +36,6 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 import certifi
 import urllib3
-import urllib3.connectionpool
 from urllib3.exceptions import InsecureRequestWarning
 
 from imagepush.transforms.stores.registry.errors import RegistryMisconfigured
@@ -170,6 +169,11 @@ def unverified_context() -> ssl.SSLContext:
     return context
 
 
+#: How a route's requests are sent: its own pool (asked with the path), or a proxy's
+#: manager (asked with the absolute URL).
+Route = tuple[urllib3.HTTPConnectionPool | urllib3.PoolManager, bool]
+
+
 class Wire:
     """The connection pools of one transport; callable as its :data:`Exchange`.
 
@@ -187,8 +191,8 @@ class Wire:
         self._maxsize = maxsize
         self._timeout = timeout
         self._lock = threading.Lock()
-        #: (scheme, host) -> (what sends its requests, whether it takes the absolute URL).
-        self._routes: dict[tuple[str, str], tuple[urllib3.connectionpool.ConnectionPool | urllib3.PoolManager, bool]] = {}
+        #: (scheme, host) -> what sends its requests, and whether it takes the absolute URL.
+        self._routes: dict[tuple[str, str], Route] = {}
         self._managers: dict[tuple[str, str], urllib3.PoolManager] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
 
@@ -199,7 +203,7 @@ class Wire:
             target = request.url
         else:
             target = f"{parts.path or '/'}?{parts.query}" if parts.query else parts.path or "/"
-        return sender.urlopen(  # type: ignore[call-arg]
+        return sender.urlopen(
             request.method, target, body=request.body, headers=request.headers, retries=False, redirect=False,
             assert_same_host=False, preload_content=False, decode_content=False, timeout=self._timeout,
         )
@@ -211,14 +215,12 @@ class Wire:
             self._routes.clear()
             self._managers.clear()
         for sender, absolute in routes:
-            if not absolute:
-                sender.close()  # type: ignore[union-attr]
+            if isinstance(sender, urllib3.HTTPConnectionPool):
+                sender.close()
         for manager in managers:
             manager.clear()
 
-    def _route(
-        self, scheme: str, netloc: str
-    ) -> tuple[urllib3.connectionpool.ConnectionPool | urllib3.PoolManager, bool]:
+    def _route(self, scheme: str, netloc: str) -> Route:
         with self._lock:
             route = self._routes.get((scheme, netloc))
             if route is None:
@@ -237,7 +239,7 @@ class Wire:
                 self._routes[(scheme, netloc)] = route
             return route
 
-    def _pool(self, scheme: str, netloc: str, tls: str) -> urllib3.connectionpool.ConnectionPool:
+    def _pool(self, scheme: str, netloc: str, tls: str) -> urllib3.HTTPConnectionPool:
         where = urllib3.util.parse_url(f"{scheme}://{netloc}")
         if scheme == "https":
             return urllib3.HTTPSConnectionPool(
