@@ -1,7 +1,7 @@
 """The one retry loop of the registry transport: which outcomes are transient, and what follows.
 
-No sockets: a scripted requests adapter answers in place of the network, the sleep is
-recorded instead of waited, and the clock is a number the test moves.
+No sockets: a scripted exchange answers in place of the wire, the sleep is recorded
+instead of waited, and the clock is a number the test moves.
 """
 
 from __future__ import annotations
@@ -12,46 +12,45 @@ import ssl
 from typing import Mapping
 
 import pytest
-import requests
 import urllib3
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import (
+    ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError, ProtocolError, ProxyError,
+    ReadTimeoutError, SSLError,
+)
 
 from imagepush.transforms.stores.options import StoreOptions
-from imagepush.transforms.stores.registry import RegistryMisconfigured, RegistryUnavailable, RetriableUploadError
+from imagepush.transforms.stores.registry import (
+    RegistryError, RegistryMisconfigured, RegistryUnavailable, RetriableUploadError,
+)
 from imagepush.transforms.stores.registry.transport import HOST_DOWN_SECONDS, Transport, is_transient
+from imagepush.transforms.stores.registry.wire import Outgoing
 
 HOST = "registry.test"
 URL = f"https://{HOST}/v2/app/tags/list"
 
-#: One scripted outcome: an exception the adapter raises, or the (status, headers) it answers.
+#: One scripted outcome: an exception the exchange raises, or the (status, headers) it answers.
 Outcome = BaseException | tuple[int, Mapping[str, str]]
 
 
-class Scripted(BaseAdapter):
-    """A requests adapter that plays a script of outcomes and records what was sent."""
+class Scripted:
+    """An exchange that plays a script of outcomes and records each request as it would go out.
 
-    def __init__(self, script: list[Outcome]) -> None:
-        super().__init__()
+    Requests to URLs outside ``prefix`` are a test's mistake: they fail it.
+    """
+
+    def __init__(self, script: list[Outcome], prefix: str) -> None:
         self.script = list(script)
-        self.sent: list[requests.PreparedRequest] = []
+        self.prefix = prefix
+        self.sent: list[Outgoing] = []
 
-    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+    def __call__(self, request: Outgoing) -> urllib3.BaseHTTPResponse:
+        assert request.url.startswith(self.prefix), f"unexpected request to {request.url}"
         self.sent.append(request)
         outcome = self.script.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
         status, headers = outcome
-        response = requests.Response()
-        response.status_code = status
-        response.headers = CaseInsensitiveDict(headers)
-        response.raw = urllib3.HTTPResponse(body=io.BytesIO(b""), status=status, preload_content=False)
-        response.url = request.url or ""
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        pass
+        return urllib3.HTTPResponse(body=io.BytesIO(b""), headers=headers, status=status, preload_content=False)
 
 
 class Clock:
@@ -77,10 +76,9 @@ class Passing(Clock):
 def transport(
     clock: Clock, script: list[Outcome], prefix: str = f"https://{HOST}/", options: StoreOptions = StoreOptions()
 ) -> tuple[Transport, Scripted]:
-    t = Transport(HOST, options, max_attempts=3, sleep=clock.sleep, clock=clock)
-    adapter = Scripted(script)
-    t.session.mount(prefix, adapter)
-    return t, adapter
+    exchange = Scripted(script, prefix)
+    t = Transport(HOST, options, max_attempts=3, sleep=clock.sleep, clock=clock, exchange=exchange)
+    return t, exchange
 
 
 def send(t: Transport, url: str = URL, **kw: object) -> int:
@@ -89,16 +87,27 @@ def send(t: Transport, url: str = URL, **kw: object) -> int:
     return streamed.status_code
 
 
+def connection_error() -> BaseException:
+    """What urllib3 raises (``retries=False``) when a connection breaks: a reset, or closed before the answer."""
+    return ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
+
+
+def read_timeout() -> BaseException:
+    return ReadTimeoutError(None, URL, "Read timed out.")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("outcome", [
-    requests.ConnectionError(), requests.exceptions.ProxyError(),
-    requests.ConnectTimeout(), requests.ReadTimeout(), 429, 500, 502, 503, 504,
+    connection_error(), ProxyError("Unable to connect to proxy", OSError("refused")),
+    ConnectTimeoutError(), read_timeout(), NewConnectionError(None, "refused"),  # type: ignore[arg-type]
+    NameResolutionError(HOST, None, socket.gaierror(-2, "Name or service not known")),  # type: ignore[arg-type]
+    429, 500, 502, 503, 504,
 ])
 def test_transient_outcomes(outcome: BaseException | int) -> None:
     assert is_transient(outcome) is True
 
 
 @pytest.mark.parametrize("outcome", [
-    ValueError("a bug"), requests.exceptions.InvalidURL(), requests.TooManyRedirects(), requests.exceptions.SSLError(),
+    ValueError("a bug"), LocationParseError("http://[x"), RegistryError("too many redirects"), SSLError(),
     200, 201, 202, 206, 307, 400, 401, 403, 404, 405, 416,
 ])
 def test_outcomes_that_are_answers(outcome: BaseException | int) -> None:
@@ -115,7 +124,7 @@ def test_transient_answers_are_retried_with_backoff_and_retry_after() -> None:
 
 def test_transient_exceptions_are_retried() -> None:
     clock = Clock()
-    t, adapter = transport(clock, [requests.ConnectionError(), requests.ReadTimeout(), (200, {})])
+    t, adapter = transport(clock, [connection_error(), read_timeout(), (200, {})])
     assert send(t) == 200
     assert len(adapter.sent) == 3 and len(clock.sleeps) == 2
 
@@ -158,10 +167,11 @@ def test_attempts_lower_the_budget_but_never_raise_it() -> None:
 
 def test_a_host_that_never_answers_is_marked_down_until_its_cool_down() -> None:
     clock = Clock()
-    t, adapter = transport(clock, [requests.ConnectionError()] * 3 + [(200, {})])
+    t, adapter = transport(clock, [connection_error() for _ in range(3)] + [(200, {})])
     with pytest.raises(RegistryUnavailable) as info:
         send(t)
-    assert str(info.value) == f"{HOST}/app: tag list failed: cannot reach {HOST} (ConnectionError) after 3 attempts"
+    assert str(info.value) == (f"{HOST}/app: tag list failed: cannot reach {HOST} "
+                               "(ProtocolError: ConnectionResetError) after 3 attempts")
     assert info.value.kind == "unreachable" and len(clock.sleeps) == 2
     with pytest.raises(RegistryUnavailable, match=rf"^{HOST}/other: manifest not attempted: cannot reach {HOST} "):
         t.fail_if_down(f"{HOST}/other", "manifest")
@@ -172,16 +182,17 @@ def test_a_host_that_never_answers_is_marked_down_until_its_cool_down() -> None:
 
 def test_another_host_that_never_answers_does_not_mark_the_registry_down() -> None:
     clock = Clock()
-    t, _ = transport(clock, [requests.ConnectTimeout()] * 3, prefix="https://auth.test/")
-    with pytest.raises(RegistryUnavailable, match=r"token request failed: cannot reach auth\.test \(ConnectTimeout"):
+    t, _ = transport(clock, [ConnectTimeoutError() for _ in range(3)], prefix="https://auth.test/")
+    with pytest.raises(RegistryUnavailable, match=r"token request failed: cannot reach auth\.test \(ConnectTimeoutError"):
         t.send("GET", "https://auth.test/token", where=f"{HOST}/app", what="token request", limited=False)
     t.fail_if_down(HOST, "next request")
 
 
 def test_a_streamed_body_is_sent_once() -> None:
     clock = Clock()
-    t, adapter = transport(clock, [requests.ConnectionError()])
-    with pytest.raises(RetriableUploadError, match=r"^registry\.test/app: upload interrupted \(ConnectionError\); "
+    t, adapter = transport(clock, [connection_error()])
+    with pytest.raises(RetriableUploadError, match=r"^registry\.test/app: upload interrupted "
+                                                   r"\(ProtocolError: ConnectionResetError\); "
                                                    r"the upload must start again$"):
         t.send("PATCH", URL, where=f"{HOST}/app", what="upload", body=iter([b"x"]), replayable=False)
     t, adapter = transport(clock, [(503, {}), (202, {})])
@@ -216,7 +227,7 @@ def test_a_401_is_answered_by_renewing_once_within_the_same_budget() -> None:
 
 
 def caused_by(outer: BaseException, inner: BaseException) -> BaseException:
-    """``outer`` wrapping ``inner``, as requests wraps the socket's error (through urllib3)."""
+    """``outer`` caused by ``inner``, as urllib3 raises a socket's or OpenSSL's error."""
     outer.__cause__ = inner
     return outer
 
@@ -224,16 +235,17 @@ def caused_by(outer: BaseException, inner: BaseException) -> BaseException:
 def plain_http_answer() -> BaseException:
     inner = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
     inner.reason = "WRONG_VERSION_NUMBER"  # type: ignore[misc]
-    return caused_by(requests.exceptions.SSLError("HTTPSConnectionPool: SSLError"), inner)
+    return caused_by(SSLError(inner), inner)
 
 
 def refused() -> BaseException:
-    return caused_by(requests.ConnectionError("Failed to establish a new connection"),
+    return caused_by(NewConnectionError(None, "Failed to establish a new connection"),  # type: ignore[arg-type]
                      ConnectionRefusedError(111, "Connection refused"))
 
 
 def unresolvable() -> BaseException:
-    return caused_by(requests.ConnectionError("Failed to resolve"), socket.gaierror(-2, "Name or service not known"))
+    inner = socket.gaierror(-2, "Name or service not known")
+    return caused_by(NameResolutionError(HOST, None, inner), inner)  # type: ignore[arg-type]
 
 
 # -- misconfiguration fails at once -----------------------------------------------------------
@@ -257,7 +269,7 @@ def test_an_untrusted_certificate_fails_at_once_and_names_both_remedies() -> Non
     clock = Clock()
     inner = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
     inner.reason = "CERTIFICATE_VERIFY_FAILED"  # type: ignore[misc]
-    t, adapter = transport(clock, [caused_by(requests.exceptions.SSLError("x"), inner)])
+    t, adapter = transport(clock, [caused_by(SSLError(inner), inner)])
     with pytest.raises(RegistryMisconfigured) as info:
         send(t)
     assert str(info.value) == (f"TLS with {HOST} failed (CERTIFICATE_VERIFY_FAILED): trust its CA with "
@@ -280,7 +292,7 @@ def test_a_registry_never_reached_that_refuses_or_does_not_resolve_fails_at_once
 
 def test_a_timeout_of_a_registry_never_reached_is_still_retried() -> None:
     clock = Clock()
-    t, adapter = transport(clock, [requests.ConnectTimeout(), (200, {})])
+    t, adapter = transport(clock, [ConnectTimeoutError(), (200, {})])
     assert send(t) == 200
     assert len(adapter.sent) == 2
 
@@ -304,7 +316,7 @@ def test_an_outage_longer_than_the_grace_fails_and_marks_the_registry_down() -> 
     t, adapter = transport(clock, [(200, {})] + [refused()] * 100, options=StoreOptions(outage_grace=10.0))
     assert send(t) == 200
     with pytest.raises(RegistryUnavailable, match=rf"^{HOST}/app: tag list failed: cannot reach {HOST} "
-                                                  r"\(ConnectionError\) after \d+ attempts$"):
+                                                  r"\(NewConnectionError: ConnectionRefusedError\) after \d+ attempts$"):
         send(t)
     assert 10.0 <= clock.now <= 10.5  # the last wait ends with the grace, not a backoff step later
     with pytest.raises(RegistryUnavailable, match="not attempted"):

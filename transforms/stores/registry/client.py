@@ -110,7 +110,10 @@ class RegistryClient:
         """An absolute URL: registry paths are joined to the base, absolute URLs kept."""
         if path_or_url.startswith(("http://", "https://")):
             return path_or_url
-        return urljoin(self.base_url() + "/", path_or_url.lstrip("/"))
+        path = path_or_url.lstrip("/")
+        if "./" in path or path.endswith("."):  # dot segments: resolved as a browser would
+            return urljoin(self.base_url() + "/", path)
+        return f"{self.base_url()}/{path}"  # the same URL, without urljoin's parsing per request
 
     def request(
         self,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urljoin
 
-import requests
+import urllib3
 
 from imagepush.transforms.stores.registry.errors import RegistryError, RegistryUnavailable, ResponseTooLarge
 
@@ -64,15 +64,31 @@ class Reply:
         header = self.headers.get("Link")
         if not header:
             return None
-        for link in requests.utils.parse_header_links(header):
-            if link.get("rel") == rel and link.get("url"):
-                return urljoin(self.url, link["url"])
+        for target, params in parse_links(header):
+            if rel in params.get("rel", "").split() and target:
+                return urljoin(self.url, target)
         return None
 
     def location(self) -> str | None:
         """The absolute URL of ``Location`` (registries often send a relative one)."""
         value = self.headers.get("Location")
         return urljoin(self.url, value) if value else None
+
+
+_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
+_LINK_PARAM = re.compile(r';\s*([^=;,\s]+)\s*(?:=\s*("[^"]*"|[^;,]*))?')
+
+
+def parse_links(header: str) -> list[tuple[str, dict[str, str]]]:
+    """The links of a ``Link`` header (RFC 8288): each target with its parameters, names lower-cased."""
+    links = []
+    for match in _LINK.finditer(header):
+        params = {
+            name.lower(): (value or "").strip().strip('"')
+            for name, value in _LINK_PARAM.findall(match.group(2))
+        }
+        links.append((match.group(1).strip(), params))
+    return links
 
 
 class StreamedResponse:
@@ -83,10 +99,12 @@ class StreamedResponse:
     digest. Reaching the end releases the slot as well, in case a caller forgets to close.
     """
 
-    def __init__(self, response: requests.Response, lease: Lease, where: str) -> None:
+    def __init__(self, response: urllib3.BaseHTTPResponse, lease: Lease, where: str, url: str) -> None:
         self.response = response
         self._lease = lease
         self._where = where
+        #: The URL this answer came from (after redirects).
+        self.url = url
         self._closed = False
 
     @property
@@ -95,13 +113,13 @@ class StreamedResponse:
 
     @property
     def status_code(self) -> int:
-        return self.response.status_code
+        return self.response.status
 
     def read(self, size: int = -1) -> bytes:
         if self._closed:
             raise ValueError("read from a closed registry stream")
         try:
-            data = self.response.raw.read(None if size is None or size < 0 else size, decode_content=False)
+            data = self.response.read(None if size is None or size < 0 else size, decode_content=False)
         except Exception as exc:  # urllib3 protocol errors are not OSErrors
             self.close()
             raise RegistryUnavailable(
@@ -127,7 +145,7 @@ class StreamedResponse:
     def reply(self, limit: int) -> Reply:
         """Read the whole (size-capped) body and describe the exchange as a :class:`Reply`."""
         content = self.read_limited(limit)
-        return Reply(self.response.status_code, self.response.headers, content, self.response.url)
+        return Reply(self.response.status, self.response.headers, content, self.url)
 
     def drain(self, limit: int = ERROR_BODY_LIMIT) -> Reply:
         """Close the response after reading what it says, at most ``limit`` bytes and never failing.
@@ -139,13 +157,15 @@ class StreamedResponse:
             content = read_capped(self.response, limit)
         finally:
             self.close()
-        return Reply(self.response.status_code, self.response.headers, content, self.response.url)
+        return Reply(self.response.status, self.response.headers, content, self.url)
 
     def close(self) -> None:
+        """Free the connection (kept for the next request when the body was read to its end) and the slot."""
         if not self._closed:
             self._closed = True
             try:
                 self.response.close()
+                self.response.release_conn()
             finally:
                 self._lease.release()
 
@@ -160,12 +180,12 @@ class StreamedResponse:
         self.close()
 
 
-def read_capped(response: requests.Response, limit: int) -> bytes:
+def read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
     """At most ``limit`` bytes of a streamed body; errors while reading give what was read."""
     chunks, total = [], 0
     try:
         while total < limit:
-            chunk = response.raw.read(min(1 << 16, limit - total), decode_content=True)
+            chunk = response.read(min(1 << 16, limit - total), decode_content=True)
             if not chunk:
                 break
             chunks.append(chunk)

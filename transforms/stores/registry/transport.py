@@ -22,9 +22,11 @@
 * **Redirects** are followed by hand, so ``Authorization`` is dropped whenever the target
   is another host (blob GETs are redirected to object storage).
 * **Proxies.** ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` (either
-  case) choose a proxy per request URL as curl and skopeo do, for registries, token
+  case) choose a proxy per scheme and host as curl and skopeo do, for registries, token
   servers and blob storage alike; the rest of the environment (netrc,
-  ``REQUESTS_CA_BUNDLE``) is ignored, since options say that instead.
+  ``REQUESTS_CA_BUNDLE``) is ignored, since options say that instead. The wire itself
+  (urllib3's pools, TLS contexts, proxies, body framing) is
+  :mod:`~imagepush.transforms.stores.registry.wire`.
 * **Limits.** One :class:`~imagepush.transforms.stores.registry.limiter.RequestLimiter`
   per transport: concurrent requests adapt below ``registry_concurrency`` to the host's
   429 and 503 answers, ``Retry-After`` pauses every request to the host, and
@@ -43,15 +45,14 @@ import re
 import ssl
 import threading
 import time
-import warnings
 from datetime import datetime, timezone
 import socket
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InsecureRequestWarning
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, PoolError, ProtocolError, ProxyError, SSLError
+from urllib3.exceptions import TimeoutError as UrllibTimeout
 
 from imagepush.transforms import backoff
 from imagepush.transforms.backoff import backoff_delay
@@ -65,6 +66,7 @@ from imagepush.transforms.stores.registry.errors import (
 )
 from imagepush.transforms.stores.registry.limiter import OVERLOAD_STATUSES, Level, RequestLimiter, Slot
 from imagepush.transforms.stores.registry.streams import Lease, Reply, StreamedResponse
+from imagepush.transforms.stores.registry.wire import Exchange, Wire, outgoing
 
 log = logging.getLogger(__name__)
 #: One line per registry answer (method, URL, status), for ``--debug`` only: ``--verbose``
@@ -89,9 +91,9 @@ BACKOFF_BASE = backoff.BASE
 BACKOFF_MAX = backoff.MAXIMUM
 #: A ``Retry-After`` longer than this is clipped: a worker must not sleep for hours.
 RETRY_AFTER_MAX = 60.0
-#: (connect, read) timeouts. Reads are long because a registry may hash a large blob
+#: Connect and read timeouts. Reads are long because a registry may hash a large blob
 #: before it answers the final PUT of an upload.
-TIMEOUT = (30.0, 300.0)
+TIMEOUT = urllib3.Timeout(connect=30.0, read=300.0)
 MAX_REDIRECTS = 5
 #: After a request has used up its attempts without reaching the host, further requests
 #: to it fail at once for this long: with a registry down, thousands of images must not
@@ -102,6 +104,14 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ENDPOINT_ALIASES = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 
+#: urllib3's exceptions for a request that got no answer: the connection could not be
+#: made (refused, unresolved, timed out, the proxy failed), broke (reset, closed early:
+#: urllib3 wraps the socket's ``OSError`` in a ``ProtocolError``) or timed out waiting.
+CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    NewConnectionError, UrllibTimeout, ProtocolError, ProxyError, PoolError,
+)
+
+
 def is_transient(outcome: BaseException | int) -> bool:
     """Whether the same request may succeed later: an exception raised sending it, or a status.
 
@@ -109,9 +119,9 @@ def is_transient(outcome: BaseException | int) -> bool:
     Anything else is the registry's considered answer, and asking again changes nothing.
     """
     if isinstance(outcome, BaseException):
-        if isinstance(outcome, requests.exceptions.SSLError):
+        if isinstance(outcome, (SSLError, ssl.SSLError)):
             return False  # a certificate or protocol mismatch: the same handshake fails again
-        return isinstance(outcome, (requests.ConnectionError, requests.Timeout))
+        return isinstance(outcome, CONNECTION_FAILURES)
     return outcome == 429 or outcome >= 500
 
 
@@ -152,21 +162,23 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 def describe_exception(exc: BaseException) -> str:
     """A short, secret-free description of a transport exception.
 
-    requests' messages embed the full URL (never credentials here, but long and noisy);
-    the innermost cause names the actual problem (refused, reset, timed out).
+    urllib3's messages embed the host and the connection object (long and noisy); the
+    innermost cause names the actual problem (refused, reset, timed out).
     """
     inner: BaseException = exc
     for _ in range(10):  # the chain is short; the bound only guards against odd exceptions
-        if inner.__context__ is None:
+        wrapped = [inner.__cause__, inner.__context__, getattr(inner, "reason", None), *inner.args]
+        nested = next((e for e in wrapped if isinstance(e, BaseException)), None)
+        if nested is None:
             break
-        inner = inner.__context__
+        inner = nested
     name = type(exc).__name__
     reason = type(inner).__name__
     return name if reason == name else f"{name}: {reason}"
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: requests and urllib3 nest the socket's error in ``reason`` and ``args``."""
+    """``exc`` and what it wraps: urllib3 nests the socket's error in ``reason``, ``args`` and the chain."""
     seen: set[int] = set()
     pending = [exc]
     while pending and len(seen) < 20:  # the chain is short; the bound only guards against odd exceptions
@@ -187,7 +199,7 @@ PLAIN_HTTP_SIGNS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENG
 
 def tls_failure_reason(exc: BaseException) -> str | None:
     """OpenSSL's reason for a failed TLS exchange (``CERTIFICATE_VERIFY_FAILED``, …), or None if TLS did not fail."""
-    if not isinstance(exc, requests.exceptions.SSLError):
+    if not isinstance(exc, SSLError):
         return None
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLError) and cause.reason:
@@ -210,37 +222,15 @@ def never_there(exc: BaseException) -> str | None:
     return None
 
 
-class _UnverifiedTLSAdapter(HTTPAdapter):
-    """TLS without verification for an ``--insecure-registry`` host, from one context.
-
-    Given no context, urllib3 loads the system CA store for every new TLS connection,
-    even one it will not verify: tens of milliseconds of CPU per connection, and every
-    worker's first request to an insecure host makes one to learn whether it speaks TLS.
-    """
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        # The user named this host insecure on purpose; urllib3 would otherwise print a
-        # multi-line warning per connection to it. Only unverified requests raise that
-        # warning, and only these adapters make them, so no other warning is hidden.
-        warnings.filterwarnings("ignore", category=InsecureRequestWarning)
-        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        self._context.check_hostname = False
-        self._context.verify_mode = ssl.CERT_NONE
-        kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        # A TLS tunnel through a proxy needs the same unverified context.
-        return super().proxy_manager_for(proxy, ssl_context=self._context, **proxy_kwargs)
-
-
 class Transport:
     """Requests to one registry host, and to the token servers and storage it sends us to.
 
     Thread-safe: Beam runs several bundles per worker, and a blob fan-out uploads from
-    worker threads. The session and semaphore are per transport; nothing is
+    worker threads. The connection pools and the limiter are per transport; nothing is
     module-global. ``sleep``, ``clock`` and the backoff parameters exist so tests can
-    check retries and the host-down mark without waiting.
+    check retries and the host-down mark without waiting; ``exchange`` replaces the
+    wire (:class:`~imagepush.transforms.stores.registry.wire.Wire`), so a test can
+    script answers and see each request as it would go out.
     """
 
     def __init__(
@@ -253,6 +243,7 @@ class Transport:
         backoff_max: float = BACKOFF_MAX,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        exchange: Exchange | None = None,
     ) -> None:
         self.host = host
         self.options = options
@@ -280,24 +271,15 @@ class Transport:
             host, concurrency, adaptive=options.adaptive_concurrency, rate=options.registry_rps,
             clock=clock, sleep=sleep,
         )
-        #: Public so that a test or an embedder can mount its own adapter for a URL prefix.
-        self.session = requests.Session()
-        # netrc and REQUESTS_CA_BUNDLE from the environment would change which credentials
-        # and CAs requests use; options say that instead. Proxies are taken from the
-        # environment per URL (:meth:`_proxies`), as curl and skopeo take them.
-        self.session.trust_env = False
-        self._proxy_cache: dict[tuple[str, str], dict[str, str]] = {}
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency + 2, max_retries=0)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
-        if self.insecure:  # only this host: redirects elsewhere (blob storage) stay verified
-            unverified = _UnverifiedTLSAdapter(pool_connections=1, pool_maxsize=concurrency + 2, max_retries=0)
-            for name in {host, self.endpoint}:
-                self.session.mount(f"https://{name}/", unverified)
-        self.session.headers.update({"User-Agent": "imagepush", "Accept-Encoding": "identity"})
+        # Unverified TLS for this host only: redirects elsewhere (blob storage) stay verified.
+        self._wire = Wire(
+            insecure_hosts={host, self.endpoint} if self.insecure else (), ca_bundle=options.ca_bundle,
+            maxsize=concurrency + 2, timeout=TIMEOUT,
+        )
+        self._exchange: Exchange = exchange or self._wire
 
     def close(self) -> None:
-        self.session.close()
+        self._wire.close()
 
     def ping(self) -> tuple[str, Reply]:
         """Choose the scheme and ask ``GET /v2/``: the base URL and the answer.
@@ -310,10 +292,11 @@ class Transport:
         if self.insecure:
             # One try, no retries: failing is the answer (this host speaks no TLS).
             try:
-                response = self._send_raw("GET", f"{base}/v2/", {}, None, None)
+                response, url = self._send_raw("GET", f"{base}/v2/", {}, None, None)
                 self._answer_seen()
-                return base, StreamedResponse(response, Lease(None), self.host).drain()
-            except (requests.exceptions.SSLError, requests.ConnectionError):
+                return base, StreamedResponse(response, Lease(None), self.host, url).drain()
+            except (SSLError, NewConnectionError, ConnectTimeoutError, ProtocolError, ProxyError, PoolError):
+                # Not a read timeout: a host that took the handshake and then stayed silent speaks TLS.
                 base = f"http://{self.endpoint}"
                 log.debug("%s does not speak TLS; using plain HTTP (insecure registry)", self.host)
         streamed = self.send("GET", f"{base}/v2/", where=self.host, what="registry check", limited=False)
@@ -366,18 +349,23 @@ class Transport:
                 request_headers["Authorization"] = value
             slot = self._limiter.acquire() if limited else None
             lease = Lease(slot)
+            visited: list[str] = []
             try:
-                response = self._send_raw(method, url, request_headers, body, params, follow_redirects)
+                response, final_url = self._send_raw(
+                    method, url, request_headers, body, params, follow_redirects, visited
+                )
             except BaseException as exc:
                 lease.release()
+                # The host that failed: after a redirect, blob storage rather than this registry.
+                failed = visited[-1] if visited else url
                 if tls_failure_reason(exc) is not None:
-                    raise self._tls_failed(url, where, what, exc) from None
+                    raise self._tls_failed(failed, where, what, exc) from None
                 if not is_transient(exc):
                     raise
-                own = urlsplit(url).netloc == self.endpoint
+                own = urlsplit(failed).netloc == self.endpoint
                 why = never_there(exc) if own and not self._answered else None
                 if why is not None:
-                    raise self._unreachable(url, where, what, exc, attempt, why) from None
+                    raise self._unreachable(failed, where, what, exc, attempt, why) from None
                 if not replayable:
                     raise RetriableUploadError(
                         f"{where}: {what} interrupted ({describe_exception(exc)}); the upload must start again"
@@ -385,21 +373,21 @@ class Transport:
                 remaining = self._outage_remaining() if own and self._answered else None
                 if remaining is not None:
                     if remaining <= 0:
-                        raise self._unreachable(url, where, what, exc, attempt) from None
+                        raise self._unreachable(failed, where, what, exc, attempt) from None
                     self._pause(attempt, None, where, what, f"{describe_exception(exc)}, outage", cap=remaining)
                     continue
                 if attempt >= budget:
-                    raise self._unreachable(url, where, what, exc, attempt) from None
+                    raise self._unreachable(failed, where, what, exc, attempt) from None
                 self._pause(attempt, None, where, what, describe_exception(exc))
                 continue
             if urlsplit(url).netloc == self.endpoint:
                 self._answer_seen()
-            streamed = StreamedResponse(response, lease, where)
-            status = response.status_code
+            streamed = StreamedResponse(response, lease, where, final_url)
+            status = response.status
             if trace.isEnabledFor(logging.DEBUG):
                 trace.debug("%s %s -> %d", method, redacted_url(url), status)
             if slot is not None:
-                self._tell_limiter(slot, response)
+                self._tell_limiter(slot, streamed)
             if status == 401 and authorization is not None and replayable and not renewed:
                 challenge = streamed.drain()
                 authorization.renew(challenge.headers, challenge.content)
@@ -407,7 +395,7 @@ class Transport:
                 continue
             if is_transient(status) and replayable and attempt < budget:
                 streamed.drain()
-                self._pause(attempt, response, where, what, f"HTTP {status}")
+                self._pause(attempt, streamed, where, what, f"HTTP {status}")
                 continue
             return streamed
 
@@ -416,7 +404,7 @@ class Transport:
         """How many requests this host gets at once now, and at most (for progress lines)."""
         return self._limiter.level
 
-    def _tell_limiter(self, slot: Slot, response: requests.Response) -> None:
+    def _tell_limiter(self, slot: Slot, response: StreamedResponse) -> None:
         """An overload answer (with its ``Retry-After``) lowers the host's limit; any other answer counts towards raising it."""
         status = response.status_code
         if status in OVERLOAD_STATUSES:
@@ -448,7 +436,7 @@ class Transport:
         self._pause(attempt, None, where, what, reason)
 
     def _pause(
-        self, attempt: int, response: requests.Response | None, where: str, what: str, reason: str,
+        self, attempt: int, response: StreamedResponse | None, where: str, what: str, reason: str,
         cap: float | None = None,
     ) -> None:
         """Wait before the next attempt: exponential backoff with jitter, at least ``Retry-After``.
@@ -509,18 +497,27 @@ class Transport:
         return RegistryMisconfigured(advice)
 
     def _send_raw(
-        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any, follow_redirects: bool = False
-    ) -> requests.Response:
-        """One exchange (plus redirects when asked), streamed and never retried here."""
+        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any,
+        follow_redirects: bool = False, visited: list[str] | None = None,
+    ) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """One exchange (plus redirects when asked), unread and never retried here; the answer and its URL.
+
+        Each URL is appended to ``visited`` before it is asked, so that a failure is
+        blamed on the host that failed.
+        """
         current_headers = dict(headers)
         current_url, current_params = url, params
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._send_once(method, current_url, current_headers, body, current_params)
+            request = outgoing(method, current_url, current_headers, body, current_params)
+            if visited is not None:
+                visited.append(request.url)
+            response = self._exchange(request)
             location = response.headers.get("Location")
-            if not (follow_redirects and response.status_code in REDIRECT_STATUSES and location):
-                return response
+            if not (follow_redirects and response.status in REDIRECT_STATUSES and location):
+                return response, request.url
             response.close()
-            target = urljoin(response.url, location)
+            response.release_conn()
+            target = urljoin(request.url, location)
             if urlsplit(target).netloc != urlsplit(current_url).netloc or (
                 urlsplit(target).scheme != urlsplit(current_url).scheme
             ):
@@ -528,37 +525,3 @@ class Transport:
             log.debug("following redirect to %s", urlsplit(target).netloc)
             current_url, current_params = target, None
         raise RegistryError(f"{self.host}: too many redirects for {urlsplit(url).path}")
-
-    def _send_once(
-        self, method: str, url: str, headers: Mapping[str, str], body: Any, params: Any
-    ) -> requests.Response:
-        """One request straight through the connection pool's adapter.
-
-        ``Session.request`` merges environment settings, cookies and hooks on every call;
-        registries use none of them (``trust_env`` is off; proxies are looked up once per
-        host), and skipping that work halves the client's CPU per request — thousands
-        of requests in a sync of small images.
-        """
-        prepared = requests.PreparedRequest()
-        prepared.prepare(
-            method=method, url=url, headers={**self.session.headers, **headers}, data=body, params=params
-        )
-        adapter = self.session.get_adapter(url)
-        return adapter.send(
-            prepared, stream=True, timeout=TIMEOUT, verify=self._verify(url), proxies=self._proxies(url)
-        )
-
-    def _verify(self, url: str) -> bool | str:
-        """TLS verification for ``url``: off only for this host when it is insecure."""
-        if self.insecure and urlsplit(url).netloc in (self.host, self.endpoint):
-            return False
-        return self.options.ca_bundle or True
-
-    def _proxies(self, url: str) -> dict[str, str]:
-        """The environment's proxy for ``url`` (honouring ``NO_PROXY``), looked up once per host."""
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        found = self._proxy_cache.get(key)
-        if found is None:
-            found = self._proxy_cache[key] = requests.utils.get_environ_proxies(url)
-        return found

@@ -104,7 +104,7 @@ _ABORT = object()
 class _PipeBody:
     """The body of one streamed PATCH: pieces handed over by ``write`` through a queue.
 
-    ``__len__`` makes requests send ``Content-Length`` instead of chunked encoding when
+    ``__len__`` makes the transport send ``Content-Length`` instead of chunked encoding when
     the length is known (Distribution checks ``Content-Range`` only together with it).
     Setting :attr:`aborted` makes the body raise, which cuts the request's connection.
     """
