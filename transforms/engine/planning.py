@@ -7,9 +7,10 @@ each image is resolved (:func:`resolve.resolve_image`) and planned for each targ
 (:func:`plan.plan_targets`, whose is-it-current rule the preflight and ``verify`` share);
 a conversion's manifests are rendered (pure) for the digest they will have. Its blob
 requests are grouped by the copy step's own key (:func:`plan.delivery_key`) and, for
-each group, every destination is asked what the copy step asks — HEAD the blob, then
-whether it would mount it (:meth:`Destination.would_mount`, the read-only twin of
-``mount_blob``) — in the order the copy step asks it (``deliver.BlobDelivery._deliver``).
+each group, every destination is asked what the copy step asks — whether it would mount
+it (:meth:`Destination.would_mount`, the read-only twin of ``mount_blob``), else HEAD the
+blob unless the store uploads it without asking — in the order the copy step asks it
+(``deliver.BlobDelivery._deliver``).
 
 Nothing is written: destinations are opened, never prepared, and only asked questions.
 The counts are the audit's: a blob is uploaded once per destination store and digest;
@@ -261,37 +262,48 @@ def _route(requests: list[BlobRequest], stores: StoreCache) -> list[_Routed]:
     """What the copy step would do for one source blob, for every request of it.
 
     The copy step's order (``deliver.BlobDelivery._deliver``), with questions for its
-    actions: a store that has the blob skips it; one that would mount it from a store
-    known to hold it (the source, a store that has it, one mounted before) mounts; of
-    the rest, one store per blob-sharing domain uploads and the others of its domain
-    mount from it. A recompressed layer is a new blob whose digest only the copy
-    computes: it is uploaded (size unknown) by one store per domain.
+    actions: a store that would mount the blob from one known to hold it (the source,
+    one mounted before) mounts without being asked whether it has it; the others are
+    asked, unless they upload without asking (``asks_before_upload``), and skip a blob
+    they have; a store still missing it mounts from one found holding it; of the rest,
+    one store per blob-sharing domain uploads and the others of its domain mount from it.
+    A recompressed layer is a new blob whose digest only the copy computes: it is
+    uploaded (size unknown) by one store per domain.
     """
     requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
     first = requests[0]
     size = max(r.descriptor.size for r in requests)
     names = sorted({r.dest_store for r in requests})
     states: dict[str, _Routed] = {}
-    missing: list[str] = []
+    holders = [] if first.recompress else [first.source_store]
+    known = len(holders)
+    unmounted: list[str] = []
     for store in names:
+        if _would_mount(stores, store, first, holders):
+            states[store] = _Routed(first, MOUNTED)
+            holders.append(store)
+        else:
+            unmounted.append(store)
+    missing: list[str] = []
+    for store in unmounted:
         if first.recompress:
             missing.append(store)
             continue
         try:
-            present = stores.destination(store).has_blob(first.descriptor.digest)
+            destination = stores.destination(store)
+            present = destination.asks_before_upload(first.descriptor) and destination.has_blob(first.descriptor.digest)
         except Exception as exc:
             message, kind = errors.describe(exc)
             states[store] = _Routed(first, FAILED, error=message, error_kind=kind)
             continue
         if present:
             states[store] = _Routed(first, PRESENT)
+            holders.append(store)
         else:
             missing.append(store)
-    holders = [] if first.recompress else [first.source_store]
-    holders += [s for s in names if s in states and states[s].status == PRESENT]
     later, upload, uploading = [], [], set()
     for store in missing:
-        if _would_mount(stores, store, first, holders):
+        if len(holders) > known and _would_mount(stores, store, first, holders[known:]):
             states[store] = _Routed(first, MOUNTED)
             holders.append(store)
             continue
@@ -305,7 +317,7 @@ def _route(requests: list[BlobRequest], stores: StoreCache) -> list[_Routed]:
                 uploading.add(domain)
     holders += upload
     for store in later:
-        states[store] = _Routed(first, MOUNTED if _would_mount(stores, store, first, holders) else COPIED)
+        states[store] = _Routed(first, MOUNTED if _would_mount(stores, store, first, holders[known:]) else COPIED)
     unknown = size < 0 or bool(first.recompress)
     routed = []
     for store in names:
