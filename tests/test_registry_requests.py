@@ -29,6 +29,7 @@ from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.formats.jsonio import dumps
 from imagepush.transforms.stores.base import ManifestBlob, Publication
+from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from imagepush.transforms.stores.options import StoreOptions
 from imagepush.transforms.stores.registry.upload import SMALL_BLOB_LIMIT
@@ -166,3 +167,51 @@ def test_a_repository_an_interrupted_run_left_blobs_in_gets_its_small_blobs_agai
         (row,) = rows(audit)
         assert (row["status"], row["blobs_copied"], row["blobs_skipped"], row["blobs_mounted"]) == ("copied", 2, 1, 0)
         assert (row["blobs_copied"], row["blobs_skipped"]) == (total.upload, total.skip)  # the plan was the run
+
+
+def test_the_upload_after_a_refused_mount_takes_the_session_the_mount_opened(proxy, tmp_path):
+    blob = b"a blob no other repository holds"
+    desc = Descriptor(mt.OCI_LAYER_GZIP, digestlib.of_bytes(blob), len(blob))
+    for reg in running_registry(tmp_path / "reg"):
+        options = StoreOptions(insecure_registries=(reg.host,))
+        stores = StoreCache(options)
+        try:
+            dest = stores.destination(f"docker://{reg.host}/team/b")
+            dest.prepare()
+            proxy.seen.clear()
+            # Distribution answers a mount from a repository without the blob with a new upload session.
+            assert dest.mount_blob(desc, [f"docker://{reg.host}/team/a"]) is False
+            sink = dest.blob_sink(desc)
+            sink.write(blob)
+            sink.commit()
+            assert requests_by_kind(proxy, reg.host) == {
+                "POST blobs/uploads?from&mount": 1,
+                "PUT blobs/uploads/SESSION?digest": 1,
+            }
+        finally:
+            stores.close()
+        assert StoreCache(options).destination(f"docker://{reg.host}/team/b").has_blob(desc.digest)
+        assert not list((reg.storage / "docker/registry/v2/repositories/team/b/_uploads").rglob("data"))
+
+
+def test_the_session_a_refused_mount_opened_is_cancelled_when_the_blob_is_found_there(proxy, tmp_path):
+    blob = b"a blob team/b has already"
+    desc = Descriptor(mt.OCI_LAYER_GZIP, digestlib.of_bytes(blob), len(blob))
+    for reg in running_registry(tmp_path / "reg"):
+        options = StoreOptions(insecure_registries=(reg.host,))
+        StoreCache(options).destination(f"docker://{reg.host}/team/b").put_blob(desc, blob)
+        stores = StoreCache(options)
+        try:
+            dest = stores.destination(f"docker://{reg.host}/team/b")
+            dest.prepare()
+            proxy.seen.clear()
+            assert dest.mount_blob(desc, [f"docker://{reg.host}/team/a"]) is False
+            assert dest.has_blob(desc.digest) is True
+            assert requests_by_kind(proxy, reg.host) == {
+                "POST blobs/uploads?from&mount": 1,
+                "HEAD blobs": 1,
+                "DELETE blobs/uploads/SESSION": 1,
+            }
+        finally:
+            stores.close()
+        assert not list((reg.storage / "docker/registry/v2/repositories/team/b/_uploads").rglob("data"))

@@ -32,7 +32,8 @@ from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
 from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, Schema1Signer, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
-from imagepush.transforms.stores.registry.upload import SMALL_BLOB_LIMIT, RegistryBlobSink, blob_exists
+from imagepush.transforms.stores.registry.upload import SMALL_BLOB_LIMIT, OpenSession, RegistryBlobSink, blob_exists
+from imagepush.transforms.stores.stopping import OPEN_SINKS, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class RegistryDestination(RegistryStore, Destination):
         self._untagged_at_start: bool | None = None
         #: Blobs this store object uploaded or mounted: present without asking.
         self._present: set[str] = set()
+        #: Upload sessions refused mounts opened, by digest, for the blob's upload here.
+        self._spares: dict[str, OpenSession] = {}
         #: Signs unsigned schema1 (a storage tree's) before a PUT; its key is this store's alone.
         self._schema1 = Schema1Signer()
 
@@ -103,11 +106,22 @@ class RegistryDestination(RegistryStore, Destination):
         return media_type in mt.MANIFEST_TYPES
 
     def has_blob(self, digest: str) -> bool:
-        """Asked of the registry (HEAD) unless this store put the blob there itself."""
+        """Asked of the registry (HEAD) unless this store put the blob there itself.
+
+        A session a refused mount left for the blob is cancelled unless the answer is
+        that the blob must be uploaded (it then serves that upload).
+        """
         with self._new_lock:
-            if digest in self._present:
-                return True
-        return blob_exists(self.client, self.repository, digest, self.where())
+            present = digest in self._present
+        if not present:
+            try:
+                present = blob_exists(self.client, self.repository, digest, self.where())
+            except BaseException:
+                self._drop_spare(digest)
+                raise
+        if present:
+            self._drop_spare(digest)
+        return present
 
     def asks_before_upload(self, descriptor: Descriptor) -> bool:
         """False for a small blob (known size ≤ ``SMALL_BLOB_LIMIT``) in a repository that had no tags.
@@ -134,9 +148,32 @@ class RegistryDestination(RegistryStore, Destination):
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
         digestlib.checked(descriptor.digest, self.where(), StoreError)
+        with self._new_lock:
+            spare = self._spares.pop(descriptor.digest, None)
         return RegistryBlobSink(
-            self.client, self.repository, self.where(), self.options, descriptor, self._note_present
+            self.client, self.repository, self.where(), self.options, descriptor, self._note_present, spare
         )
+
+    def close(self) -> None:
+        """Cancel the sessions refused mounts left unused (no upload of their blob followed)."""
+        with self._new_lock:
+            spares, self._spares = list(self._spares.values()), {}
+        for spare in spares:
+            spare.abort()
+        super().close()
+
+    def _keep_spare(self, digest: str, spare: OpenSession) -> None:
+        with self._new_lock:
+            old = self._spares.pop(digest, None)
+            self._spares[digest] = spare
+        if old is not None:
+            old.abort()
+
+    def _drop_spare(self, digest: str) -> None:
+        with self._new_lock:
+            spare = self._spares.pop(digest, None)
+        if spare is not None:
+            spare.abort()
 
     @property
     def blob_domain(self) -> str:
@@ -182,16 +219,17 @@ class RegistryDestination(RegistryStore, Destination):
         if reply.status == 201:
             log.debug("%s: mounted %s from %s", self.where(), descriptor.digest, source_repo)
             self._note_present(descriptor.digest)
+            self._drop_spare(descriptor.digest)
             return True
-        location = reply.location()  # 202: an ordinary upload session we do not want
+        location = reply.location()  # 202: an ordinary upload session, kept for the upload
         if location:
+            spare = OpenSession(self.client, location, [push_scope(self.repository)], self.where(), reply)
             try:
-                self.client.request(
-                    "DELETE", location, scopes=[push_scope(self.repository)], where=self.where(),
-                    what="cancel upload", ok=(202, 204, 404),
-                )
-            except StoreError as exc:
-                log.debug("%s: could not cancel the unused upload: %s", self.where(), exc)
+                OPEN_SINKS.opened(spare)
+            except Stopped:
+                spare.abort()
+                raise
+            self._keep_spare(descriptor.digest, spare)
         return False
 
     def current_digest(self, name: str) -> str | None:
