@@ -50,6 +50,8 @@ def kind_of(method: str, url: str, status: str) -> tuple[str, str]:
     kind = next((name for pattern, name in PATH_KINDS if pattern.search(parts.path)), parts.path)
     params = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True)} - {"_state", "n"})
     query = "?" + "&".join(params) if params else ""
+    if method == "POST" and kind == "uploads" and status == "201":
+        kind = "uploads (mount)"  # only a mount answers a POST with 201 (the trace may omit its query)
     return parts.netloc, f"{method} {kind}{query} -> {status}"
 
 
