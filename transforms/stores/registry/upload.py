@@ -100,9 +100,10 @@ def as_restartable(exc: BaseException) -> BaseException:
 class OpenSession:
     """An upload session the registry opened unasked, for a sink of the same blob to take over.
 
-    Distribution answers a mount it cannot make (the lender lacks the blob) with an
-    ordinary upload session (202, ``Location``). The upload that follows takes that one
-    instead of cancelling it and opening another: two requests fewer. Until a sink takes
+    A registry answers a mount it cannot make (Distribution: the lender lacks the blob)
+    with an ordinary upload session (202, ``Location``), in which the registry API lets
+    the upload go on. The upload that follows takes that one instead of cancelling it
+    and opening another: two requests fewer. Until a sink takes
     it, it is held in ``OPEN_SINKS``, so that a stop cancels it.
     """
 
