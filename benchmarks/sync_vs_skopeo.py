@@ -468,7 +468,7 @@ def report(name: str, r: dict, results: dict) -> None:
         print(f"    against {other_cpu:.2f} CPU-s = {other_cpu / gb:.2f} CPU-s/GB (runs "
               f"{_list(r['other'])}, CPU-s {_cpus(r['other'])}, peak RSS {max(t.rss_mb for t in r['other']):.0f} MB); "
               f"this one / against: {cpu / other_cpu:.2f} of the CPU", flush=True)
-    for tool, runs in (("imagepush", r["ours"]), ("skopeo", r["theirs"])):
+    for tool, runs in (("imagepush", r["ours"]), ("against", r["other"]), ("skopeo", r["theirs"])):
         if runs:
             # The registries run on the same cores: their CPU over the cores bounds any run from below.
             regs = statistics.median(t.registries_cpu for t in runs)

@@ -352,11 +352,13 @@ def test_mount_between_repositories(registry: Registry, options: StoreOptions) -
     assert not second.has_blob(layer_desc.digest)
     assert second.mount_blob(layer_desc, [f"docker://{registry.host}/mount/a"]) is True
     assert second.has_blob(layer_desc.digest)
-    # Not mountable: unknown blob (202 → session cancelled), other host, other transport.
+    # Not mountable: unknown blob (202: a session kept for its upload, cancelled unused
+    # when the store closes), other host, other transport.
     missing = Descriptor(mt.DOCKER_LAYER_GZIP, "sha256:" + "1" * 64, 5)
     assert second.mount_blob(missing, [f"docker://{registry.host}/mount/a"]) is False
     assert second.mount_blob(layer_desc, ["docker://elsewhere.invalid/mount/a"]) is False
     assert second.mount_blob(layer_desc, ["oci:/tmp/layout"]) is False
+    second.close()
     uploads = registry.storage / "docker/registry/v2/repositories/mount/b/_uploads"
     assert not list(uploads.rglob("data"))
 

@@ -21,6 +21,7 @@ from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.formats.jsonio import dumps
 from imagepush.transforms.stores.base import ManifestBlob, Publication
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
+from imagepush.transforms.stores.registry.upload import SMALL_BLOB_LIMIT
 from tests.conftest import require_tool
 from tests.http_proxy import HTTPProxy
 from tests.registry_server import start_registry
@@ -101,6 +102,8 @@ def test_rerun_after_a_killed_sync_sends_only_the_missing_blobs(tmp_path):
         first.wait(timeout=30)
         first.stderr.close()
         present = settled(reg.storage, "mirror/resume/app")
+        tags = reg.storage / "docker/registry/v2/repositories/mirror/resume/app/_manifests/tags"
+        tagged = tags.is_dir() and any(tags.iterdir())
         assert 3 <= len(present & layers) < len(layers)
 
         audit = tmp_path / "rerun.parquet"
@@ -114,8 +117,11 @@ def test_rerun_after_a_killed_sync_sends_only_the_missing_blobs(tmp_path):
                    for r in rows)
         assert any(r["status"] == "copied" for r in rows)
         missing = set(sizes) - present
-        assert sum(r["bytes_copied"] for r in rows) == sum(sizes[d] for d in missing)
-        assert sum(r["blobs_copied"] for r in rows) == len(missing)
+        # Killed before its first tag, the repository gets its small blobs (the configs)
+        # again rather than a HEAD for each; its layers are looked up either way.
+        sent = missing | (set() if tagged else {d for d in present if sizes[d] <= SMALL_BLOB_LIMIT})
+        assert sum(r["bytes_copied"] for r in rows) == sum(sizes[d] for d in sent)
+        assert sum(r["blobs_copied"] for r in rows) == len(sent)
         assert sum(r["blobs_skipped"] for r in rows) <= len(present)
         assert linked_blobs(reg.storage, "mirror/resume/app") == set(sizes)
     finally:

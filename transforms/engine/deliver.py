@@ -121,25 +121,43 @@ class BlobDelivery:
         self, descriptor: Descriptor, opener: Opener, size: int, stores: list[str], want_diff: bool,
         holders: list[str],
     ) -> tuple[dict[str, _State], int, int, str | None]:
-        """(state per store, bytes written per copy, size, diff_id)."""
+        """(state per store, bytes written per copy, size, diff_id).
+
+        The questions, in the order ``planning`` asks them too: a store that can mount
+        the blob from one known to hold it mounts at once (a present blob mounts too, so
+        asking first would only add a request); the others are asked whether they have
+        it, unless they would rather upload than ask (:meth:`Destination.asks_before_upload`);
+        a store still missing it mounts from one found holding it, or uploads.
+        """
         states: dict[str, _State] = {}
-        missing = []
+        holders = list(holders)
+        known = len(holders)
+        unmounted = []
         for store in stores:
+            if self._mount(store, descriptor, holders):
+                states[store] = _State(MOUNTED)
+                holders.append(store)
+            else:
+                unmounted.append(store)
+        missing = []
+        for store in unmounted:
             try:
-                present = self._stores.destination(store).has_blob(descriptor.digest)
+                destination = self._stores.destination(store)
+                present = destination.asks_before_upload(descriptor) and destination.has_blob(descriptor.digest)
             except Exception as exc:
                 states[store] = _State.failed(exc)
                 continue
             if present:
                 states[store] = _State(PRESENT)
+                holders.append(store)
             else:
                 missing.append(store)
-        holders = holders + [s for s in stores if s in states and states[s].status == PRESENT]
         later: list[str] = []
         upload: list[str] = []
         domains_uploading: set[str] = set()
         for store in missing:
-            if self._mount(store, descriptor, holders):
+            # Only holders learnt since the first round: the known ones were tried already.
+            if len(holders) > known and self._mount(store, descriptor, holders[known:]):
                 states[store] = _State(MOUNTED)
                 holders.append(store)
                 continue
@@ -163,7 +181,7 @@ class BlobDelivery:
                         states[store] = failure
         if later:
             holders += [s for s in upload if states.get(s, _State(FAILED)).status == COPIED]
-            retry = [s for s in later if not self._mount(s, descriptor, holders)]
+            retry = [s for s in later if not self._mount(s, descriptor, holders[known:])]
             for store in later:
                 if store not in retry:
                     states[store] = _State(MOUNTED)

@@ -10,9 +10,10 @@ requests are grouped into deliveries as the run's executor groups them: all at o
 the copy step's own key (:func:`plan.delivery_key`) for the Beam graph, or image by
 image in listing order by the direct executor's own claim rule (``engine/claims.py``)
 for a streamed run. For each delivery, every destination is asked what the copy step
-asks — HEAD the blob, then whether it would mount it (:meth:`Destination.would_mount`,
-the read-only twin of ``mount_blob``) from a store known to hold it — in the order the
-copy step asks it (``deliver.BlobDelivery._deliver``).
+asks — whether it would mount the blob (:meth:`Destination.would_mount`, the read-only
+twin of ``mount_blob``) from a store known to hold it, else HEAD the blob unless the
+store uploads it without asking — in the order the copy step asks it
+(``deliver.BlobDelivery._deliver``).
 
 Nothing is written: destinations are opened, never prepared, and only asked questions.
 The counts are the audit's: a blob is uploaded once per destination store and digest;
@@ -363,38 +364,48 @@ def _route(requests: list[BlobRequest], stores: StoreCache, known_at: Iterable[s
     """What the copy step would do for one delivery of a source blob, for every request of it.
 
     The copy step's order (``deliver.BlobDelivery._deliver``), with questions for its
-    actions: a store that has the blob skips it; one that would mount it from a store
-    known to hold it (the source, ``known_at``: a store an earlier delivery left it in,
-    a store that has it, one mounted before) mounts; of
-    the rest, one store per blob-sharing domain uploads and the others of its domain
-    mount from it. A recompressed layer is a new blob whose digest only the copy
-    computes: it is uploaded (size unknown) by one store per domain.
+    actions: a store that would mount the blob from one known to hold it (the source,
+    ``known_at``: a store an earlier delivery left it in, one mounted before) mounts
+    without being asked whether it has it; the others are asked, unless they upload without asking (``asks_before_upload``), and skip a blob
+    they have; a store still missing it mounts from one found holding it; of the rest,
+    one store per blob-sharing domain uploads and the others of its domain mount from it.
+    A recompressed layer is a new blob whose digest only the copy computes: it is
+    uploaded (size unknown) by one store per domain.
     """
     requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
     first = requests[0]
     size = max(r.descriptor.size for r in requests)
     names = sorted({r.dest_store for r in requests})
     states: dict[str, _Routed] = {}
-    missing: list[str] = []
+    holders = [] if first.recompress else [first.source_store, *known_at]
+    known = len(holders)
+    unmounted: list[str] = []
     for store in names:
+        if _would_mount(stores, store, first, holders):
+            states[store] = _Routed(first, MOUNTED)
+            holders.append(store)
+        else:
+            unmounted.append(store)
+    missing: list[str] = []
+    for store in unmounted:
         if first.recompress:
             missing.append(store)
             continue
         try:
-            present = stores.destination(store).has_blob(first.descriptor.digest)
+            destination = stores.destination(store)
+            present = destination.asks_before_upload(first.descriptor) and destination.has_blob(first.descriptor.digest)
         except Exception as exc:
             message, kind = errors.describe(exc)
             states[store] = _Routed(first, FAILED, error=message, error_kind=kind)
             continue
         if present:
             states[store] = _Routed(first, PRESENT)
+            holders.append(store)
         else:
             missing.append(store)
-    holders = [] if first.recompress else [first.source_store, *known_at]
-    holders += [s for s in names if s in states and states[s].status == PRESENT]
     later, upload, uploading = [], [], set()
     for store in missing:
-        if _would_mount(stores, store, first, holders):
+        if len(holders) > known and _would_mount(stores, store, first, holders[known:]):
             states[store] = _Routed(first, MOUNTED)
             holders.append(store)
             continue
@@ -408,7 +419,7 @@ def _route(requests: list[BlobRequest], stores: StoreCache, known_at: Iterable[s
                 uploading.add(domain)
     holders += upload
     for store in later:
-        states[store] = _Routed(first, MOUNTED if _would_mount(stores, store, first, holders) else COPIED)
+        states[store] = _Routed(first, MOUNTED if _would_mount(stores, store, first, holders[known:]) else COPIED)
     unknown = size < 0 or bool(first.recompress)
     routed = []
     for store in names:

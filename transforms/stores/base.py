@@ -238,6 +238,16 @@ class Destination(abc.ABC):
     @abc.abstractmethod
     def has_blob(self, digest: str) -> bool: ...
 
+    def asks_before_upload(self, descriptor: Descriptor) -> bool:
+        """Whether a copier asks :meth:`has_blob` before uploading this blob; False: it uploads without asking.
+
+        A store decides when the question costs more than the answer saves: a registry
+        re-sends a small blob into a repository that had no tags rather than ask about
+        each one (see ``RegistryDestination``). Asking is free for a file store, which
+        keeps the default.
+        """
+        return True
+
     @abc.abstractmethod
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
         """A sink for one blob; the descriptor's media type tells layer from config."""

@@ -32,7 +32,8 @@ from imagepush.transforms.stores.registry.client import ClientPool
 from imagepush.transforms.stores.registry.errors import InvalidName, RegistryError
 from imagepush.transforms.stores.registry.manifests import MANIFEST_LIMIT, Schema1Signer, head_manifest
 from imagepush.transforms.stores.registry.store import RegistryStore
-from imagepush.transforms.stores.registry.upload import RegistryBlobSink, blob_exists
+from imagepush.transforms.stores.registry.upload import SMALL_BLOB_LIMIT, OpenSession, RegistryBlobSink, blob_exists
+from imagepush.transforms.stores.stopping import OPEN_SINKS, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +50,48 @@ class RegistryDestination(RegistryStore, Destination):
         #: Serialises manifest writes to this repository (Distribution 2.8 races on tags).
         self._manifest_lock = threading.Lock()
         self._new_lock = threading.Lock()
+        #: No tags now (None: not asked yet); False once this store published one.
         self._new: bool | None = None
+        #: No tags when first asked (None: not asked yet); never changes after.
+        self._untagged_at_start: bool | None = None
         #: Blobs this store object uploaded or mounted: present without asking.
         self._present: set[str] = set()
+        #: Upload sessions refused mounts opened, by digest, for the blob's upload here.
+        self._spares: dict[str, OpenSession] = {}
         #: Signs unsigned schema1 (a storage tree's) before a PUT; its key is this store's alone.
         self._schema1 = Schema1Signer()
 
     def _is_new_repository(self) -> bool:
-        """Whether the repository had no tags when this store first looked (one request).
+        """Whether the repository has no tags (one request, when this store first looks).
 
         A repository without tags has no tag to point anywhere, so a first migration
-        asks once instead of once per image whether its tag is current. It says nothing
-        about blobs: tags are written last, so a migration that was interrupted leaves a
-        repository with blobs and no tags, and those blobs must not be sent again.
+        asks once instead of once per image whether its tag is current.
         """
         with self._new_lock:
-            if self._new is None:
-                reply = self.client.request(
-                    "GET", f"/v2/{self.repository}/tags/list", params={"n": "1"},
-                    scopes=[push_scope(self.repository)], where=self.where(), what="tag list", ok=(200, 404),
-                )
-                self._new = reply.status == 404
-            return self._new
+            self._look_at_tags()
+            return bool(self._new)
+
+    def _untagged_when_first_seen(self) -> bool:
+        """Whether the repository had no tags when this store first looked (the same one request).
+
+        Tags are written last, so such a repository holds only what an interrupted run
+        left (blobs, no tags) and what this run wrote since.
+        """
+        with self._new_lock:
+            self._look_at_tags()
+            return bool(self._untagged_at_start)
+
+    def _look_at_tags(self) -> None:
+        """Ask for one tag, once; the caller holds ``_new_lock``."""
+        if self._untagged_at_start is not None:
+            return
+        reply = self.client.request(
+            "GET", f"/v2/{self.repository}/tags/list", params={"n": "1"},
+            scopes=[push_scope(self.repository)], where=self.where(), what="tag list", ok=(200, 404),
+        )
+        self._untagged_at_start = reply.status == 404
+        if self._new is None:
+            self._new = self._untagged_at_start
 
     def _note_present(self, digest: str) -> None:
         with self._new_lock:
@@ -87,13 +108,38 @@ class RegistryDestination(RegistryStore, Destination):
     def has_blob(self, digest: str) -> bool:
         """Asked of the registry (HEAD) unless this store put the blob there itself.
 
-        Always asked, tags or no tags: an interrupted run leaves blobs in a repository
-        that has no tag yet, and a rerun must find them instead of sending them again.
+        A session a refused mount left for the blob is cancelled unless the answer is
+        that the blob must be uploaded (it then serves that upload).
         """
         with self._new_lock:
-            if digest in self._present:
-                return True
-        return blob_exists(self.client, self.repository, digest, self.where())
+            present = digest in self._present
+        if not present:
+            try:
+                present = blob_exists(self.client, self.repository, digest, self.where())
+            except BaseException:
+                self._drop_spare(digest)
+                raise
+        if present:
+            self._drop_spare(digest)
+        return present
+
+    def asks_before_upload(self, descriptor: Descriptor) -> bool:
+        """False for a small blob (known size ≤ ``SMALL_BLOB_LIMIT``) in a repository that had no tags.
+
+        Such a repository holds at most what an interrupted run left, so nearly every
+        HEAD there answers 404 and costs a request per blob. A small blob is sent in one
+        PUT anyway: re-sending one that an interrupted run left is harmless (the registry
+        verifies the digest and keeps one copy) and cheaper than asking about them all.
+        Larger blobs are still asked about, so that a rerun does not send an interrupted
+        run's big layers again; so is every blob of a repository that has tags.
+        """
+        size = descriptor.size
+        if size is None or size < 0 or size > SMALL_BLOB_LIMIT:
+            return True
+        with self._new_lock:
+            if descriptor.digest in self._present:
+                return True  # answered without a request
+        return not self._untagged_when_first_seen()
 
     @property
     def upload_restarts(self) -> int:  # type: ignore[override]
@@ -102,9 +148,32 @@ class RegistryDestination(RegistryStore, Destination):
 
     def blob_sink(self, descriptor: Descriptor) -> BlobSink:
         digestlib.checked(descriptor.digest, self.where(), StoreError)
+        with self._new_lock:
+            spare = self._spares.pop(descriptor.digest, None)
         return RegistryBlobSink(
-            self.client, self.repository, self.where(), self.options, descriptor, self._note_present
+            self.client, self.repository, self.where(), self.options, descriptor, self._note_present, spare
         )
+
+    def close(self) -> None:
+        """Cancel the sessions refused mounts left unused (no upload of their blob followed)."""
+        with self._new_lock:
+            spares, self._spares = list(self._spares.values()), {}
+        for spare in spares:
+            spare.abort()
+        super().close()
+
+    def _keep_spare(self, digest: str, spare: OpenSession) -> None:
+        with self._new_lock:
+            old = self._spares.pop(digest, None)
+            self._spares[digest] = spare
+        if old is not None:
+            old.abort()
+
+    def _drop_spare(self, digest: str) -> None:
+        with self._new_lock:
+            spare = self._spares.pop(digest, None)
+        if spare is not None:
+            spare.abort()
 
     @property
     def blob_domain(self) -> str:
@@ -150,16 +219,17 @@ class RegistryDestination(RegistryStore, Destination):
         if reply.status == 201:
             log.debug("%s: mounted %s from %s", self.where(), descriptor.digest, source_repo)
             self._note_present(descriptor.digest)
+            self._drop_spare(descriptor.digest)
             return True
-        location = reply.location()  # 202: an ordinary upload session we do not want
+        location = reply.location()  # 202: an ordinary upload session, kept for the upload
         if location:
+            spare = OpenSession(self.client, location, [push_scope(self.repository)], self.where(), reply)
             try:
-                self.client.request(
-                    "DELETE", location, scopes=[push_scope(self.repository)], where=self.where(),
-                    what="cancel upload", ok=(202, 204, 404),
-                )
-            except StoreError as exc:
-                log.debug("%s: could not cancel the unused upload: %s", self.where(), exc)
+                OPEN_SINKS.opened(spare)
+            except Stopped:
+                spare.abort()
+                raise
+            self._keep_spare(descriptor.digest, spare)
         return False
 
     def current_digest(self, name: str) -> str | None:

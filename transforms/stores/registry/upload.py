@@ -97,6 +97,51 @@ def as_restartable(exc: BaseException) -> BaseException:
     return exc
 
 
+class OpenSession:
+    """An upload session the registry opened unasked, for a sink of the same blob to take over.
+
+    A registry answers a mount it cannot make (Distribution: the lender lacks the blob)
+    with an ordinary upload session (202, ``Location``), in which the registry API lets
+    the upload go on. The upload that follows takes that one instead of cancelling it
+    and opening another: two requests fewer. Until a sink takes
+    it, it is held in ``OPEN_SINKS``, so that a stop cancels it.
+    """
+
+    def __init__(self, client: RegistryClient, location: str, scopes: list[str], where: str, reply: Reply) -> None:
+        self.location = location
+        #: The registry's smallest chunk (``OCI-Chunk-Min-Length``), as it announced it.
+        self.chunk_minimum = reply.headers.get("OCI-Chunk-Min-Length", "")
+        self._client = client
+        self._scopes = scopes
+        self._where = where
+        self._lock = threading.Lock()
+        self._done = False
+
+    def claim(self) -> str | None:
+        """The session's URL for the one sink that takes it; None once taken or cancelled."""
+        with self._lock:
+            if self._done:
+                return None
+            self._done = True
+            return self.location
+
+    def abort(self) -> None:
+        """Cancel the session (DELETE) unless a sink took it."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        try:
+            self._client.request(
+                "DELETE", self.location, scopes=self._scopes, where=self._where, what="cancel upload",
+                ok=(202, 204, 404),
+            )
+        except StoreError as exc:  # the session expires on its own; cleanup is best effort
+            log.debug("%s: could not cancel an unused upload: %s", self._where, exc)
+        finally:
+            OPEN_SINKS.closed(self)
+
+
 _END = object()
 _ABORT = object()
 
@@ -276,7 +321,9 @@ class RegistryBlobSink(BlobSink):
         options: StoreOptions,
         descriptor: Descriptor,
         on_present: Callable[[str], None],
+        session: OpenSession | None = None,
     ) -> None:
+        """``session``: one already open for this blob, used instead of starting one."""
         self.descriptor = descriptor
         self._client = client
         self._repository = repository
@@ -297,14 +344,22 @@ class RegistryBlobSink(BlobSink):
         self._offset = 0
         self._patch: _Patch | None = None
         self._finished = False
+        self._offered = session
+
     def _start_session(self) -> None:
-        reply = self._client.request(
-            "POST", f"/v2/{self._repository}/blobs/uploads/", scopes=self._scopes, where=self._where,
-            what=f"upload of blob {self.descriptor.digest}", ok=(202,), body=b"",
-        )
-        location = reply.location()
-        if not location:
-            raise RegistryError(f"{self._where}: the registry started an upload without a Location")
+        offered, self._offered = self._offered, None
+        location = offered.claim() if offered is not None else None
+        if offered is not None and location is not None:
+            minimum = offered.chunk_minimum
+        else:
+            reply = self._client.request(
+                "POST", f"/v2/{self._repository}/blobs/uploads/", scopes=self._scopes, where=self._where,
+                what=f"upload of blob {self.descriptor.digest}", ok=(202,), body=b"",
+            )
+            location = reply.location()
+            if not location:
+                raise RegistryError(f"{self._where}: the registry started an upload without a Location")
+            minimum = reply.headers.get("OCI-Chunk-Min-Length", "")
         self._location = location
         try:
             OPEN_SINKS.opened(self)  # from here on a stop must cancel the session
@@ -312,11 +367,13 @@ class RegistryBlobSink(BlobSink):
             self._finished = False
             self.abort()
             raise
+        finally:
+            if offered is not None:
+                OPEN_SINKS.closed(offered)  # this sink answers for it now
         if self._finished:  # aborted by a stopping process while the POST was on its way
             self._finished = False
             self.abort()
             raise Stopped("imagepush is stopping")
-        minimum = reply.headers.get("OCI-Chunk-Min-Length", "")
         if minimum.isdigit() and int(minimum) > self._chunk:
             # Registries backed by multipart object storage refuse smaller chunks.
             self._chunk = int(minimum)
@@ -474,4 +531,7 @@ class RegistryBlobSink(BlobSink):
             except StoreError as exc:  # the session expires on its own; cleanup is best effort
                 log.debug("%s: could not cancel an upload: %s", self._where, exc)
             self._location = None
+        if self._offered is not None:  # never started: the session it was offered goes too
+            self._offered.abort()
+            self._offered = None
         OPEN_SINKS.closed(self)
