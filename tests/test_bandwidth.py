@@ -68,7 +68,7 @@ def test_each_write_reserves_its_bytes_worth_of_time_and_the_first_goes_at_once(
 
 
 def test_a_read_chunk_larger_than_a_mib_reaches_a_capped_destination_a_mib_at_a_time():
-    # Blobs are read 4 MiB at a time; taken whole, each chunk would leave as one burst.
+    # Blobs are read 2 MiB at a time; taken whole, each chunk would leave as one burst.
     clock = FakeClock()
     mib = 1 << 20
     bucket = RateBucket(float(mib), clock=clock, sleep=clock.sleep)

@@ -336,7 +336,7 @@ class PacedSink(BlobSink):
         self.verifies_digest = sink.verifies_digest
 
     def write(self, chunk: bytes) -> None:
-        # In pieces: a read chunk of several MiB taken at once would leave as one burst.
+        # In pieces: a read chunk of a few MiB taken at once would leave as one burst.
         # (A capped destination is slow by choice: copying the pieces costs it nothing.)
         for start in range(0, len(chunk), PACED_PIECE):
             piece = chunk if len(chunk) <= PACED_PIECE else chunk[start:start + PACED_PIECE]

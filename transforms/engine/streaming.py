@@ -22,11 +22,11 @@ from imagepush.transforms.stores.base import BlobSink
 
 log = logging.getLogger(__name__)
 
-#: Read size. Every chunk costs a read, a hand-off and a send per destination in Python;
-#: at 4 MiB a second registry destination costs about 10 % less CPU than at 1 MiB
-#: (benchmarks/sync_vs_skopeo.py, workload f), and with one chunk queued per sink
-#: (registry/upload.py) a run's peak RSS stays about 200 MB (f: 191-211 MB, 141-144 at 1 MiB).
-DEFAULT_CHUNK = 4 << 20
+#: Read size. Every chunk costs a read, a hand-off and a send per destination in Python:
+#: 2 MiB (with one chunk queued per registry upload) costs a second registry destination
+#: about 7 % less CPU than 1 MiB (benchmarks/sync_vs_skopeo.py, workload f) at the same
+#: peak RSS (about 150 MB); 4 MiB saved no more and raised the peak to 190-210 MB.
+DEFAULT_CHUNK = 2 << 20
 
 
 class BlobVerificationError(ImagepushError):
