@@ -16,6 +16,7 @@ go under on this machine; the difference between methods is what the data path c
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import queue
 import resource
@@ -135,9 +136,8 @@ def splice(chunk: int) -> Callable[[int, memoryview, int], None]:
     def run(port: int, data: memoryview, total: int) -> None:
         r, w = os.pipe()
         try:
-            import fcntl
-            fcntl.fcntl(w, 1031, chunk)  # F_SETPIPE_SZ
-        except OSError:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, chunk)
+        except OSError:  # above /proc/sys/fs/pipe-max-size: the default size then
             pass
         s = _connect(port, None)
         sent = 0
