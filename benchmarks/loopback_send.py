@@ -132,7 +132,11 @@ def sendfile(chunk: int) -> Callable[[int, memoryview, int], None]:
 
 
 def splice(chunk: int) -> Callable[[int, memoryview, int], None]:
-    """A pipe written once per chunk and spliced into the socket (the kernel moves pages, not bytes)."""
+    """Bytes written into a pipe (a copy) and spliced from it into the socket.
+
+    Without ``vmsplice`` (not in Python's ``os``) user memory can only reach a pipe by a
+    copy, so this is what ``os.splice`` offers a copier whose bytes are in Python objects.
+    """
     def run(port: int, data: memoryview, total: int) -> None:
         r, w = os.pipe()
         try:
