@@ -67,6 +67,19 @@ def test_each_write_reserves_its_bytes_worth_of_time_and_the_first_goes_at_once(
     assert [len(c) for c in sink.chunks] == [500, 1500, 1000] and sink.committed and not sink.aborted
 
 
+def test_a_read_chunk_larger_than_a_mib_reaches_a_capped_destination_a_mib_at_a_time():
+    # Blobs are read 2 MiB at a time; taken whole, each chunk would leave as one burst.
+    clock = FakeClock()
+    mib = 1 << 20
+    bucket = RateBucket(float(mib), clock=clock, sleep=clock.sleep)
+    sink = Recording()
+    data = bytes(range(256)) * (10 * mib // 256 + 1)
+    PacedSink(sink, bucket).write(data[: 3 * mib + 5])
+    assert [len(c) for c in sink.chunks] == [mib, mib, mib, 5]
+    assert b"".join(sink.chunks) == data[: 3 * mib + 5]
+    assert clock.sleeps == [1.0, 1.0, 1.0]
+
+
 def test_the_cap_is_per_destination_domain_and_absent_without_the_option():
     capped = StoreCache(StoreOptions(max_bandwidth=1e6))
     assert capped.pacer("oci:/a") is capped.pacer("oci:/a")

@@ -336,6 +336,10 @@ def _results(requests, stores, states, size, written, diff_id, recompressed):
             attributed = attributed or state.status == COPIED
 
 
+#: The most bytes a capped destination is sent at once, whatever the read size.
+PACED_PIECE = 1 << 20
+
+
 class PacedSink(BlobSink):
     """A sink whose writes wait their turn under a destination's bandwidth cap.
 
@@ -350,8 +354,12 @@ class PacedSink(BlobSink):
         self.verifies_digest = sink.verifies_digest
 
     def write(self, chunk: bytes) -> None:
-        self._bucket.take(len(chunk))
-        self._sink.write(chunk)
+        # In pieces: a read chunk of a few MiB taken at once would leave as one burst.
+        # (A capped destination is slow by choice: copying the pieces costs it nothing.)
+        for start in range(0, len(chunk), PACED_PIECE):
+            piece = chunk if len(chunk) <= PACED_PIECE else chunk[start:start + PACED_PIECE]
+            self._bucket.take(len(piece))
+            self._sink.write(piece)
 
     def commit(self) -> None:
         self._sink.commit()

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Blobs up to this size (and ``monolithic_upload_limit``) are held in memory and sent in one PUT.
 SMALL_BLOB_LIMIT = 1 << 20
-#: Pieces queued between ``write`` and the thread sending the PATCH body (backpressure).
-PIPE_DEPTH = 4
+#: Pieces queued between ``write`` and the thread sending the body (backpressure). One
+#: read chunk (2 MiB) is enough: the socket's send buffer holds more while it is sent.
+PIPE_DEPTH = 1
 #: A PATCH body waiting this long for the next ``write`` gives up (the writer died).
 PIPE_IDLE_TIMEOUT = 600.0
 #: An aborted PATCH with at most this many bytes still to send is finished with zeros
