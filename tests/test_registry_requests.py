@@ -113,6 +113,10 @@ def test_a_fresh_sync_uploads_small_blobs_without_asking_and_mounts_the_shared_b
             "POST blobs/uploads?from&mount": 2,
             "PUT manifests": 6,
         }
+        # Many threads start at once; one of them asks GET /v2/, the others wait for its answer.
+        pings = [seen for seen in proxy.seen if urlsplit(seen.target).netloc == dst.host
+                 and urlsplit(seen.target).path == "/v2/"]
+        assert len(pings) == 1
         copied = [r for r in rows(audit) if r["status"] == "copied"]
         assert len(copied) == 6
         assert sum(r["blobs_copied"] for r in copied) == 13

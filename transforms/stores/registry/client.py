@@ -71,6 +71,8 @@ class RegistryClient:
         )
         self.auth = Authenticator(host, self.transport, self.options, credentials)
         self._lock = threading.Lock()
+        #: Held by the one thread pinging the host; the others wait for its answer.
+        self._ping_lock = threading.Lock()
         self._base: str | None = None
 
     @property
@@ -91,20 +93,25 @@ class RegistryClient:
         """``https://host`` or (insecure hosts without TLS) ``http://host``; pings once.
 
         The ping (``GET /v2/``) also learns how the host authenticates, so the first
-        real request already carries credentials instead of collecting a 401.
+        real request already carries credentials instead of collecting a 401. The first
+        requests of a run come from many threads at once; one pings and the others wait
+        for its answer rather than each asking the host again.
         """
         with self._lock:
             if self._base is not None:
                 return self._base
-        base, answer = self.transport.ping()
-        if answer.status == 401:
-            self.auth.learn(answer.headers)
-        elif answer.status == 404:
-            raise RegistryError(f"{self.host}: not a registry (GET /v2/ answered 404)", status=404)
-        with self._lock:
-            if self._base is None:
+        with self._ping_lock:
+            with self._lock:
+                if self._base is not None:
+                    return self._base
+            base, answer = self.transport.ping()
+            if answer.status == 401:
+                self.auth.learn(answer.headers)
+            elif answer.status == 404:
+                raise RegistryError(f"{self.host}: not a registry (GET /v2/ answered 404)", status=404)
+            with self._lock:
                 self._base = base
-            return self._base
+                return self._base
 
     def url(self, path_or_url: str) -> str:
         """An absolute URL: registry paths are joined to the base, absolute URLs kept."""
