@@ -113,10 +113,14 @@ def send(t: Transport, method: str, url: str, **kw: object) -> Reply:
 
 
 def upload_body(length: int | None, pieces: list[bytes]) -> _PipeBody:
+    """A body fed by a thread of its own, as a sink's writer feeds it (its queue holds few pieces)."""
     body = _PipeBody(length)
-    for piece in pieces:
-        body.queue.put(piece)
-    body.queue.put(_END)
+
+    def feed() -> None:
+        for piece in [*pieces, _END]:
+            body.queue.put(piece)
+
+    threading.Thread(target=feed, daemon=True).start()
     return body
 
 
