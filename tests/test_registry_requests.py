@@ -10,6 +10,7 @@ interrupted run left.
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import re
 import shutil
@@ -28,7 +29,7 @@ from imagepush.transforms.formats import digest as digestlib
 from imagepush.transforms.formats import mediatypes as mt
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.formats.jsonio import dumps
-from imagepush.transforms.stores.base import ManifestBlob, Publication
+from imagepush.transforms.stores.base import Destination, ManifestBlob, Publication
 from imagepush.transforms.stores.cache import StoreCache
 from imagepush.transforms.stores.layout.oci import OCILayoutDestination
 from imagepush.transforms.stores.options import StoreOptions
@@ -91,6 +92,19 @@ def requests_by_kind(proxy: HTTPProxy, host: str) -> collections.Counter[str]:
         params = sorted({k for k, _ in parse_qsl(parts.query)} - {"_state", "n"})
         kinds[f"{seen.method} {what}" + ("?" + "&".join(params) if params else "")] += 1
     return kinds
+
+
+@contextlib.contextmanager
+def prepared_destination(proxy: HTTPProxy, options: StoreOptions, store: str) -> Iterator[Destination]:
+    """A prepared registry destination whose requests the proxy counts from here on; closed after."""
+    stores = StoreCache(options)
+    try:
+        dest = stores.destination(store)
+        dest.prepare()
+        proxy.seen.clear()
+        yield dest
+    finally:
+        stores.close()
 
 
 def rows(path: Path) -> list[dict]:
@@ -178,11 +192,7 @@ def test_the_upload_after_a_refused_mount_takes_the_session_the_mount_opened(pro
     desc = Descriptor(mt.OCI_LAYER_GZIP, digestlib.of_bytes(blob), len(blob))
     for reg in running_registry(tmp_path / "reg"):
         options = StoreOptions(insecure_registries=(reg.host,))
-        stores = StoreCache(options)
-        try:
-            dest = stores.destination(f"docker://{reg.host}/team/b")
-            dest.prepare()
-            proxy.seen.clear()
+        with prepared_destination(proxy, options, f"docker://{reg.host}/team/b") as dest:
             # Distribution answers a mount from a repository without the blob with a new upload session.
             assert dest.mount_blob(desc, [f"docker://{reg.host}/team/a"]) is False
             sink = dest.blob_sink(desc)
@@ -192,8 +202,6 @@ def test_the_upload_after_a_refused_mount_takes_the_session_the_mount_opened(pro
                 "POST blobs/uploads?from&mount": 1,
                 "PUT blobs/uploads/SESSION?digest": 1,
             }
-        finally:
-            stores.close()
         assert StoreCache(options).destination(f"docker://{reg.host}/team/b").has_blob(desc.digest)
         assert not list((reg.storage / "docker/registry/v2/repositories/team/b/_uploads").rglob("data"))
 
@@ -204,11 +212,7 @@ def test_the_session_a_refused_mount_opened_is_cancelled_when_the_blob_is_found_
     for reg in running_registry(tmp_path / "reg"):
         options = StoreOptions(insecure_registries=(reg.host,))
         StoreCache(options).destination(f"docker://{reg.host}/team/b").put_blob(desc, blob)
-        stores = StoreCache(options)
-        try:
-            dest = stores.destination(f"docker://{reg.host}/team/b")
-            dest.prepare()
-            proxy.seen.clear()
+        with prepared_destination(proxy, options, f"docker://{reg.host}/team/b") as dest:
             assert dest.mount_blob(desc, [f"docker://{reg.host}/team/a"]) is False
             assert dest.has_blob(desc.digest) is True
             assert requests_by_kind(proxy, reg.host) == {
@@ -216,6 +220,4 @@ def test_the_session_a_refused_mount_opened_is_cancelled_when_the_blob_is_found_
                 "HEAD blobs": 1,
                 "DELETE blobs/uploads/SESSION": 1,
             }
-        finally:
-            stores.close()
         assert not list((reg.storage / "docker/registry/v2/repositories/team/b/_uploads").rglob("data"))
