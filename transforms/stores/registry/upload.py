@@ -16,7 +16,6 @@ import re
 import threading
 import time
 from typing import Callable, Iterator
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from imagepush.transforms.formats.descriptor import Descriptor
 from imagepush.transforms.stores.base import BlobSink, Mismatch, StoreError
@@ -31,6 +30,7 @@ from imagepush.transforms.stores.registry.errors import (
     RetriableUploadError,
 )
 from imagepush.transforms.stores.registry.streams import Reply
+from imagepush.transforms.stores.registry.wire import with_params
 from imagepush.transforms.stores.stopping import OPEN_SINKS, Stopped
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,6 @@ ABORT_PAD_LIMIT = 8 << 20
 #: How long an abort waits for such a request to end.
 ABORT_WAIT = 30.0
 
-
-def with_query(url: str, **params: str) -> str:
-    """``url`` with more query parameters, keeping the ones it has (Distribution's ``_state``)."""
-    parts = urlsplit(url)
-    extra = urlencode(params)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def blob_exists(client: RegistryClient, repository: str, digest: str, where: str) -> bool:
@@ -207,7 +200,7 @@ class _Patch:
         if monolithic:
             # The whole blob in the final PUT: the registry hashes it as it arrives and
             # links it only if it matches the digest, with no chunk state to save.
-            request = ("PUT", with_query(sink._location, digest=sink.descriptor.digest), (201, 204))
+            request = ("PUT", with_params(sink._location, {"digest": sink.descriptor.digest}), (201, 204))
         else:
             request = ("PATCH", sink._location, (202,))
             if length is not None:
@@ -482,7 +475,7 @@ class RegistryBlobSink(BlobSink):
                     reply = self._finish_monolithic()
                 else:
                     reply = self._client.request(
-                        "PUT", with_query(self._location, digest=digest), scopes=self._scopes, where=self._where,
+                        "PUT", with_params(self._location, {"digest": digest}), scopes=self._scopes, where=self._where,
                         what=f"upload of blob {digest}", ok=(201, 204), body=body,
                         headers={"Content-Type": "application/octet-stream"},
                     )
