@@ -123,51 +123,18 @@ class BlobDelivery:
     ) -> tuple[dict[str, _State], int, int, str | None]:
         """(state per store, bytes written per copy, size, diff_id).
 
-        The questions, in the order ``planning`` asks them too: a store that can mount
-        the blob from one known to hold it mounts at once (a present blob mounts too, so
-        asking first would only add a request); the others are asked whether they have
-        it, unless they would rather upload than ask (:meth:`Destination.asks_before_upload`);
-        a store still missing it mounts from one found holding it, or uploads.
+        The questions first (:func:`route_blob`), then one copy per blob-sharing domain,
+        then the stores that take that copy from their domain.
         """
-        states: dict[str, _State] = {}
-        holders = list(holders)
-        known = len(holders)
-        unmounted = []
-        for store in stores:
-            if self._mount(store, descriptor, holders):
-                states[store] = _State(MOUNTED)
-                holders.append(store)
-            else:
-                unmounted.append(store)
-        missing = []
-        for store in unmounted:
-            try:
-                destination = self._stores.destination(store)
-                present = destination.asks_before_upload(descriptor) and destination.has_blob(descriptor.digest)
-            except Exception as exc:
-                states[store] = _State.failed(exc)
-                continue
-            if present:
-                states[store] = _State(PRESENT)
-                holders.append(store)
-            else:
-                missing.append(store)
-        later: list[str] = []
-        upload: list[str] = []
-        domains_uploading: set[str] = set()
-        for store in missing:
-            # Only holders learnt since the first round: the known ones were tried already.
-            if len(holders) > known and self._mount(store, descriptor, holders[known:]):
-                states[store] = _State(MOUNTED)
-                holders.append(store)
-                continue
-            domain = self._stores.destination(store).blob_domain
-            if domain is not None and domain in domains_uploading:
-                later.append(store)  # it takes the copy about to be made in its domain
-            else:
-                upload.append(store)
-                if domain is not None:
-                    domains_uploading.add(domain)
+        route = route_blob(
+            stores, holders,
+            mount=lambda store, lenders: self._mount(store, descriptor, lenders),
+            present=lambda store: present_at(self._stores.destination(store), descriptor),
+            domain=lambda store: self._stores.destination(store).blob_domain,
+        )
+        states = {store: _State(status) for store, status in route.settled.items()}
+        states.update((store, _State.failed(exc)) for store, exc in route.failed.items())
+        upload, later = route.upload, route.later
 
         written, diff_id = 0, None
         if upload or want_diff:
@@ -180,8 +147,8 @@ class BlobDelivery:
                     if states.get(store, _State(FAILED)).status in (PRESENT, MOUNTED):
                         states[store] = failure
         if later:
-            holders += [s for s in upload if states.get(s, _State(FAILED)).status == COPIED]
-            retry = [s for s in later if not self._mount(s, descriptor, holders[known:])]
+            route.holders += [s for s in upload if states.get(s, _State(FAILED)).status == COPIED]
+            retry = [s for s in later if not self._mount(s, descriptor, route.learnt)]
             for store in later:
                 if store not in retry:
                     states[store] = _State(MOUNTED)
@@ -302,6 +269,90 @@ class BlobDelivery:
 
             states, written, _, _ = self._deliver(new, reread, result.size, stores, False, [])
         return states, written, size, result.diff_id, (compression, result.digest, result.size)
+
+
+@dataclass
+class Route:
+    """Where one blob stands at each destination store once the questions before a copy are asked."""
+
+    #: Stores that mounted the blob or have it: MOUNTED or PRESENT.
+    settled: dict[str, str]
+    #: Stores whose question failed, with the failure.
+    failed: dict[str, Exception]
+    #: Stores the blob is copied into: one per blob-sharing domain, and every store of none.
+    upload: list[str]
+    #: Stores that take the copy one of ``upload`` makes in their domain.
+    later: list[str]
+    #: Stores known to hold the blob: the ones given, then those found holding it or mounted.
+    holders: list[str]
+    #: How many of ``holders`` were given: mounts from those were tried already.
+    known: int
+
+    @property
+    def learnt(self) -> list[str]:
+        """The holders found since the questions began: the lenders still worth asking a mount from."""
+        return self.holders[self.known:]
+
+
+def route_blob(
+    stores: list[str], holders: Iterable[str], *, mount: Callable[[str, list[str]], bool],
+    present: Callable[[str], bool], domain: Callable[[str], str | None],
+) -> Route:
+    """The copy step's questions for one blob, in their order; ``plan`` asks the same ones read-only.
+
+    A store that can mount the blob from one known to hold it (``holders``) mounts at
+    once: a present blob mounts too, so asking first would only add a request. The
+    others are asked whether they have it (``present``: a store may answer no without a
+    request, :meth:`Destination.asks_before_upload`). A store still missing it mounts
+    from one found holding it since; of the rest, one store per blob-sharing domain
+    (``domain``) is sent the blob and the others of its domain wait to take that copy.
+    ``mount(store, lenders)`` asks (or, for a plan, would ask) ``store`` to mount the
+    blob from one of ``lenders``.
+    """
+    holders = list(holders)
+    known = len(holders)
+    settled: dict[str, str] = {}
+    failed: dict[str, Exception] = {}
+    unmounted = []
+    for store in stores:
+        if mount(store, holders):
+            settled[store] = MOUNTED
+            holders.append(store)
+        else:
+            unmounted.append(store)
+    missing = []
+    for store in unmounted:
+        try:
+            found = present(store)
+        except Exception as exc:
+            failed[store] = exc
+            continue
+        if found:
+            settled[store] = PRESENT
+            holders.append(store)
+        else:
+            missing.append(store)
+    upload: list[str] = []
+    later: list[str] = []
+    uploading: set[str] = set()
+    for store in missing:
+        if len(holders) > known and mount(store, holders[known:]):
+            settled[store] = MOUNTED
+            holders.append(store)
+            continue
+        shared = domain(store)
+        if shared is not None and shared in uploading:
+            later.append(store)
+        else:
+            upload.append(store)
+            if shared is not None:
+                uploading.add(shared)
+    return Route(settled, failed, upload, later, holders, known)
+
+
+def present_at(destination: Destination, descriptor: Descriptor) -> bool:
+    """Whether the store says it has the blob; a store that uploads without asking says no at once."""
+    return destination.asks_before_upload(descriptor) and destination.has_blob(descriptor.digest)
 
 
 def _abort_quietly(sink: BlobSink) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from imagepush.transforms import errors
 from imagepush.transforms.engine.claims import BlobClaim, ClaimLedger, domain_of
+from imagepush.transforms.engine.deliver import present_at, route_blob
 from imagepush.transforms.engine.jobs import (
     COPIED, FAILED, MOUNTED, PRESENT, SHARED, BlobRequest, CopyJob, RecordSource, SyncSpec, Target, TargetPlan,
 )
@@ -363,63 +364,32 @@ class _Routed:
 def _route(requests: list[BlobRequest], stores: StoreCache, known_at: Iterable[str] = ()) -> list[_Routed]:
     """What the copy step would do for one delivery of a source blob, for every request of it.
 
-    The copy step's order (``deliver.BlobDelivery._deliver``), with questions for its
-    actions: a store that would mount the blob from one known to hold it (the source,
-    ``known_at``: a store an earlier delivery left it in, one mounted before) mounts
-    without being asked whether it has it; the others are asked, unless they upload without asking (``asks_before_upload``), and skip a blob
-    they have; a store still missing it mounts from one found holding it; of the rest,
-    one store per blob-sharing domain uploads and the others of its domain mount from it.
-    A recompressed layer is a new blob whose digest only the copy computes: it is
-    uploaded (size unknown) by one store per domain.
+    The copy step's own questions in its order (:func:`deliver.route_blob`), with the
+    read-only twin of a mount (``would_mount``) and holders starting from the source and
+    ``known_at`` (stores an earlier delivery left the blob in); the stores of a domain
+    that take its one upload mount from it. A recompressed layer is a new blob whose
+    digest only the copy computes: it is uploaded (size unknown) by one store per domain.
     """
     requests = sorted(set(requests), key=lambda r: (r.dest_store, r.target_key))
     first = requests[0]
     size = max(r.descriptor.size for r in requests)
     names = sorted({r.dest_store for r in requests})
-    states: dict[str, _Routed] = {}
-    holders = [] if first.recompress else [first.source_store, *known_at]
-    known = len(holders)
-    unmounted: list[str] = []
-    for store in names:
-        if _would_mount(stores, store, first, holders):
-            states[store] = _Routed(first, MOUNTED)
-            holders.append(store)
-        else:
-            unmounted.append(store)
-    missing: list[str] = []
-    for store in unmounted:
-        if first.recompress:
-            missing.append(store)
-            continue
-        try:
-            destination = stores.destination(store)
-            present = destination.asks_before_upload(first.descriptor) and destination.has_blob(first.descriptor.digest)
-        except Exception as exc:
-            message, kind = errors.describe(exc)
-            states[store] = _Routed(first, FAILED, error=message, error_kind=kind)
-            continue
-        if present:
-            states[store] = _Routed(first, PRESENT)
-            holders.append(store)
-        else:
-            missing.append(store)
-    later, upload, uploading = [], [], set()
-    for store in missing:
-        if len(holders) > known and _would_mount(stores, store, first, holders[known:]):
-            states[store] = _Routed(first, MOUNTED)
-            holders.append(store)
-            continue
-        domain = stores.destination(store).blob_domain
-        if domain is not None and domain in uploading:
-            later.append(store)
-        else:
-            upload.append(store)
-            states[store] = _Routed(first, COPIED)
-            if domain is not None:
-                uploading.add(domain)
-    holders += upload
-    for store in later:
-        states[store] = _Routed(first, MOUNTED if _would_mount(stores, store, first, holders[known:]) else COPIED)
+    descriptor = first.descriptor
+    route = route_blob(
+        names, [] if first.recompress else [first.source_store, *known_at],
+        mount=lambda store, lenders: _would_mount(stores, store, first, lenders),
+        # A recompressed layer's digest is known only once the copy has made it.
+        present=lambda store: not first.recompress and present_at(stores.destination(store), descriptor),
+        domain=lambda store: stores.destination(store).blob_domain,
+    )
+    states = {store: _Routed(first, status) for store, status in route.settled.items()}
+    for store, exc in route.failed.items():
+        message, kind = errors.describe(exc)
+        states[store] = _Routed(first, FAILED, error=message, error_kind=kind)
+    states.update((store, _Routed(first, COPIED)) for store in route.upload)
+    route.holders += route.upload
+    for store in route.later:
+        states[store] = _Routed(first, MOUNTED if _would_mount(stores, store, first, route.learnt) else COPIED)
     unknown = size < 0 or bool(first.recompress)
     routed = []
     for store in names:
