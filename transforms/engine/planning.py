@@ -12,8 +12,8 @@ image in listing order by the direct executor's own claim rule (``engine/claims.
 for a streamed run. For each delivery, every destination is asked what the copy step
 asks — whether it would mount the blob (:meth:`Destination.would_mount`, the read-only
 twin of ``mount_blob``) from a store known to hold it, else HEAD the blob unless the
-store uploads it without asking — in the order the copy step asks it
-(``deliver.BlobDelivery._deliver``).
+store uploads it without asking — by the copy step's own rule for the order
+(:func:`deliver.route_blob`).
 
 Nothing is written: destinations are opened, never prepared, and only asked questions.
 The counts are the audit's: a blob is uploaded once per destination store and digest;
